@@ -1,0 +1,2 @@
+//! Decode benchmarks (being written).
+fn main() {}

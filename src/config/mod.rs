@@ -1,0 +1,446 @@
+//! Configuration: defaults → TOML file → `ENGAGED_*` env → flags, then pure validation.
+//!
+//! [`RawConfig`] is what serde reads (unknown keys are errors). [`RawConfig::validate`]
+//! turns it into a typed [`Config`] without any I/O, and every error names the
+//! key, the value and what is allowed. Reading schema files happens later, in
+//! [`Config::decoder_config`], where a missing file is also reported by key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::decode::DecoderConfig;
+use crate::state::CoreConfig;
+use crate::window::WindowSpec;
+
+/// A configuration error, by key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: `{key}` = {value:?}: {allowed}")]
+    Invalid {
+        key: String,
+        value: String,
+        allowed: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Load(String),
+}
+
+fn invalid(key: &str, value: impl ToString, allowed: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        value: value.to_string(),
+        allowed: allowed.into(),
+    }
+}
+
+/// Accepts `["a", "b"]` (TOML) as well as `"a,b"` (env vars, flags).
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// Configuration as read, before validation. Keys are documented in README.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Kafka bootstrap servers (`host:port,...`).
+    pub bootstrap_servers: String,
+    /// Consumer group id; instances with one id share the partitions.
+    pub group_id: String,
+    /// Input topics (co-partitioned: same partition count, keyed by customer).
+    #[serde(deserialize_with = "string_or_list")]
+    pub input_topics: Vec<String>,
+    pub snapshot_topic: String,
+    pub dead_letter_topic: String,
+    /// Extra librdkafka properties for every client, e.g. `"security.protocol" = "SSL"`.
+    pub kafka: BTreeMap<String, String>,
+    /// Confluent schema id → path of the writer schema (`.avsc`), used without a registry.
+    pub schema_ids: BTreeMap<String, String>,
+    /// Topic → path of the writer schema for plain (unframed) Avro datums.
+    pub topic_schemas: BTreeMap<String, String>,
+    #[serde(deserialize_with = "string_or_list")]
+    pub windows: Vec<String>,
+    pub allowed_lateness: String,
+    pub idle_timeout: String,
+    pub max_clock_skew: String,
+    pub dedup_window: String,
+    pub session_timeout: String,
+    pub snapshot_interval: String,
+    pub shutdown_timeout: String,
+    pub statistics_interval: String,
+    /// Address of the HTTP server (`/metrics`, `/healthz`, `/readyz`).
+    pub listen: String,
+    /// Top-N values per breakdown label (`site`, `channel`); the rest become `other`.
+    pub max_dimension_values: usize,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            bootstrap_servers: "localhost:9092".into(),
+            group_id: "engaged".into(),
+            input_topics: ["pageviews", "emails", "purchases", "surveys"]
+                .map(String::from)
+                .to_vec(),
+            snapshot_topic: "engagement.snapshots".into(),
+            dead_letter_topic: "engagement.dlq".into(),
+            kafka: BTreeMap::new(),
+            schema_ids: BTreeMap::new(),
+            topic_schemas: BTreeMap::new(),
+            windows: ["5m", "1h", "24h", "7d", "30d"].map(String::from).to_vec(),
+            allowed_lateness: "5m".into(),
+            idle_timeout: "1m".into(),
+            max_clock_skew: "1h".into(),
+            dedup_window: "10m".into(),
+            session_timeout: "30m".into(),
+            snapshot_interval: "5s".into(),
+            shutdown_timeout: "30s".into(),
+            statistics_interval: "5s".into(),
+            listen: "127.0.0.1:9898".into(),
+            max_dimension_values: 20,
+        }
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    pub input_topics: Vec<String>,
+    pub snapshot_topic: String,
+    pub dead_letter_topic: String,
+    pub kafka: BTreeMap<String, String>,
+    pub schema_ids: BTreeMap<u32, PathBuf>,
+    pub topic_schemas: BTreeMap<String, PathBuf>,
+    pub core: CoreConfig,
+    pub idle_timeout: Duration,
+    /// `None` disables the check (replay).
+    pub max_clock_skew: Option<Duration>,
+    pub snapshot_interval: Duration,
+    pub shutdown_timeout: Duration,
+    pub statistics_interval: Duration,
+    pub listen: SocketAddr,
+}
+
+fn duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value).map_err(|e| {
+        invalid(
+            key,
+            value,
+            format!("a duration such as `500ms`, `30s`, `5m`, `1h`, `7d` ({e})"),
+        )
+    })
+}
+
+fn positive(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    let d = duration(key, value)?;
+    if d.is_zero() {
+        return Err(invalid(key, value, "a duration greater than zero"));
+    }
+    Ok(d)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Parses a window list entry: `W` (buckets of W/60) or `W/b` (explicit bucket size).
+fn window(value: &str) -> Result<WindowSpec, ConfigError> {
+    let allowed = "windows like `5m`, `1h`, `7d`, optionally with a bucket size `1h/30s`; \
+                   the bucket must divide the window";
+    let (w, b) = match value.split_once('/') {
+        Some((w, b)) => (w, Some(b)),
+        None => (value, None),
+    };
+    let length =
+        humantime::parse_duration(w.trim()).map_err(|_| invalid("windows", value, allowed))?;
+    let length_ms = ms(length);
+    if length_ms < 1_000 {
+        return Err(invalid("windows", value, "windows of at least 1s"));
+    }
+    let bucket_ms =
+        match b {
+            Some(b) => ms(humantime::parse_duration(b.trim())
+                .map_err(|_| invalid("windows", value, allowed))?),
+            None => length_ms / 60,
+        };
+    if bucket_ms <= 0 || length_ms % bucket_ms != 0 {
+        return Err(invalid("windows", value, allowed));
+    }
+    Ok(WindowSpec {
+        name: w.trim().to_string(),
+        length_ms,
+        bucket_ms,
+    })
+}
+
+impl RawConfig {
+    /// Layers defaults, an optional TOML file, `ENGAGED_*` env vars and `overrides` (flags).
+    pub fn load(file: Option<&Path>, overrides: &impl Serialize) -> Result<RawConfig, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(RawConfig::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(invalid("--config", f.display(), "an existing TOML file"));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig
+            .merge(Env::prefixed("ENGAGED_").map(|k| k.as_str().to_ascii_lowercase().into()))
+            .merge(Serialized::defaults(overrides));
+        fig.extract().map_err(|e| {
+            let key = e.path.join(".");
+            let mut msg = e.to_string();
+            if !key.is_empty() && !msg.contains(&key) {
+                msg = format!("`{key}`: {msg}");
+            }
+            ConfigError::Load(msg)
+        })
+    }
+
+    /// Pure validation; every error names the key, the value and what is allowed.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(invalid(
+                "bootstrap_servers",
+                &self.bootstrap_servers,
+                "`host:port[,host:port...]`",
+            ));
+        }
+        if self.group_id.trim().is_empty() {
+            return Err(invalid(
+                "group_id",
+                &self.group_id,
+                "a non-empty consumer group id",
+            ));
+        }
+        if self.input_topics.is_empty() {
+            return Err(invalid("input_topics", "", "at least one topic"));
+        }
+        for (key, t) in [
+            ("snapshot_topic", &self.snapshot_topic),
+            ("dead_letter_topic", &self.dead_letter_topic),
+        ] {
+            if t.trim().is_empty() {
+                return Err(invalid(key, t, "a topic name"));
+            }
+            if self.input_topics.contains(t) {
+                return Err(invalid(key, t, "a topic that is not also an input topic"));
+            }
+        }
+        let mut schema_ids = BTreeMap::new();
+        for (id, path) in &self.schema_ids {
+            let n: u32 = id.parse().map_err(|_| {
+                invalid(
+                    &format!("schema_ids.{id}"),
+                    id,
+                    "a schema id (0..4294967295)",
+                )
+            })?;
+            schema_ids.insert(n, PathBuf::from(path));
+        }
+        for t in self.topic_schemas.keys() {
+            if !self.input_topics.contains(t) {
+                return Err(invalid(
+                    &format!("topic_schemas.{t}"),
+                    t,
+                    format!("one of the input_topics {:?}", self.input_topics),
+                ));
+            }
+        }
+        if self.windows.is_empty() {
+            return Err(invalid("windows", "", "at least one window, e.g. `5m,1h`"));
+        }
+        let windows = self
+            .windows
+            .iter()
+            .map(|w| window(w))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut names: Vec<&str> = windows.iter().map(|w| w.name.as_str()).collect();
+        names.sort();
+        names.dedup();
+        if names.len() != windows.len() {
+            return Err(invalid(
+                "windows",
+                self.windows.join(","),
+                "distinct window names",
+            ));
+        }
+        let lateness = duration("allowed_lateness", &self.allowed_lateness)?;
+        let skew = duration("max_clock_skew", &self.max_clock_skew)?;
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            invalid(
+                "listen",
+                &self.listen,
+                "an address like `127.0.0.1:9898` or `0.0.0.0:9898`",
+            )
+        })?;
+        if self.max_dimension_values == 0 {
+            return Err(invalid("max_dimension_values", 0, "at least 1"));
+        }
+        Ok(Config {
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            group_id: self.group_id.clone(),
+            input_topics: self.input_topics.clone(),
+            snapshot_topic: self.snapshot_topic.clone(),
+            dead_letter_topic: self.dead_letter_topic.clone(),
+            kafka: self.kafka.clone(),
+            schema_ids,
+            topic_schemas: self
+                .topic_schemas
+                .iter()
+                .map(|(t, p)| (t.clone(), PathBuf::from(p)))
+                .collect(),
+            core: CoreConfig {
+                windows,
+                allowed_lateness_ms: ms(lateness),
+                session_timeout_ms: ms(positive("session_timeout", &self.session_timeout)?),
+                dedup_window_ms: ms(positive("dedup_window", &self.dedup_window)?),
+                max_dimension_values: self.max_dimension_values,
+            },
+            idle_timeout: positive("idle_timeout", &self.idle_timeout)?,
+            max_clock_skew: (!skew.is_zero()).then_some(skew),
+            snapshot_interval: positive("snapshot_interval", &self.snapshot_interval)?,
+            shutdown_timeout: positive("shutdown_timeout", &self.shutdown_timeout)?,
+            statistics_interval: positive("statistics_interval", &self.statistics_interval)?,
+            listen,
+        })
+    }
+}
+
+impl Config {
+    /// Reads the configured writer schema files (the only I/O of configuration).
+    pub fn decoder_config(&self) -> Result<DecoderConfig, ConfigError> {
+        let read = |key: String, p: &PathBuf| {
+            std::fs::read_to_string(p)
+                .map_err(|e| invalid(&key, p.display(), format!("a readable .avsc file ({e})")))
+        };
+        let mut schema_ids = BTreeMap::new();
+        for (id, p) in &self.schema_ids {
+            schema_ids.insert(*id, read(format!("schema_ids.{id}"), p)?);
+        }
+        let mut topic_schemas = BTreeMap::new();
+        for (t, p) in &self.topic_schemas {
+            topic_schemas.insert(t.clone(), read(format!("topic_schemas.{t}"), p)?);
+        }
+        Ok(DecoderConfig {
+            schema_ids,
+            topic_schemas,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(raw: RawConfig) -> String {
+        raw.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_validate_to_the_spec_defaults() {
+        let c = RawConfig::default().validate().unwrap();
+        let names: Vec<_> = c.core.windows.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["5m", "1h", "24h", "7d", "30d"]);
+        assert_eq!(c.core.windows[1].bucket_ms, 60_000);
+        assert_eq!(c.core.allowed_lateness_ms, 300_000);
+        assert_eq!(c.core.session_timeout_ms, 1_800_000);
+        assert_eq!(c.core.dedup_window_ms, 600_000);
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_clock_skew, Some(Duration::from_secs(3600)));
+        assert_eq!(c.snapshot_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn errors_name_key_value_and_what_is_allowed() {
+        let e = err(RawConfig {
+            session_timeout: "soon".into(),
+            ..Default::default()
+        });
+        assert!(
+            e.contains("`session_timeout`") && e.contains("\"soon\"") && e.contains("duration"),
+            "{e}"
+        );
+        let e = err(RawConfig {
+            windows: vec!["1h/7m".into()],
+            ..Default::default()
+        });
+        assert!(
+            e.contains("`windows`") && e.contains("1h/7m") && e.contains("divide"),
+            "{e}"
+        );
+        let e = err(RawConfig {
+            listen: "localhost".into(),
+            ..Default::default()
+        });
+        assert!(e.contains("`listen`"), "{e}");
+        let e = err(RawConfig {
+            snapshot_topic: "pageviews".into(),
+            ..Default::default()
+        });
+        assert!(
+            e.contains("`snapshot_topic`") && e.contains("not also an input"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn explicit_bucket_sizes_are_accepted() {
+        let c = RawConfig {
+            windows: vec!["1h/30s".into(), "10m".into()],
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(c.core.windows[0].bucket_ms, 30_000);
+        assert_eq!(c.core.windows[1].bucket_ms, 10_000);
+    }
+
+    #[test]
+    fn layers_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("engaged.toml");
+        std::fs::write(
+            &f,
+            "group_id = \"from-file\"\nwindows = [\"1h\"]\nlisten = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        #[derive(Serialize)]
+        struct Flags {
+            listen: &'static str,
+        }
+        let raw = RawConfig::load(
+            Some(&f),
+            &Flags {
+                listen: "127.0.0.1:2",
+            },
+        )
+        .unwrap();
+        assert_eq!(raw.group_id, "from-file");
+        assert_eq!(raw.windows, ["1h"]);
+        assert_eq!(raw.listen, "127.0.0.1:2");
+        std::fs::write(&f, "no_such_key = 1\n").unwrap();
+        let e = RawConfig::load(Some(&f), &()).unwrap_err().to_string();
+        assert!(e.contains("no_such_key"), "{e}");
+    }
+}

@@ -1,0 +1,229 @@
+//! `engaged` command line: `run` (the sidecar), `demo` (embedded default) and `replay` (files).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use engaged::config::RawConfig;
+use engaged::demo::runner::{self, DemoOptions};
+use engaged::replay::{self, ReplayOptions};
+
+/// Streaming customer-engagement metrics from Kafka: sessions, bounce rate and more,
+/// over rolling event-time windows, to Prometheus and a snapshot topic.
+#[derive(Parser)]
+#[command(name = "engaged", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar: consume the input topics in a consumer group, serve /metrics,
+    /// publish snapshots. Stops gracefully on SIGTERM or Ctrl-C.
+    Run(RunArgs),
+    /// Run everything in-process: a Kafka mock cluster, a traffic generator and the
+    /// sidecar, with /metrics and a live table in the terminal. Ctrl-C exits.
+    Demo(DemoArgs),
+    /// Replay Avro object container files (one SPEC record type, or a union of them)
+    /// as one partition, then print the final snapshot of every window as JSON lines.
+    Replay(ReplayArgs),
+}
+
+/// Settings shared by every command. Each flag overrides the config file and the
+/// matching `ENGAGED_<KEY>` environment variable; see README.md for all keys.
+#[derive(Args, Serialize, Default)]
+struct ConfigFlags {
+    /// TOML configuration file (keys as in README.md).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Rolling windows, comma-separated, e.g. `5m,1h,24h,7d,30d`; `W/b` sets the bucket size.
+    #[arg(long, value_name = "LIST")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    windows: Option<String>,
+    /// How far behind the largest event time an event may arrive before it is late (e.g. `5m`).
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allowed_lateness: Option<String>,
+    /// Gap between page views that ends a session (default `30m`).
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_timeout: Option<String>,
+    /// How long (event time) an accepted event_id is remembered to reject duplicates.
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dedup_window: Option<String>,
+    /// Top-N values kept per breakdown label (site, channel); the rest become `other`.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_dimension_values: Option<usize>,
+}
+
+#[derive(Args, Serialize, Default)]
+struct RunArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    common: ConfigFlags,
+    /// Kafka bootstrap servers, `host:port[,host:port]`.
+    #[arg(long, value_name = "SERVERS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bootstrap_servers: Option<String>,
+    /// Consumer group id; instances with the same id share the partitions.
+    #[arg(long, value_name = "ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_id: Option<String>,
+    /// Input topics, comma-separated (co-partitioned by customer_id).
+    #[arg(long, value_name = "LIST")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_topics: Option<String>,
+    /// Topic for the Avro EngagementSnapshot records.
+    #[arg(long, value_name = "TOPIC")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot_topic: Option<String>,
+    /// Topic for rejected records (original record plus engaged.* headers).
+    #[arg(long, value_name = "TOPIC")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead_letter_topic: Option<String>,
+    /// How often snapshots are computed and published (e.g. `5s`).
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot_interval: Option<String>,
+    /// A partition without records for this long stops holding the watermark back.
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_timeout: Option<String>,
+    /// Events stamped further than this ahead of the wall clock are rejected (`0s` disables).
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_clock_skew: Option<String>,
+    /// Longest a graceful shutdown may take.
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shutdown_timeout: Option<String>,
+    /// HTTP address for /metrics, /healthz and /readyz.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<String>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// HTTP address for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9898")]
+    listen: SocketAddr,
+    /// Event-time speed-up: simulated seconds per real second (event time never passes now).
+    #[arg(long, default_value_t = 600.0)]
+    speed: f64,
+    /// Partitions per input topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Seconds between live tables (0: no table).
+    #[arg(long, default_value_t = 5)]
+    table_every: u64,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Seed of the traffic generator.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Avro object container files, processed in order as one partition.
+    #[arg(required = true, value_name = "FILE.avro")]
+    files: Vec<PathBuf>,
+    /// Final watermark: RFC 3339 time (`2026-11-22T10:00:00Z`) or Unix milliseconds.
+    /// Default: the largest event time seen.
+    #[arg(long, value_name = "TIME")]
+    at: Option<String>,
+    /// Write rejected records (with reason) here as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    dead_letter: Option<PathBuf>,
+    /// Never show the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    #[command(flatten)]
+    common: ConfigFlags,
+}
+
+fn parse_time(s: &str) -> anyhow::Result<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|d| d.timestamp_millis())
+        .with_context(|| format!("--at {s:?}: expected an RFC 3339 time like 2026-11-22T10:00:00Z or Unix milliseconds"))
+}
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            init_logs("info");
+            let raw = RawConfig::load(args.common.config.as_deref(), &args)?;
+            let config = raw.validate()?;
+            let decoder = config.decoder_config()?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let sidecar = engaged::app::Sidecar::start(config, &decoder).await?;
+                sidecar.run(engaged::app::shutdown_signal()).await
+            })?;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Demo(args) => {
+            init_logs("warn");
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(runner::run(
+                DemoOptions {
+                    listen: args.listen,
+                    speed: args.speed,
+                    partitions: args.partitions,
+                    table_every: (args.table_every > 0)
+                        .then(|| Duration::from_secs(args.table_every)),
+                    duration: args.seconds.map(Duration::from_secs),
+                    seed: args.seed,
+                },
+                engaged::app::shutdown_signal(),
+            ))?;
+            Ok(())
+        }
+        Command::Replay(args) => {
+            init_logs("warn");
+            let raw = RawConfig::load(args.common.config.as_deref(), &args.common)?;
+            let config = raw.validate()?;
+            let at = args.at.as_deref().map(parse_time).transpose()?;
+            let opts = ReplayOptions {
+                files: args.files,
+                at,
+                progress: !args.no_progress,
+                dead_letter: args.dead_letter,
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let summary = replay::replay(config.core, &opts, &mut out)?;
+            use std::io::Write;
+            out.flush()?;
+            eprintln!(
+                "replayed {} records: {} accepted, rejected {:?}; watermark {:?}",
+                summary.consumed, summary.accepted, summary.rejected, summary.watermark
+            );
+            Ok(())
+        }
+    }
+}

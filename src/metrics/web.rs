@@ -1,0 +1,410 @@
+//! Web metrics (SPEC §3 Web): sessions from page views, and page-view/session aggregates per window.
+//!
+//! A session is a maximal run of one visitor's views on one site with
+//! consecutive views less than `session_timeout` apart. Views may arrive out of
+//! order (within the lateness bound): a view can extend a session backwards or
+//! bridge two open sessions, which then merge. A session closes when its
+//! partition's watermark reaches `last_view + session_timeout`; that instant is
+//! its close time, and it counts in the bucket of its close time. Because a view
+//! older than the watermark is late (rejected), a closed session can never be
+//! reopened, so closing is final and depends only on the set of accepted views.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::{Dim, NO_CHANNEL};
+use crate::event::{Millis, PageView};
+use crate::window::{BucketRing, WindowSpec};
+
+/// Upper bounds (seconds) of the session-duration histogram on `/metrics`.
+pub const DURATION_BUCKETS_SECONDS: [f64; 10] = [
+    0.0, 10.0, 30.0, 60.0, 180.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0,
+];
+
+/// Additive web aggregates of one bucket (or one window, once merged).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebCounts {
+    pub page_views: u64,
+    pub sessions: u64,
+    pub bounced_sessions: u64,
+    pub duration_ms_sum: u64,
+    /// Session durations (ms) -> count, for exact percentiles.
+    pub durations_ms: BTreeMap<u64, u64>,
+}
+
+impl WebCounts {
+    pub fn merge(&mut self, other: &WebCounts) {
+        self.page_views += other.page_views;
+        self.sessions += other.sessions;
+        self.bounced_sessions += other.bounced_sessions;
+        self.duration_ms_sum += other.duration_ms_sum;
+        for (d, c) in &other.durations_ms {
+            *self.durations_ms.entry(*d).or_insert(0) += c;
+        }
+    }
+
+    fn add_session(&mut self, s: &ClosedSession) {
+        self.sessions += 1;
+        if s.views == 1 {
+            self.bounced_sessions += 1;
+        }
+        self.duration_ms_sum += s.duration_ms;
+        *self.durations_ms.entry(s.duration_ms).or_insert(0) += 1;
+    }
+}
+
+/// An open session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub site: Arc<str>,
+    pub visitor: Arc<str>,
+    pub first: Millis,
+    pub last: Millis,
+    pub views: u32,
+    /// Channel of the first view (ties: the smallest label), as GA attributes a session's source.
+    pub channel: Arc<str>,
+}
+
+/// A session that closed at `close_time = last + session_timeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedSession {
+    pub close_time: Millis,
+    pub duration_ms: u64,
+    pub views: u32,
+    pub site: Arc<str>,
+    pub channel: Arc<str>,
+}
+
+type VisitorKey = (Arc<str>, Arc<str>);
+
+/// Turns one partition's page views into sessions.
+#[derive(Debug, Clone)]
+pub struct Sessionizer {
+    timeout_ms: i64,
+    next_id: u64,
+    sessions: HashMap<u64, Session>,
+    /// Open session ids per (site, visitor): usually one, two or more only
+    /// while out-of-order views have not bridged them yet.
+    by_visitor: HashMap<VisitorKey, Vec<u64>>,
+    /// (close time, session id) of every open session.
+    close_queue: BTreeSet<(Millis, u64)>,
+}
+
+impl Sessionizer {
+    pub fn new(timeout_ms: i64) -> Sessionizer {
+        Sessionizer {
+            timeout_ms,
+            next_id: 0,
+            sessions: HashMap::new(),
+            by_visitor: HashMap::new(),
+            close_queue: BTreeSet::new(),
+        }
+    }
+
+    /// Adds a view; merges every open session of this visitor it is within the gap of.
+    pub fn add_view(&mut self, site: &Arc<str>, visitor: &str, t: Millis, channel: &Arc<str>) {
+        let timeout = self.timeout_ms;
+        let key: VisitorKey = (site.clone(), Arc::from(visitor));
+        let ids = self.by_visitor.entry(key.clone()).or_default();
+        let mut merged = Session {
+            site: key.0,
+            visitor: key.1,
+            first: t,
+            last: t,
+            views: 1,
+            channel: channel.clone(),
+        };
+        let mut i = 0;
+        while i < ids.len() {
+            let id = ids[i];
+            let joins = self
+                .sessions
+                .get(&id)
+                .is_some_and(|s| t > s.first - timeout && t < s.last + timeout);
+            if !joins {
+                i += 1;
+                continue;
+            }
+            ids.swap_remove(i);
+            if let Some(s) = self.sessions.remove(&id) {
+                self.close_queue.remove(&(s.last + timeout, id));
+                if (s.first, &s.channel) < (merged.first, &merged.channel) {
+                    merged.channel = s.channel.clone();
+                }
+                merged.first = merged.first.min(s.first);
+                merged.last = merged.last.max(s.last);
+                merged.views += s.views;
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        ids.push(id);
+        self.close_queue.insert((merged.last + timeout, id));
+        self.sessions.insert(id, merged);
+    }
+
+    /// Closes every session whose close time is at or before `watermark`, oldest first.
+    pub fn close_until(&mut self, watermark: Millis, mut out: impl FnMut(ClosedSession)) {
+        while let Some(&(close, id)) = self.close_queue.first() {
+            if close > watermark {
+                break;
+            }
+            self.close_queue.pop_first();
+            let Some(s) = self.sessions.remove(&id) else {
+                continue;
+            };
+            let key: VisitorKey = (s.site.clone(), s.visitor.clone());
+            if let Some(ids) = self.by_visitor.get_mut(&key) {
+                ids.retain(|x| *x != id);
+                if ids.is_empty() {
+                    self.by_visitor.remove(&key);
+                }
+            }
+            out(ClosedSession {
+                close_time: close,
+                duration_ms: (s.last - s.first) as u64,
+                views: s.views,
+                site: s.site,
+                channel: s.channel,
+            });
+        }
+    }
+
+    pub fn open_sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+/// Cumulative session-duration histogram (Prometheus buckets of [`DURATION_BUCKETS_SECONDS`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DurationHistogram {
+    /// Non-cumulative counts per bucket; the last entry is `+Inf`.
+    pub counts: [u64; DURATION_BUCKETS_SECONDS.len() + 1],
+    pub sum_ms: u64,
+    pub count: u64,
+}
+
+impl DurationHistogram {
+    pub fn observe(&mut self, duration_ms: u64) {
+        let secs = duration_ms as f64 / 1000.0;
+        let idx = DURATION_BUCKETS_SECONDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(DURATION_BUCKETS_SECONDS.len());
+        self.counts[idx] += 1;
+        self.sum_ms += duration_ms;
+        self.count += 1;
+    }
+
+    pub fn merge(&mut self, other: &DurationHistogram) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+        self.sum_ms += other.sum_ms;
+        self.count += other.count;
+    }
+}
+
+type WebBucket = HashMap<Dim, WebCounts>;
+
+/// The web state of one partition: its sessionizer and its window buckets.
+#[derive(Debug, Clone)]
+pub struct WebState {
+    sessions: Sessionizer,
+    /// One bucket ring per configured window, in configuration order.
+    windows: Vec<BucketRing<WebBucket>>,
+    histogram: DurationHistogram,
+}
+
+impl WebState {
+    pub fn new(specs: &[WindowSpec], session_timeout_ms: i64) -> WebState {
+        WebState {
+            sessions: Sessionizer::new(session_timeout_ms),
+            windows: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
+            histogram: DurationHistogram::default(),
+        }
+    }
+
+    /// An accepted page view.
+    pub fn on_view(&mut self, pv: &PageView) {
+        let site: Arc<str> = Arc::from(pv.site.as_str());
+        let channel: Arc<str> = Arc::from(pv.channel.as_deref().unwrap_or(NO_CHANNEL));
+        self.sessions
+            .add_view(&site, &pv.visitor_id, pv.event_time, &channel);
+        let dims = [Dim::All, Dim::Site(site), Dim::Channel(channel)];
+        for ring in &mut self.windows {
+            let bucket = ring.bucket_mut(pv.event_time);
+            for d in &dims {
+                bucket.entry(d.clone()).or_default().page_views += 1;
+            }
+        }
+    }
+
+    /// The partition watermark moved to `watermark`: close sessions that ended.
+    pub fn on_watermark(&mut self, watermark: Millis) {
+        let windows = &mut self.windows;
+        let histogram = &mut self.histogram;
+        self.sessions.close_until(watermark, |s| {
+            histogram.observe(s.duration_ms);
+            let dims = [
+                Dim::All,
+                Dim::Site(s.site.clone()),
+                Dim::Channel(s.channel.clone()),
+            ];
+            for ring in windows.iter_mut() {
+                let bucket = ring.bucket_mut(s.close_time);
+                for d in &dims {
+                    bucket.entry(d.clone()).or_default().add_session(&s);
+                }
+            }
+        });
+    }
+
+    /// Adds this partition's buckets of window `idx` in `[start, end)` to `into`.
+    pub fn collect(
+        &self,
+        idx: usize,
+        start: Millis,
+        end: Millis,
+        into: &mut HashMap<Dim, WebCounts>,
+    ) {
+        for (_, bucket) in self.windows[idx].range(start, end) {
+            for (d, c) in bucket {
+                into.entry(d.clone()).or_default().merge(c);
+            }
+        }
+    }
+
+    /// Adds the open sessions of this partition per dimension to `into`.
+    pub fn collect_open(&self, into: &mut HashMap<Dim, u64>) {
+        for s in self.sessions.open_sessions() {
+            *into.entry(Dim::All).or_default() += 1;
+            *into.entry(Dim::Site(s.site.clone())).or_default() += 1;
+            *into.entry(Dim::Channel(s.channel.clone())).or_default() += 1;
+        }
+    }
+
+    pub fn histogram(&self) -> &DurationHistogram {
+        &self.histogram
+    }
+
+    /// Drops buckets of window `idx` that start before `before`.
+    pub fn evict(&mut self, idx: usize, before: Millis) {
+        self.windows[idx].evict_before(before);
+    }
+
+    /// Rough entry count, for the state-size gauge.
+    pub fn size(&self) -> usize {
+        self.sessions.open_count() + self.windows.iter().map(|w| w.len()).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+    const TIMEOUT: i64 = 30 * MIN;
+
+    fn a(s: &str) -> Arc<str> {
+        Arc::from(s)
+    }
+
+    fn closed_after(views: &[(&str, Millis)], wm: Millis) -> Vec<ClosedSession> {
+        let mut s = Sessionizer::new(TIMEOUT);
+        for (v, t) in views {
+            s.add_view(&a("site"), v, *t, &a("organic"));
+        }
+        let mut out = vec![];
+        s.close_until(wm, |c| out.push(c));
+        out
+    }
+
+    #[test]
+    fn gap_of_29m59s_continues_the_session() {
+        let c = closed_after(&[("v", 0), ("v", TIMEOUT - 1_000)], i64::MAX / 2);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].views, 2);
+        assert_eq!(c[0].duration_ms, (TIMEOUT - 1_000) as u64);
+        assert_eq!(c[0].close_time, 2 * TIMEOUT - 1_000);
+    }
+
+    #[test]
+    fn gap_of_exactly_30m_starts_a_new_session() {
+        let c = closed_after(&[("v", 0), ("v", TIMEOUT)], i64::MAX / 2);
+        assert_eq!(c.len(), 2);
+        assert!(c.iter().all(|s| s.views == 1 && s.duration_ms == 0));
+    }
+
+    #[test]
+    fn gap_of_30m01s_starts_a_new_session() {
+        let c = closed_after(&[("v", 0), ("v", TIMEOUT + 1_000)], i64::MAX / 2);
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn sessions_close_exactly_when_the_watermark_reaches_last_plus_timeout() {
+        assert!(closed_after(&[("v", 0)], TIMEOUT - 1).is_empty());
+        let c = closed_after(&[("v", 0)], TIMEOUT);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].close_time, TIMEOUT);
+    }
+
+    #[test]
+    fn a_late_view_bridging_two_open_sessions_merges_them() {
+        let mut s = Sessionizer::new(TIMEOUT);
+        let (site, ch) = (a("site"), a("email"));
+        s.add_view(&site, "v", 0, &ch);
+        s.add_view(&site, "v", 40 * MIN, &a("organic"));
+        assert_eq!(s.open_count(), 2);
+        // 20 minutes after the first and before the second: one session now.
+        s.add_view(&site, "v", 20 * MIN, &a("paid"));
+        assert_eq!(s.open_count(), 1);
+        let mut out = vec![];
+        s.close_until(i64::MAX / 2, |c| out.push(c));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].views, 3);
+        assert_eq!(out[0].duration_ms, (40 * MIN) as u64);
+        assert_eq!(out[0].close_time, 70 * MIN);
+        assert_eq!(&*out[0].channel, "email", "channel of the earliest view");
+    }
+
+    #[test]
+    fn an_earlier_view_extends_a_session_backwards() {
+        let c = closed_after(&[("v", 50 * MIN), ("v", 25 * MIN)], i64::MAX / 2);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].duration_ms, (25 * MIN) as u64);
+    }
+
+    #[test]
+    fn visitors_and_sites_are_sessionized_apart() {
+        let mut s = Sessionizer::new(TIMEOUT);
+        s.add_view(&a("a"), "v", 0, &a("x"));
+        s.add_view(&a("b"), "v", 1, &a("x"));
+        s.add_view(&a("a"), "w", 2, &a("x"));
+        assert_eq!(s.open_count(), 3);
+        let mut n = 0;
+        s.close_until(TIMEOUT + 2, |_| n += 1);
+        assert_eq!(n, 3);
+        assert_eq!(s.open_count(), 0);
+        assert!(s.by_visitor.is_empty(), "index is cleaned up");
+    }
+
+    #[test]
+    fn histogram_buckets_are_upper_inclusive() {
+        let mut h = DurationHistogram::default();
+        h.observe(0);
+        h.observe(10_000);
+        h.observe(10_001);
+        h.observe(100_000_000);
+        assert_eq!(h.counts[0], 1);
+        assert_eq!(h.counts[1], 1);
+        assert_eq!(h.counts[2], 1);
+        assert_eq!(h.counts[DURATION_BUCKETS_SECONDS.len()], 1);
+        assert_eq!(h.count, 4);
+    }
+}

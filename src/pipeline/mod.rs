@@ -1,0 +1,227 @@
+//! The record path shared by every edge: decode → validate → late/duplicate → apply, with accounting.
+//!
+//! Kafka (`source`) and `replay` both call into [`Pipeline`], so a record is
+//! judged the same way whatever brought it. Every consumed record ends in
+//! exactly one of `engaged_events_accepted_total` or
+//! `engaged_events_rejected_total{reason}`. Wall-clock time enters only as the
+//! `now` argument (clock-skew check, idleness), never inside the engine.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::decode::Decoder;
+use crate::event::{Event, Millis};
+use crate::snapshot::{self, WindowSnapshot};
+use crate::state::{Engine, RejectReason, Rejection, TopicPartition};
+use crate::telemetry::{Published, Telemetry};
+use crate::time::{IdleTracker, MonotoneWatermark, PartitionTime, instance_watermark};
+
+struct Clock {
+    idle: IdleTracker<TopicPartition>,
+    assigned: BTreeSet<TopicPartition>,
+    published: MonotoneWatermark,
+}
+
+/// Decoder, engine and telemetry of one instance.
+pub struct Pipeline {
+    decoder: Decoder,
+    engine: Engine,
+    telemetry: Arc<Telemetry>,
+    max_clock_skew_ms: Option<i64>,
+    clock: Mutex<Clock>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pipeline {
+    pub fn new(
+        decoder: Decoder,
+        engine: Engine,
+        telemetry: Arc<Telemetry>,
+        max_clock_skew_ms: Option<i64>,
+        idle_timeout_ms: i64,
+    ) -> Pipeline {
+        Pipeline {
+            decoder,
+            engine,
+            telemetry,
+            max_clock_skew_ms,
+            clock: Mutex::new(Clock {
+                idle: IdleTracker::new(idle_timeout_ms),
+                assigned: BTreeSet::new(),
+                published: MonotoneWatermark::default(),
+            }),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    /// One Kafka record (or any raw payload) from `tp`, arriving at wall time `now`.
+    pub fn handle_record(
+        &self,
+        tp: &TopicPartition,
+        payload: Option<&[u8]>,
+        now: Millis,
+    ) -> Result<(), Rejection> {
+        self.telemetry
+            .consumed
+            .with_label_values(&[&*tp.topic, &tp.partition.to_string()])
+            .inc();
+        lock(&self.clock).idle.touch(tp, now);
+        let decoded = match payload {
+            None => Err(Rejection::new(
+                RejectReason::Undecodable,
+                "record has no value",
+            )),
+            Some(bytes) => self
+                .decoder
+                .decode(&tp.topic, bytes)
+                .map_err(|e| Rejection::new(RejectReason::Undecodable, e.to_string())),
+        };
+        let result = decoded.and_then(|event| self.apply(tp, &event, Some(now)));
+        self.account(tp, &result);
+        result
+    }
+
+    /// One already-decoded event (replay). `now = None` skips the clock-skew check.
+    pub fn handle_event(
+        &self,
+        tp: &TopicPartition,
+        event: &Event,
+        now: Option<Millis>,
+    ) -> Result<(), Rejection> {
+        self.telemetry
+            .consumed
+            .with_label_values(&[&*tp.topic, &tp.partition.to_string()])
+            .inc();
+        let result = self.apply(tp, event, now);
+        self.account(tp, &result);
+        result
+    }
+
+    /// A record the edge could not turn into an event (e.g. an unreadable file record).
+    pub fn handle_event_rejected(&self, tp: &TopicPartition, rejection: &Rejection) {
+        self.telemetry
+            .consumed
+            .with_label_values(&[&*tp.topic, &tp.partition.to_string()])
+            .inc();
+        self.account(tp, &Err(rejection.clone()));
+    }
+
+    fn apply(
+        &self,
+        tp: &TopicPartition,
+        event: &Event,
+        now: Option<Millis>,
+    ) -> Result<(), Rejection> {
+        if let (Some(now), Some(skew)) = (now, self.max_clock_skew_ms) {
+            event.check_clock_skew(now, skew)?;
+        }
+        self.engine.apply(tp, event)
+    }
+
+    fn account(&self, tp: &TopicPartition, result: &Result<(), Rejection>) {
+        match result {
+            Ok(()) => self
+                .telemetry
+                .accepted
+                .with_label_values(&[&*tp.topic])
+                .inc(),
+            Err(r) => self.telemetry.count_rejected(r.reason),
+        }
+    }
+
+    /// Partitions were assigned at wall time `now` (they count as active until idle).
+    pub fn assign(&self, tps: &[TopicPartition], now: Millis) {
+        let mut c = lock(&self.clock);
+        for tp in tps {
+            c.assigned.insert(tp.clone());
+            c.idle.touch(tp, now);
+        }
+        self.telemetry
+            .assigned_partitions
+            .set(c.assigned.len() as i64);
+    }
+
+    /// Partitions were revoked: forget them and drop the state of tasks no longer owned.
+    pub fn revoke(&self, tps: &[TopicPartition]) {
+        let mut c = lock(&self.clock);
+        for tp in tps {
+            c.assigned.remove(tp);
+            c.idle.forget(tp);
+        }
+        let owned: BTreeSet<i32> = c.assigned.iter().map(|tp| tp.partition).collect();
+        for tp in tps {
+            if !owned.contains(&tp.partition) {
+                self.engine.drop_task(tp.partition);
+            }
+        }
+        self.telemetry
+            .assigned_partitions
+            .set(c.assigned.len() as i64);
+    }
+
+    pub fn assigned(&self) -> Vec<TopicPartition> {
+        lock(&self.clock).assigned.iter().cloned().collect()
+    }
+
+    /// The instance watermark at wall time `now` (SPEC §2), never moving backwards.
+    pub fn instance_watermark(&self, now: Millis) -> Option<Millis> {
+        let wms: std::collections::HashMap<TopicPartition, Option<Millis>> =
+            self.engine.watermarks().into_iter().collect();
+        let mut c = lock(&self.clock);
+        let parts: Vec<PartitionTime> = c
+            .assigned
+            .iter()
+            .map(|tp| PartitionTime {
+                watermark: wms.get(tp).copied().flatten(),
+                idle: c.idle.is_idle(tp, now),
+            })
+            .collect();
+        let candidate = instance_watermark(parts);
+        c.published.update(candidate)
+    }
+
+    /// Computes and publishes the snapshots at `watermark`, then evicts buckets no window needs.
+    pub fn snapshot_at(&self, watermark: Millis, now: Option<Millis>) -> Vec<WindowSnapshot> {
+        let started = Instant::now();
+        let covered = self.assigned();
+        let snaps = snapshot::build(&self.engine, watermark, &covered);
+        self.engine.evict(watermark);
+        let t = &self.telemetry;
+        for (tp, w) in self.engine.watermarks() {
+            if let Some(w) = w {
+                t.partition_watermark
+                    .with_label_values(&[&*tp.topic, &tp.partition.to_string()])
+                    .set(w as f64 / 1000.0);
+            }
+        }
+        t.watermark.set(watermark as f64 / 1000.0);
+        if let Some(now) = now {
+            t.watermark_delay.set((now - watermark) as f64 / 1000.0);
+        }
+        t.state_entries.set(self.engine.state_entries() as i64);
+        t.publish(Published {
+            snapshots: snaps.clone(),
+            durations: self.engine.duration_histogram(),
+        });
+        t.snapshot_duration.observe(started.elapsed().as_secs_f64());
+        t.snapshots_published.inc();
+        snaps
+    }
+
+    /// Snapshot round at wall time `now`; `None` while no instance watermark exists yet.
+    pub fn snapshot(&self, now: Millis) -> Option<Vec<WindowSnapshot>> {
+        let w = self.instance_watermark(now)?;
+        Some(self.snapshot_at(w, Some(now)))
+    }
+}

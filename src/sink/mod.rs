@@ -1,0 +1,139 @@
+//! Output records: the Avro `EngagementSnapshot` and dead-letter records (headers of SPEC §1).
+//!
+//! Encoding is pure; producing to Kafka happens in `source::kafka`. Snapshots
+//! use Avro single-object encoding (`C3 01` + CRC-64-AVRO fingerprint + datum),
+//! so a consumer can tell the writer schema without a registry.
+
+use std::sync::LazyLock;
+
+use apache_avro::Schema;
+use apache_avro::rabin::Rabin;
+
+use crate::snapshot::WindowSnapshot;
+use crate::state::{Rejection, TopicPartition};
+
+/// `schemas/EngagementSnapshot.avsc`, compiled in.
+pub const SNAPSHOT_SCHEMA_JSON: &str = include_str!("../../schemas/EngagementSnapshot.avsc");
+
+static SNAPSHOT_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    Schema::parse_str(SNAPSHOT_SCHEMA_JSON)
+        .expect("schemas/EngagementSnapshot.avsc is valid (tested)")
+});
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode snapshot as EngagementSnapshot: {0}")]
+pub struct EncodeError(String);
+
+pub fn snapshot_schema() -> &'static Schema {
+    &SNAPSHOT_SCHEMA
+}
+
+/// The plain Avro datum of a snapshot.
+pub fn snapshot_datum(s: &WindowSnapshot) -> Result<Vec<u8>, EncodeError> {
+    let value = apache_avro::to_value(s).map_err(|e| EncodeError(e.to_string()))?;
+    let value = value
+        .resolve(&SNAPSHOT_SCHEMA)
+        .map_err(|e| EncodeError(e.to_string()))?;
+    apache_avro::writer::datum::GenericDatumWriter::builder(&SNAPSHOT_SCHEMA)
+        .build()
+        .and_then(|w| w.write_value_to_vec(value))
+        .map_err(|e| EncodeError(e.to_string()))
+}
+
+/// Single-object encoding of a snapshot.
+pub fn snapshot_record(s: &WindowSnapshot) -> Result<Vec<u8>, EncodeError> {
+    let fp = SNAPSHOT_SCHEMA.fingerprint::<Rabin>();
+    let mut out = vec![0xC3, 0x01];
+    out.extend_from_slice(&fp.bytes);
+    out.extend(snapshot_datum(s)?);
+    Ok(out)
+}
+
+/// Decodes a single-object encoded snapshot (for tests and downstream tools).
+pub fn decode_snapshot_record(bytes: &[u8]) -> Result<WindowSnapshot, EncodeError> {
+    if bytes.len() < 10 || bytes[..2] != [0xC3, 0x01] {
+        return Err(EncodeError("not single-object encoded".into()));
+    }
+    let mut rest = &bytes[10..];
+    let value = apache_avro::reader::datum::GenericDatumReader::builder(&SNAPSHOT_SCHEMA)
+        .build()
+        .and_then(|r| r.read_value(&mut rest))
+        .map_err(|e| EncodeError(e.to_string()))?;
+    apache_avro::from_value(&value).map_err(|e| EncodeError(e.to_string()))
+}
+
+/// Message key of a snapshot: `window/dimension[/value]`, so a compacted topic keeps the latest.
+pub fn snapshot_key(s: &WindowSnapshot) -> String {
+    match &s.dimension_value {
+        Some(v) => format!("{}/{}/{}", s.window, s.dimension, v),
+        None => format!("{}/{}", s.window, s.dimension),
+    }
+}
+
+/// The headers a dead-letter record carries besides the original ones (SPEC §1).
+pub fn dead_letter_headers(
+    tp: &TopicPartition,
+    offset: i64,
+    rejection: &Rejection,
+) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "engaged.error",
+            format!("{}: {}", rejection.reason.as_str(), rejection.message),
+        ),
+        (
+            "engaged.error.reason",
+            rejection.reason.as_str().to_string(),
+        ),
+        ("engaged.source.topic", tp.topic.to_string()),
+        ("engaged.source.partition", tp.partition.to_string()),
+        ("engaged.source.offset", offset.to_string()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::SourcePartition;
+
+    fn sample(rate: Option<f64>) -> WindowSnapshot {
+        WindowSnapshot {
+            window: "5m".into(),
+            window_start: 1_000,
+            window_end: 301_000,
+            watermark: 302_000,
+            dimension: "site".into(),
+            dimension_value: Some("shop".into()),
+            partitions: vec![SourcePartition {
+                topic: "pageviews".into(),
+                partition: 3,
+            }],
+            page_views: 10,
+            sessions: 4,
+            sessions_active: 2,
+            bounced_sessions: 1,
+            bounce_rate: rate,
+            session_duration_sum_seconds: 12.5,
+            avg_session_duration_seconds: None,
+            session_duration_p50_seconds: Some(1.0),
+            session_duration_p90_seconds: Some(9.0),
+        }
+    }
+
+    #[test]
+    fn snapshots_round_trip_through_the_avro_schema() {
+        for rate in [None, Some(0.25)] {
+            let s = sample(rate);
+            let bytes = snapshot_record(&s).unwrap();
+            assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+            assert_eq!(decode_snapshot_record(&bytes).unwrap(), s);
+        }
+        assert_eq!(snapshot_key(&sample(None)), "5m/site/shop");
+    }
+
+    #[test]
+    fn garbage_is_not_a_snapshot() {
+        assert!(decode_snapshot_record(&[1, 2, 3]).is_err());
+        assert!(decode_snapshot_record(&[0xC3, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF]).is_err());
+    }
+}

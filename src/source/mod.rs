@@ -1,0 +1,3 @@
+//! Sources: where records come from. Kafka (consumer group) for `run` and `demo`.
+
+pub mod kafka;

@@ -1,0 +1,407 @@
+//! Property tests: every windowed web metric equals a brute-force recomputation
+//! over the accepted events, for random streams with disorder, duplicates and
+//! late records, and the result does not depend on how partitions interleave.
+
+use std::collections::{BTreeMap, HashMap};
+
+use engaged::event::{Event, Millis, PageView};
+use engaged::snapshot::{self, WindowSnapshot};
+use engaged::state::{CoreConfig, Engine, TopicPartition};
+use engaged::window::WindowSpec;
+use proptest::prelude::*;
+
+const MIN: i64 = 60_000;
+const LATENESS: i64 = 5 * MIN;
+const TIMEOUT: i64 = 30 * MIN;
+const DEDUP: i64 = 10 * MIN;
+const PARTITIONS: i32 = 3;
+
+fn config() -> CoreConfig {
+    CoreConfig {
+        windows: vec![
+            WindowSpec::with_default_buckets("10m", 10 * MIN),
+            WindowSpec::with_default_buckets("1h", 60 * MIN),
+            WindowSpec {
+                name: "3h".into(),
+                length_ms: 180 * MIN,
+                bucket_ms: 7 * MIN,
+            },
+        ],
+        allowed_lateness_ms: LATENESS,
+        session_timeout_ms: TIMEOUT,
+        dedup_window_ms: DEDUP,
+        max_dimension_values: 100,
+    }
+}
+
+/// A record as produced: partition and page view.
+#[derive(Debug, Clone)]
+struct Rec {
+    partition: i32,
+    view: PageView,
+}
+
+fn visitor_partition(visitor: u32) -> i32 {
+    (visitor % PARTITIONS as u32) as i32
+}
+
+/// Per partition: a sequence of views with disorder, some late and some duplicated.
+fn stream() -> impl Strategy<Value = Vec<Rec>> {
+    let step = (
+        0u32..9,               // visitor
+        0i64..(12 * MIN),      // cursor advance
+        -(9 * MIN)..(2 * MIN), // jitter around the cursor: sometimes beyond the lateness
+        0usize..2,             // site
+        0usize..4,             // channel
+        0u32..100,             // duplicate dice
+    );
+    proptest::collection::vec(step, 1..250).prop_map(|steps| {
+        let mut cursors = [1_700_000_000_000i64; PARTITIONS as usize];
+        let mut out: Vec<Rec> = vec![];
+        for (n, (visitor, adv, jitter, site, channel, dice)) in steps.into_iter().enumerate() {
+            let p = visitor_partition(visitor);
+            if dice < 12 {
+                // A producer retry: the same record again (same partition, same id).
+                if let Some(prev) = out.iter().rev().find(|r| r.partition == p).cloned() {
+                    out.push(prev);
+                    continue;
+                }
+            }
+            let c = &mut cursors[p as usize];
+            *c += adv / 3;
+            let t = *c + jitter;
+            out.push(Rec {
+                partition: p,
+                view: PageView {
+                    event_id: format!("e{n}"),
+                    event_time: t,
+                    visitor_id: format!("v{visitor}"),
+                    customer_id: None,
+                    site: ["shop", "blog"][site].into(),
+                    page: "/".into(),
+                    referrer: None,
+                    channel: [None, Some("email"), Some("organic"), Some("paid")][channel]
+                        .map(String::from),
+                },
+            });
+        }
+        out
+    })
+}
+
+fn tp(p: i32) -> TopicPartition {
+    TopicPartition::new("pageviews", p)
+}
+
+/// Runs the engine over `recs` in the given order; returns the accepted flags.
+fn run(engine: &Engine, recs: &[Rec]) -> Vec<bool> {
+    recs.iter()
+        .map(|r| {
+            engine
+                .apply(&tp(r.partition), &Event::PageView(r.view.clone()))
+                .is_ok()
+        })
+        .collect()
+}
+
+// ---------- the brute-force reference, written from SPEC §1–§3 alone ----------
+
+/// SPEC §1/§2 acceptance, per partition, in arrival order.
+fn reference_accepts(recs: &[Rec]) -> Vec<bool> {
+    let mut max: HashMap<i32, Millis> = HashMap::new();
+    let mut seen: HashMap<(i32, String), Millis> = HashMap::new();
+    recs.iter()
+        .map(|r| {
+            let t = r.view.event_time;
+            let wm = max.get(&r.partition).map(|m| m - LATENESS);
+            if wm.is_some_and(|w| t < w) {
+                return false;
+            }
+            let key = (r.partition, r.view.event_id.clone());
+            if let Some(&old) = seen.get(&key) {
+                if wm.is_none_or(|w| old + DEDUP > w) {
+                    return false;
+                }
+            }
+            seen.insert(key, t);
+            let m = max.entry(r.partition).or_insert(t);
+            *m = (*m).max(t);
+            true
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+struct RefSession {
+    first: Millis,
+    last: Millis,
+    views: u32,
+    site: String,
+    channel: String,
+    partition: i32,
+}
+
+fn channel_label(v: &PageView) -> String {
+    v.channel.clone().unwrap_or_else(|| "(none)".into())
+}
+
+/// Sessions by sorting each (site, visitor)'s views and splitting at gaps >= timeout.
+fn reference_sessions(views: &[(i32, PageView)]) -> Vec<RefSession> {
+    let mut by: BTreeMap<(String, String), Vec<&(i32, PageView)>> = BTreeMap::new();
+    for pv in views {
+        by.entry((pv.1.site.clone(), pv.1.visitor_id.clone()))
+            .or_default()
+            .push(pv);
+    }
+    let mut out = vec![];
+    for (_, mut vs) in by {
+        vs.sort_by(|a, b| {
+            (a.1.event_time, channel_label(&a.1)).cmp(&(b.1.event_time, channel_label(&b.1)))
+        });
+        let mut cur: Option<RefSession> = None;
+        for (p, v) in vs {
+            match &mut cur {
+                Some(s) if v.event_time - s.last < TIMEOUT => {
+                    s.last = v.event_time;
+                    s.views += 1;
+                }
+                _ => {
+                    if let Some(s) = cur.take() {
+                        out.push(s);
+                    }
+                    cur = Some(RefSession {
+                        first: v.event_time,
+                        last: v.event_time,
+                        views: 1,
+                        site: v.site.clone(),
+                        channel: channel_label(v),
+                        partition: *p,
+                    });
+                }
+            }
+        }
+        out.extend(cur);
+    }
+    out
+}
+
+fn percentile(sorted: &[u64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1] as f64 / 1000.0)
+}
+
+/// (window, dimension, value) -> expected snapshot numbers.
+#[derive(Debug, PartialEq)]
+struct Expect {
+    page_views: i64,
+    sessions: i64,
+    sessions_active: i64,
+    bounced: i64,
+    duration_sum: f64,
+    p50: Option<f64>,
+    p90: Option<f64>,
+}
+
+fn reference(
+    cfg: &CoreConfig,
+    recs: &[Rec],
+    accepted: &[bool],
+    watermark: Millis,
+    partition_wm: &HashMap<i32, Millis>,
+) -> BTreeMap<(String, String, Option<String>), Expect> {
+    let views: Vec<(i32, PageView)> = recs
+        .iter()
+        .zip(accepted)
+        .filter(|(_, a)| **a)
+        .map(|(r, _)| (r.partition, r.view.clone()))
+        .collect();
+    let sessions = reference_sessions(&views);
+    let closed = |s: &RefSession| s.last + TIMEOUT <= partition_wm[&s.partition];
+    let mut out = BTreeMap::new();
+    for w in &cfg.windows {
+        let end = watermark.div_euclid(w.bucket_ms) * w.bucket_ms;
+        let start = end - w.length_ms;
+        let dims: Vec<(String, Option<String>)> = std::iter::once(("all".into(), None))
+            .chain(
+                views
+                    .iter()
+                    .map(|(_, v)| ("site".into(), Some(v.site.clone()))),
+            )
+            .chain(
+                views
+                    .iter()
+                    .map(|(_, v)| ("channel".into(), Some(channel_label(v)))),
+            )
+            .collect();
+        for (dim, val) in dims {
+            let view_in = |v: &PageView| match dim.as_str() {
+                "site" => Some(&v.site) == val.as_ref(),
+                "channel" => Some(channel_label(v)) == val,
+                _ => true,
+            };
+            let sess_in = |s: &RefSession| match dim.as_str() {
+                "site" => Some(&s.site) == val.as_ref(),
+                "channel" => Some(&s.channel) == val.as_ref(),
+                _ => true,
+            };
+            let page_views = views
+                .iter()
+                .filter(|(_, v)| view_in(v) && v.event_time >= start && v.event_time < end)
+                .count() as i64;
+            let in_window: Vec<&RefSession> = sessions
+                .iter()
+                .filter(|s| sess_in(s) && closed(s))
+                .filter(|s| s.last + TIMEOUT >= start && s.last + TIMEOUT < end)
+                .collect();
+            let mut durations: Vec<u64> = in_window
+                .iter()
+                .map(|s| (s.last - s.first) as u64)
+                .collect();
+            durations.sort();
+            out.insert(
+                (w.name.clone(), dim.clone(), val.clone()),
+                Expect {
+                    page_views,
+                    sessions: in_window.len() as i64,
+                    sessions_active: sessions.iter().filter(|s| sess_in(s) && !closed(s)).count()
+                        as i64,
+                    bounced: in_window.iter().filter(|s| s.views == 1).count() as i64,
+                    duration_sum: durations.iter().sum::<u64>() as f64 / 1000.0,
+                    p50: percentile(&durations, 0.5),
+                    p90: percentile(&durations, 0.9),
+                },
+            );
+        }
+    }
+    out
+}
+
+fn observed(snaps: &[WindowSnapshot]) -> BTreeMap<(String, String, Option<String>), Expect> {
+    snaps
+        .iter()
+        .map(|s| {
+            (
+                (
+                    s.window.clone(),
+                    s.dimension.clone(),
+                    s.dimension_value.clone(),
+                ),
+                Expect {
+                    page_views: s.page_views,
+                    sessions: s.sessions,
+                    sessions_active: s.sessions_active,
+                    bounced: s.bounced_sessions,
+                    duration_sum: s.session_duration_sum_seconds,
+                    p50: s.session_duration_p50_seconds,
+                    p90: s.session_duration_p90_seconds,
+                },
+            )
+        })
+        .collect()
+}
+
+fn partition_watermarks(engine: &Engine) -> HashMap<i32, Millis> {
+    engine
+        .watermarks()
+        .into_iter()
+        .filter_map(|(tp, w)| w.map(|w| (tp.partition, w)))
+        .collect()
+}
+
+fn partitions(engine: &Engine) -> Vec<TopicPartition> {
+    engine.watermarks().into_iter().map(|(tp, _)| tp).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn windowed_web_metrics_equal_brute_force(recs in stream(), probe in 0i64..(40 * MIN)) {
+        let cfg = config();
+        let engine = Engine::new(cfg.clone());
+        let accepted = run(&engine, &recs);
+        prop_assert_eq!(&accepted, &reference_accepts(&recs));
+        let pwm = partition_watermarks(&engine);
+        // Instance watermark: min over partitions, then probe a few earlier instants too.
+        let min_wm = *pwm.values().min().unwrap();
+        for w in [min_wm, min_wm - probe] {
+            let snaps = snapshot::build(&engine, w, &partitions(&engine));
+            let got = observed(&snaps);
+            let want = reference(&cfg, &recs, &accepted, w, &pwm);
+            // Every dimension value the reference knows is published, and vice versa.
+            prop_assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+            for (k, want) in &want {
+                let got = &got[k];
+                prop_assert_eq!(got.page_views, want.page_views, "page_views {:?}", k);
+                prop_assert_eq!(got.sessions, want.sessions, "sessions {:?}", k);
+                prop_assert_eq!(got.sessions_active, want.sessions_active, "active {:?}", k);
+                prop_assert_eq!(got.bounced, want.bounced, "bounced {:?}", k);
+                prop_assert!((got.duration_sum - want.duration_sum).abs() < 1e-6, "duration {:?}", k);
+                prop_assert_eq!(got.p50, want.p50, "p50 {:?}", k);
+                prop_assert_eq!(got.p90, want.p90, "p90 {:?}", k);
+            }
+        }
+    }
+
+    #[test]
+    fn partition_interleaving_does_not_change_results(recs in stream(), seed in any::<u64>()) {
+        // Same per-partition order, different interleaving across partitions.
+        let mut queues: Vec<Vec<Rec>> = (0..PARTITIONS)
+            .map(|p| recs.iter().filter(|r| r.partition == p).cloned().collect())
+            .collect();
+        let mut shuffled = vec![];
+        let mut x = seed | 1;
+        while queues.iter().any(|q| !q.is_empty()) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            let p = (x % PARTITIONS as u64) as usize;
+            if !queues[p].is_empty() {
+                shuffled.push(queues[p].remove(0));
+            }
+        }
+        let a = Engine::new(config());
+        let b = Engine::new(config());
+        run(&a, &recs);
+        run(&b, &shuffled);
+        let wa = partition_watermarks(&a);
+        prop_assert_eq!(&wa, &partition_watermarks(&b));
+        let w = *wa.values().min().unwrap();
+        prop_assert_eq!(
+            snapshot::build(&a, w, &partitions(&a)),
+            snapshot::build(&b, w, &partitions(&b))
+        );
+    }
+}
+
+#[test]
+fn top_n_folds_the_rest_into_other() {
+    let mut cfg = config();
+    cfg.max_dimension_values = 1;
+    let engine = Engine::new(cfg);
+    let t0 = 1_700_000_000_000;
+    for (i, site) in ["a", "a", "b", "c"].iter().enumerate() {
+        let pv = PageView {
+            event_id: format!("e{i}"),
+            event_time: t0 + i as i64,
+            visitor_id: format!("v{i}"),
+            customer_id: None,
+            site: site.to_string(),
+            page: "/".into(),
+            referrer: None,
+            channel: None,
+        };
+        engine.apply(&tp(0), &Event::PageView(pv)).unwrap();
+    }
+    let snaps = snapshot::build(&engine, t0 + 20 * MIN, &partitions(&engine));
+    let sites: BTreeMap<String, i64> = snaps
+        .iter()
+        .filter(|s| s.window == "1h" && s.dimension == "site")
+        .map(|s| (s.dimension_value.clone().unwrap(), s.page_views))
+        .collect();
+    assert_eq!(
+        sites,
+        BTreeMap::from([("a".into(), 2), ("other".into(), 2)])
+    );
+}
