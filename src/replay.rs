@@ -39,6 +39,11 @@ pub enum ReplayError {
         "{path}: writer schema is not one of PageView, EmailEvent, Purchase, SurveyResponse or a union of them"
     )]
     UnknownSchema { path: PathBuf },
+    #[error(
+        "--at {at} is earlier than the watermark the input already reached ({watermark}); \
+         choose a time at or after it, or leave --at out"
+    )]
+    AtBeforeWatermark { at: Millis, watermark: Millis },
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -65,12 +70,12 @@ pub struct ReplaySummary {
 /// The kinds a writer schema's records map to (one entry, or one per union branch).
 fn kinds_of(schema: &Schema) -> Option<Vec<Option<EventKind>>> {
     match schema {
-        Schema::Record(r) => Some(vec![EventKind::from_name(&r.name.name())]),
+        Schema::Record(r) => Some(vec![EventKind::from_name(r.name.name())]),
         Schema::Union(u) => Some(
             u.variants()
                 .iter()
                 .map(|v| match v {
-                    Schema::Record(r) => EventKind::from_name(&r.name.name()),
+                    Schema::Record(r) => EventKind::from_name(r.name.name()),
                     _ => None,
                 })
                 .collect(),
@@ -191,6 +196,17 @@ pub fn replay(
     }
     bar.finish_and_clear();
 
+    let reached = pipeline
+        .engine()
+        .watermarks()
+        .into_iter()
+        .find(|(t, _)| *t == tp)
+        .and_then(|(_, w)| w);
+    if let (Some(at), Some(w)) = (opts.at, reached)
+        && at < w
+    {
+        return Err(ReplayError::AtBeforeWatermark { at, watermark: w });
+    }
     let at = opts.at.or(max_time);
     if let Some(at) = at {
         pipeline.engine().advance(&tp, at);

@@ -118,10 +118,10 @@ fn reference_accepts(recs: &[Rec]) -> Vec<bool> {
                 return false;
             }
             let key = (r.partition, r.view.event_id.clone());
-            if let Some(&old) = seen.get(&key) {
-                if wm.is_none_or(|w| old + DEDUP > w) {
-                    return false;
-                }
+            if let Some(&old) = seen.get(&key)
+                && wm.is_none_or(|w| old + DEDUP > w)
+            {
+                return false;
             }
             seen.insert(key, t);
             let m = max.entry(r.partition).or_insert(t);
@@ -261,19 +261,21 @@ fn reference(
                 .map(|s| (s.last - s.first) as u64)
                 .collect();
             durations.sort();
-            out.insert(
-                (w.name.clone(), dim.clone(), val.clone()),
-                Expect {
-                    page_views,
-                    sessions: in_window.len() as i64,
-                    sessions_active: sessions.iter().filter(|s| sess_in(s) && !closed(s)).count()
-                        as i64,
-                    bounced: in_window.iter().filter(|s| s.views == 1).count() as i64,
-                    duration_sum: durations.iter().sum::<u64>() as f64 / 1000.0,
-                    p50: percentile(&durations, 0.5),
-                    p90: percentile(&durations, 0.9),
-                },
-            );
+            let e = Expect {
+                page_views,
+                sessions: in_window.len() as i64,
+                sessions_active: sessions.iter().filter(|s| sess_in(s) && !closed(s)).count()
+                    as i64,
+                bounced: in_window.iter().filter(|s| s.views == 1).count() as i64,
+                duration_sum: durations.iter().sum::<u64>() as f64 / 1000.0,
+                p50: percentile(&durations, 0.5),
+                p90: percentile(&durations, 0.9),
+            };
+            // A dimension value is published when it has anything to show;
+            // the whole stream (`all`) always is.
+            if dim == "all" || e.page_views > 0 || e.sessions > 0 || e.sessions_active > 0 {
+                out.insert((w.name.clone(), dim.clone(), val.clone()), e);
+            }
         }
     }
     out

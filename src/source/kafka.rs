@@ -316,10 +316,10 @@ pub async fn run(
     let graceful = async {
         publish_snapshots(&pipeline, &producer, &cfg.snapshot_topic, &health).await;
         health.set_not_ready("shutting down");
-        if !pipeline.assigned().is_empty() {
-            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-                tracing::debug!(error = %e, "final commit (nothing new to commit)");
-            }
+        if !pipeline.assigned().is_empty()
+            && let Err(e) = consumer.commit_consumer_state(CommitMode::Sync)
+        {
+            tracing::debug!(error = %e, "final commit (nothing new to commit)");
         }
         consumer.unsubscribe();
         let _ = producer.flush(Duration::from_secs(5));

@@ -1,0 +1,237 @@
+//! `engaged replay` on a file written by Python fastavro (tests/fixtures/make_fixtures.py)
+//! prints per-window snapshots equal to an independent recomputation.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use apache_avro::types::Value;
+use serde_json::Value as Json;
+
+const FIXTURE: &str = "tests/fixtures/mixed_events.avro";
+const TIMEOUT_MS: i64 = 30 * 60_000;
+
+#[derive(Debug, Clone)]
+struct View {
+    visitor: String,
+    site: String,
+    time: i64,
+    channel: String,
+}
+
+fn field<'a>(fields: &'a [(String, Value)], name: &str) -> &'a Value {
+    &fields.iter().find(|(n, _)| n == name).unwrap().1
+}
+
+fn string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Union(_, inner) => string(inner),
+        _ => None,
+    }
+}
+
+fn long(v: &Value) -> i64 {
+    match v {
+        Value::Long(x) | Value::TimestampMillis(x) => *x,
+        other => panic!("not a long: {other:?}"),
+    }
+}
+
+/// Page views of the fixture, read with apache-avro's generic reader, and the
+/// largest event time of any record.
+fn read_fixture() -> (Vec<View>, i64) {
+    let file = std::fs::File::open(FIXTURE).unwrap();
+    let mut out = vec![];
+    let mut max_time = i64::MIN;
+    for v in apache_avro::Reader::new(file).unwrap() {
+        let v = match v.unwrap() {
+            Value::Union(_, inner) => *inner,
+            other => other,
+        };
+        let Value::Record(fields) = v else {
+            panic!("not a record")
+        };
+        max_time = max_time.max(long(field(&fields, "event_time")));
+        if fields.iter().any(|(n, _)| n == "visitor_id") {
+            out.push(View {
+                visitor: string(field(&fields, "visitor_id")).unwrap(),
+                site: string(field(&fields, "site")).unwrap(),
+                time: long(field(&fields, "event_time")),
+                channel: string(field(&fields, "channel")).unwrap_or_else(|| "(none)".into()),
+            });
+        }
+    }
+    (out, max_time)
+}
+
+/// (first, last, views) per session: sort each visitor's views, split at gaps >= 30 min.
+fn sessions(views: &[View]) -> Vec<(i64, i64, usize)> {
+    let mut by: BTreeMap<(&str, &str), Vec<i64>> = BTreeMap::new();
+    for v in views {
+        by.entry((&v.site, &v.visitor)).or_default().push(v.time);
+    }
+    let mut out = vec![];
+    for (_, mut ts) in by {
+        ts.sort();
+        let mut start = 0;
+        for i in 1..=ts.len() {
+            if i == ts.len() || ts[i] - ts[i - 1] >= TIMEOUT_MS {
+                out.push((ts[start], ts[i - 1], i - start));
+                start = i;
+            }
+        }
+    }
+    out
+}
+
+fn replay(args: &[&str]) -> Vec<Json> {
+    let out = Command::new(env!("CARGO_BIN_EXE_engaged"))
+        .arg("replay")
+        .arg(FIXTURE)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn all_dim(snaps: &[Json], window: &str) -> Json {
+    snaps
+        .iter()
+        .find(|s| s["window"] == window && s["dimension"] == "all")
+        .unwrap_or_else(|| panic!("no {window}/all snapshot"))
+        .clone()
+}
+
+#[test]
+fn replay_matches_an_independent_recomputation() {
+    let (views, last) = read_fixture();
+    let sess = sessions(&views);
+    // The fixture's own summary (computed by the Python script) agrees with ours.
+    let summary: Json = serde_json::from_str(
+        &std::fs::read_to_string("tests/fixtures/mixed_events.summary.json").unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["sessions"].as_u64().unwrap() as usize, sess.len());
+
+    // Several final watermarks from the end of input on: the 3-day window
+    // slides over the page views, which lie in the first two days.
+    for at in [
+        last,
+        last + TIMEOUT_MS - 1,
+        last + 20 * 3_600_000 + 12_345,
+        last + 40 * 3_600_000,
+    ] {
+        let snaps = replay(&["--windows", "7d,3d/1h,1h,10m", "--at", &at.to_string()]);
+        for (window, len, bucket) in [
+            ("7d", 7 * 86_400_000i64, 7 * 86_400_000 / 60),
+            ("3d", 3 * 86_400_000, 3_600_000),
+            ("1h", 3_600_000, 60_000),
+            ("10m", 600_000, 10_000),
+        ] {
+            let end = at.div_euclid(bucket) * bucket;
+            let start = end - len;
+            let s = all_dim(&snaps, window);
+            assert_eq!(s["window_start"], start, "{window} at {at}");
+            assert_eq!(s["window_end"], end, "{window} at {at}");
+            let pv = views
+                .iter()
+                .filter(|v| v.time >= start && v.time < end)
+                .count();
+            assert_eq!(s["page_views"], pv, "page_views {window} at {at}");
+            // A session closes at last + timeout; it is counted when that is <= at.
+            let closed: Vec<_> = sess
+                .iter()
+                .filter(|(_, l, _)| {
+                    l + TIMEOUT_MS <= at && l + TIMEOUT_MS >= start && l + TIMEOUT_MS < end
+                })
+                .collect();
+            assert_eq!(s["sessions"], closed.len(), "sessions {window} at {at}");
+            let bounced = closed.iter().filter(|(_, _, n)| *n == 1).count();
+            assert_eq!(s["bounced_sessions"], bounced, "bounced {window} at {at}");
+            let active = sess.iter().filter(|(_, l, _)| l + TIMEOUT_MS > at).count();
+            assert_eq!(s["sessions_active"], active, "active {window} at {at}");
+            let mut durs: Vec<i64> = closed.iter().map(|(f, l, _)| l - f).collect();
+            durs.sort();
+            let sum: i64 = durs.iter().sum();
+            let got = s["session_duration_sum_seconds"].as_f64().unwrap();
+            assert!(
+                (got - sum as f64 / 1000.0).abs() < 1e-6,
+                "duration sum {window} at {at}"
+            );
+            if closed.is_empty() {
+                assert!(s["bounce_rate"].is_null() && s["session_duration_p50_seconds"].is_null());
+            } else {
+                let rate = s["bounce_rate"].as_f64().unwrap();
+                assert!((rate - bounced as f64 / closed.len() as f64).abs() < 1e-12);
+                let rank = |p: f64| {
+                    durs[((p * durs.len() as f64).ceil() as usize).clamp(1, durs.len()) - 1]
+                };
+                assert_eq!(
+                    s["session_duration_p50_seconds"].as_f64().unwrap(),
+                    rank(0.5) as f64 / 1000.0
+                );
+                assert_eq!(
+                    s["session_duration_p90_seconds"].as_f64().unwrap(),
+                    rank(0.9) as f64 / 1000.0
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn replay_breaks_down_by_site_and_channel() {
+    let (views, last) = read_fixture();
+    let snaps = replay(&["--windows", "7d", "--at", &(last + TIMEOUT_MS).to_string()]);
+    let end = (last + TIMEOUT_MS).div_euclid(7 * 86_400_000 / 60) * (7 * 86_400_000 / 60);
+    let start = end - 7 * 86_400_000;
+    for dim in ["site", "channel"] {
+        let mut want: BTreeMap<String, u64> = BTreeMap::new();
+        for v in views.iter().filter(|v| v.time >= start && v.time < end) {
+            let key = if dim == "site" { &v.site } else { &v.channel };
+            *want.entry(key.clone()).or_default() += 1;
+        }
+        let got: BTreeMap<String, u64> = snaps
+            .iter()
+            .filter(|s| s["dimension"] == dim && s["page_views"].as_u64().unwrap() > 0)
+            .map(|s| {
+                (
+                    s["dimension_value"].as_str().unwrap().to_string(),
+                    s["page_views"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "{dim}");
+    }
+}
+
+#[test]
+fn replay_reports_bad_files_and_flags_clearly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_engaged"))
+        .args(["replay", "Cargo.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Cargo.toml") && err.contains("not an Avro"),
+        "{err}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_engaged"))
+        .args(["replay", FIXTURE, "--windows", "1h/7m"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`windows`") && err.contains("1h/7m"), "{err}");
+}
