@@ -54,11 +54,13 @@ fn stream() -> impl Strategy<Value = Vec<Rec>> {
         0usize..2,             // site
         0usize..4,             // channel
         0u32..100,             // duplicate dice
+        any::<bool>(),         // snap to whole minutes: exact 30:00 gaps and ties happen
     );
     proptest::collection::vec(step, 1..250).prop_map(|steps| {
         let mut cursors = [1_700_000_000_000i64; PARTITIONS as usize];
         let mut out: Vec<Rec> = vec![];
-        for (n, (visitor, adv, jitter, site, channel, dice)) in steps.into_iter().enumerate() {
+        for (n, (visitor, adv, jitter, site, channel, dice, snap)) in steps.into_iter().enumerate()
+        {
             let p = visitor_partition(visitor);
             if dice < 12 {
                 // A producer retry: the same record again (same partition, same id).
@@ -69,7 +71,10 @@ fn stream() -> impl Strategy<Value = Vec<Rec>> {
             }
             let c = &mut cursors[p as usize];
             *c += adv / 3;
-            let t = *c + jitter;
+            let mut t = *c + jitter;
+            if snap {
+                t = t.div_euclid(MIN) * MIN;
+            }
             out.push(Rec {
                 partition: p,
                 view: PageView {
