@@ -51,7 +51,11 @@ fn page_views(rng: &mut Lcg) -> Vec<Event> {
                 visitor_id: format!("v-{:016x}", rng.next() << 20 | rng.next()),
                 customer_id: customer.then(|| format!("cust-{:08}", rng.below(1_000_000))),
                 site: sites[rng.below(2) as usize].into(),
-                page: format!("/products/category-{}/item-{}", rng.below(20), rng.below(5000)),
+                page: format!(
+                    "/products/category-{}/item-{}",
+                    rng.below(20),
+                    rng.below(5000)
+                ),
                 referrer: (rng.below(3) == 0).then(|| "https://www.google.com/".to_string()),
                 channel: (rng.below(4) != 0).then(|| channels[rng.below(4) as usize].to_string()),
             })
@@ -68,8 +72,12 @@ fn purchases(rng: &mut Lcg) -> Vec<Event> {
                 event_time: T0 + i as i64 * 4_001,
                 customer_id: format!("cust-{:08}", rng.below(1_000_000)),
                 order_id: format!("ord-{:010}", rng.below(10_000_000_000)),
-                kind: [PurchaseType::Order, PurchaseType::Order, PurchaseType::Refund, PurchaseType::Renewal]
-                    [rng.below(4) as usize],
+                kind: [
+                    PurchaseType::Order,
+                    PurchaseType::Order,
+                    PurchaseType::Refund,
+                    PurchaseType::Renewal,
+                ][rng.below(4) as usize],
                 amount_minor: amount,
                 currency: "EUR".into(),
                 cost_minor: (rng.below(3) != 0).then_some(amount / 2),
@@ -93,11 +101,15 @@ fn bench(c: &mut Criterion) {
     let mut cfg = DecoderConfig::default();
     for k in EventKind::ALL {
         cfg.schema_ids.insert(schema_id(k), k.schema_json().into());
-        cfg.topic_schemas.insert(format!("{k:?}"), k.schema_json().into());
+        cfg.topic_schemas
+            .insert(format!("{k:?}"), k.schema_json().into());
     }
     let decoder = Decoder::new(&cfg).expect("reader schemas compile");
     let mut rng = Lcg(42);
-    let sets = [("PageView", page_views(&mut rng)), ("Purchase", purchases(&mut rng))];
+    let sets = [
+        ("PageView", page_views(&mut rng)),
+        ("Purchase", purchases(&mut rng)),
+    ];
 
     type Enc = fn(&Event) -> Vec<u8>;
     let formats: [(&str, Enc); 3] = [

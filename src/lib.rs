@@ -1,19 +1,19 @@
 //! engaged: a streaming sidecar that turns Avro customer events from Kafka into
 //! engagement and retention metrics (see `../shared/SPEC.md`).
 
+pub mod app;
+pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod event;
+pub mod http;
 pub mod metrics;
+pub mod pipeline;
+pub mod replay;
+pub mod sink;
 pub mod snapshot;
+pub mod source;
 pub mod state;
+pub mod telemetry;
 pub mod time;
 pub mod window;
-pub mod config;
-pub mod pipeline;
-pub mod telemetry;
-pub mod http;
-pub mod sink;
-pub mod source;
-pub mod replay;
-pub mod app;

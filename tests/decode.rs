@@ -34,7 +34,7 @@ fn config() -> DecoderConfig {
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex length");
+    assert!(s.len().is_multiple_of(2), "odd hex length");
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
@@ -96,7 +96,9 @@ fn check_format(format: &str, wire: WireFormat) -> usize {
                 );
                 assert!(slow.is_err(), "{key}: generic path accepted it");
             }
-            (Json::String(why), Ok(ev)) => failures.push(format!("{key}: decoded {ev:?}, fastavro: {why}")),
+            (Json::String(why), Ok(ev)) => {
+                failures.push(format!("{key}: decoded {ev:?}, fastavro: {why}"))
+            }
             (_, Err(e)) => failures.push(format!("{key}: {e}")),
             (_, Ok(ev)) => {
                 let (kind, got) = as_json(ev);
@@ -150,8 +152,29 @@ fn fixtures_cover_every_kind_and_writer() {
     assert_eq!(kinds.len(), 4, "{kinds:?}");
     assert_eq!(errors, 3);
     let names: Vec<String> = messages("plain").into_iter().map(|m| m.0).collect();
-    for prefix in ["union-PageView", "pv-v2", "pu-legacy", "em-v2", "SurveyResponse"] {
+    for prefix in [
+        "union-PageView",
+        "pv-v2",
+        "pu-legacy",
+        "em-v2",
+        "SurveyResponse",
+    ] {
         assert!(names.iter().any(|n| n.starts_with(prefix)), "{prefix}");
+    }
+}
+
+#[test]
+fn every_strict_prefix_of_a_fixture_is_an_error() {
+    let d = Decoder::new(&config()).unwrap();
+    for format in ["plain", "confluent", "single_object"] {
+        for (name, topic, payload) in messages(format) {
+            for n in 0..payload.len() {
+                assert!(
+                    d.decode(&topic, &payload[..n]).is_err(),
+                    "{format}/{name}: prefix of {n} bytes decoded"
+                );
+            }
+        }
     }
 }
 

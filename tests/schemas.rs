@@ -52,7 +52,11 @@ fn optional_fields_are_null_first_with_null_default() {
         for f in json["fields"].as_array().unwrap() {
             if let Some(branches) = f["type"].as_array() {
                 assert_eq!(branches[0], "null", "{kind:?}.{}", f["name"]);
-                assert!(f.get("default").is_some_and(|d| d.is_null()), "{kind:?}.{}", f["name"]);
+                assert!(
+                    f.get("default").is_some_and(|d| d.is_null()),
+                    "{kind:?}.{}",
+                    f["name"]
+                );
             }
         }
         let time = json["fields"]
@@ -105,7 +109,13 @@ fn event() -> impl Strategy<Value = Event> {
         ),
         (
             (text(), any::<i64>(), text(), text(), 0usize..4),
-            (any::<i64>(), text(), proptest::option::of(any::<i64>()), any::<i32>(), o())
+            (
+                any::<i64>(),
+                text(),
+                proptest::option::of(any::<i64>()),
+                any::<i32>(),
+                o()
+            )
         )
             .prop_map(|((a, t, c, ord, k), (amt, cur, cost, items, camp))| {
                 Event::Purchase(Purchase {
@@ -126,8 +136,16 @@ fn event() -> impl Strategy<Value = Event> {
                     campaign_id: camp,
                 })
             }),
-        (text(), any::<i64>(), o(), text(), 0usize..3, any::<i32>(), o()).prop_map(
-            |(a, t, c, s, k, score, com)| Event::Survey(SurveyResponse {
+        (
+            text(),
+            any::<i64>(),
+            o(),
+            text(),
+            0usize..3,
+            any::<i32>(),
+            o()
+        )
+            .prop_map(|(a, t, c, s, k, score, com)| Event::Survey(SurveyResponse {
                 event_id: a,
                 event_time: t,
                 customer_id: c,
@@ -135,8 +153,7 @@ fn event() -> impl Strategy<Value = Event> {
                 kind: [SurveyKind::Nps, SurveyKind::Csat, SurveyKind::Ces][k],
                 score,
                 comment: com,
-            })
-        ),
+            })),
     ]
 }
 

@@ -440,7 +440,8 @@ mod tests {
         assert_eq!(raw.windows, ["1h"]);
         assert_eq!(raw.listen, "127.0.0.1:2");
         std::fs::write(&f, "no_such_key = 1\n").unwrap();
-        let e = RawConfig::load(Some(&f), &()).unwrap_err().to_string();
+        let no_flags = BTreeMap::<String, String>::new();
+        let e = RawConfig::load(Some(&f), &no_flags).unwrap_err().to_string();
         assert!(e.contains("no_such_key"), "{e}");
     }
 }

@@ -13,7 +13,8 @@ pub(crate) struct ReaderSchemas([Schema; 4]);
 
 impl ReaderSchemas {
     pub fn new() -> Result<ReaderSchemas, (EventKind, String)> {
-        let parse = |k: EventKind| Schema::parse_str(k.schema_json()).map_err(|e| (k, e.to_string()));
+        let parse =
+            |k: EventKind| Schema::parse_str(k.schema_json()).map_err(|e| (k, e.to_string()));
         Ok(ReaderSchemas([
             parse(EventKind::PageView)?,
             parse(EventKind::EmailEvent)?,
@@ -43,9 +44,8 @@ pub(crate) struct GenericPlan {
 
 fn record_kind(s: &Schema) -> Result<EventKind, String> {
     match s {
-        Schema::Record(r) => {
-            EventKind::from_name(r.name.name()).ok_or_else(|| format!("record {}", r.name.fullname(None)))
-        }
+        Schema::Record(r) => EventKind::from_name(r.name.name())
+            .ok_or_else(|| format!("record {}", r.name.fullname(None))),
         other => Err(format!("{other:?}").chars().take(80).collect()),
     }
 }
@@ -119,13 +119,18 @@ impl GenericPlan {
         };
         let resolved = record.resolve(readers.get(kind)).map_err(avro)?;
         Ok(match kind {
-            EventKind::PageView => Event::PageView(apache_avro::from_value(&resolved).map_err(avro)?),
-            EventKind::EmailEvent => Event::Email(apache_avro::from_value(&resolved).map_err(avro)?),
-            EventKind::Purchase => Event::Purchase(apache_avro::from_value(&resolved).map_err(avro)?),
+            EventKind::PageView => {
+                Event::PageView(apache_avro::from_value(&resolved).map_err(avro)?)
+            }
+            EventKind::EmailEvent => {
+                Event::Email(apache_avro::from_value(&resolved).map_err(avro)?)
+            }
+            EventKind::Purchase => {
+                Event::Purchase(apache_avro::from_value(&resolved).map_err(avro)?)
+            }
             EventKind::SurveyResponse => {
                 Event::Survey(apache_avro::from_value(&resolved).map_err(avro)?)
             }
         })
     }
 }
-

@@ -119,14 +119,20 @@ impl fmt::Display for SchemaOrigin {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchemaError {
     #[error("{origin}: not a valid Avro schema: {reason}")]
-    Parse { origin: SchemaOrigin, reason: String },
+    Parse {
+        origin: SchemaOrigin,
+        reason: String,
+    },
     #[error(
         "{origin}: is {found}; expected a record named PageView, EmailEvent, Purchase or \
          SurveyResponse, or a union of such records"
     )]
     NotAnEvent { origin: SchemaOrigin, found: String },
     #[error("{origin}: cannot be read with our reader schema: {reason}")]
-    Incompatible { origin: SchemaOrigin, reason: String },
+    Incompatible {
+        origin: SchemaOrigin,
+        reason: String,
+    },
 }
 
 /// A record value that cannot be decoded: it goes to the dead-letter topic.
@@ -146,7 +152,9 @@ pub enum DecodeError {
     Malformed(String),
     #[error("varint at byte {offset} does not fit in 64 bits")]
     VarintOverflow { offset: usize },
-    #[error("union branch index {index} at byte {offset} is not below the writer's {branches} branches")]
+    #[error(
+        "union branch index {index} at byte {offset} is not below the writer's {branches} branches"
+    )]
     BadUnionIndex {
         index: i64,
         branches: usize,
@@ -162,7 +170,10 @@ pub enum DecodeError {
     },
     #[error("{0} trailing byte(s) after the Avro datum")]
     TrailingBytes(usize),
-    #[error("data nested more than {} levels deep at byte {offset}", reader::MAX_DEPTH)]
+    #[error(
+        "data nested more than {} levels deep at byte {offset}",
+        reader::MAX_DEPTH
+    )]
     TooDeep { offset: usize },
 }
 
@@ -395,7 +406,10 @@ impl Decoder {
     fn decode_confluent(&self, payload: &[u8], generic: bool) -> Result<Event, DecodeError> {
         let id = header::<4>(payload, 1)?;
         let id = u32::from_be_bytes(id);
-        let w = self.by_id.get(&id).ok_or(DecodeError::UnknownSchemaId(id))?;
+        let w = self
+            .by_id
+            .get(&id)
+            .ok_or(DecodeError::UnknownSchemaId(id))?;
         w.decode(payload, 5, generic, &self.readers)
     }
 
@@ -438,11 +452,4 @@ pub fn reader_fingerprint(kind: EventKind) -> u64 {
         .position(|k| *k == kind)
         .unwrap_or_default();
     all[i]
-}
-
-/// The CRC-64-AVRO fingerprint of any schema's Parsing Canonical Form, as
-/// single-object encoding uses it.
-pub fn fingerprint(schema_json: &str) -> Result<u64, String> {
-    let json: serde_json::Value = serde_json::from_str(schema_json).map_err(|e| e.to_string())?;
-    schema::canonical_form(&json).map(|pcf| schema::rabin(pcf.as_bytes()))
 }

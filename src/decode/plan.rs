@@ -9,9 +9,9 @@
 //! name, `int` promotes to `long`, `bytes` and `string` are interchangeable, and
 //! unions on either side are resolved branch by branch.
 
+use super::DecodeError;
 use super::reader::{Reader, Skip};
 use super::schema::{Named, Parsed, WType};
-use super::DecodeError;
 use crate::event::{
     EmailEvent, EmailEventType, Event, EventKind, PageView, Purchase, PurchaseType, SurveyKind,
     SurveyResponse,
@@ -211,7 +211,9 @@ fn default_val(t: &RType, d: &Json) -> Result<Val, String> {
         },
         (RType::Null, Json::Null) => Ok(Val::Null),
         (RType::String, Json::String(s)) => Ok(Val::Str(s.clone())),
-        (RType::Long, Json::Number(n)) => n.as_i64().map(Val::Long).ok_or("bad long default".into()),
+        (RType::Long, Json::Number(n)) => {
+            n.as_i64().map(Val::Long).ok_or("bad long default".into())
+        }
         (RType::Int, Json::Number(n)) => n
             .as_i64()
             .and_then(|v| i32::try_from(v).ok())
@@ -240,7 +242,10 @@ impl ReaderRecord {
             return Err("not a record".into());
         };
         if name != kind.full_name() {
-            return Err(format!("record is named {name}, expected {}", kind.full_name()));
+            return Err(format!(
+                "record is named {name}, expected {}",
+                kind.full_name()
+            ));
         }
         let expected = shape(kind);
         if fields.len() != expected.len() {
@@ -378,7 +383,13 @@ fn resolve(p: &Parsed, w: &WType, r: &RType) -> Result<Read, String> {
         return branches
             .iter()
             .find_map(|b| resolve(p, w, b).ok())
-            .ok_or_else(|| format!("writer {} is not readable as {}", p.describe(w), r.describe()));
+            .ok_or_else(|| {
+                format!(
+                    "writer {} is not readable as {}",
+                    p.describe(w),
+                    r.describe()
+                )
+            });
     }
     match (w, r) {
         (WType::Null, RType::Null) => Ok(Read::Null),
@@ -405,9 +416,17 @@ fn resolve(p: &Parsed, w: &WType, r: &RType) -> Result<Read, String> {
                     writer_symbols: wsyms.clone().into_boxed_slice(),
                 })
             }
-            _ => Err(format!("writer {} is not readable as {}", p.describe(w), r.describe())),
+            _ => Err(format!(
+                "writer {} is not readable as {}",
+                p.describe(w),
+                r.describe()
+            )),
         },
-        _ => Err(format!("writer {} is not readable as {}", p.describe(w), r.describe())),
+        _ => Err(format!(
+            "writer {} is not readable as {}",
+            p.describe(w),
+            r.describe()
+        )),
     }
 }
 
@@ -422,7 +441,7 @@ fn compile_record(
         let rf = reader
             .fields
             .iter()
-            .find(|rf| rf.name == wf.name || rf.aliases.iter().any(|a| *a == wf.name));
+            .find(|rf| rf.name == wf.name || rf.aliases.contains(&wf.name));
         match rf {
             Some(rf) => {
                 if std::mem::replace(&mut seen[rf.slot], true) {
@@ -431,8 +450,8 @@ fn compile_record(
                         rf.name
                     ));
                 }
-                let read = resolve(p, &wf.ty, &rf.ty)
-                    .map_err(|e| format!("field `{}`: {e}", wf.name))?;
+                let read =
+                    resolve(p, &wf.ty, &rf.ty).map_err(|e| format!("field `{}`: {e}", wf.name))?;
                 ops.push(Op::Read {
                     slot: rf.slot,
                     field: rf.name,
@@ -706,7 +725,13 @@ mod tests {
         // The enum tables used by `build` follow the symbol lists.
         fn names<T: serde::Serialize>(v: &[T]) -> Vec<String> {
             v.iter()
-                .map(|e| serde_json::to_value(e).unwrap().as_str().unwrap().to_string())
+                .map(|e| {
+                    serde_json::to_value(e)
+                        .unwrap()
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
                 .collect()
         }
         assert_eq!(names(&EMAIL_TYPES), EMAIL_SYMBOLS);
@@ -733,14 +758,20 @@ mod tests {
                 {"name":"kind","type":{"type":"enum","name":"SurveyKind","symbols":["NPS"]}}]}"#,
         )
         .unwrap_err();
-        assert!(matches!(&e, CompileError::Incompatible(m) if m.contains("`score`")), "{e:?}");
+        assert!(
+            matches!(&e, CompileError::Incompatible(m) if m.contains("`score`")),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn wrong_types_and_names_are_rejected() {
         let e = plan(r#"{"type":"record","name":"Nope","fields":[]}"#).unwrap_err();
         assert!(matches!(e, CompileError::NotAnEvent(_)));
-        assert!(matches!(plan(r#""string""#), Err(CompileError::NotAnEvent(_))));
+        assert!(matches!(
+            plan(r#""string""#),
+            Err(CompileError::NotAnEvent(_))
+        ));
         let e = plan(
             r#"{"type":"record","name":"SurveyResponse","fields":[
                 {"name":"event_id","type":"string"},{"name":"event_time","type":"double"},
@@ -748,7 +779,10 @@ mod tests {
                 {"name":"kind","type":{"type":"enum","name":"SurveyKind","symbols":["NPS"]}}]}"#,
         )
         .unwrap_err();
-        assert!(matches!(&e, CompileError::Incompatible(m) if m.contains("event_time")), "{e:?}");
+        assert!(
+            matches!(&e, CompileError::Incompatible(m) if m.contains("event_time")),
+            "{e:?}"
+        );
         // An enum with another name does not resolve.
         let e = plan(
             r#"{"type":"record","name":"SurveyResponse","fields":[
@@ -757,7 +791,10 @@ mod tests {
                 {"name":"kind","type":{"type":"enum","name":"Other","symbols":["NPS"]}}]}"#,
         )
         .unwrap_err();
-        assert!(matches!(&e, CompileError::Incompatible(m) if m.contains("kind")), "{e:?}");
+        assert!(
+            matches!(&e, CompileError::Incompatible(m) if m.contains("kind")),
+            "{e:?}"
+        );
     }
 
     #[test]

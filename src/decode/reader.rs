@@ -75,7 +75,8 @@ impl<'a> Reader<'a> {
     pub fn int(&mut self) -> Result<i32, DecodeError> {
         let start = self.pos;
         let v = self.long()?;
-        i32::try_from(v).map_err(|_| DecodeError::Malformed(format!("int {v} out of range at byte {start}")))
+        i32::try_from(v)
+            .map_err(|_| DecodeError::Malformed(format!("int {v} out of range at byte {start}")))
     }
 
     /// A non-negative length or count prefix.
@@ -153,7 +154,9 @@ impl<'a> Reader<'a> {
             }
             Skip::Ref(i) => match table.get(*i) {
                 Some(t) => self.skip(t, table, deeper(depth, self.pos)?),
-                None => Err(DecodeError::Malformed(format!("internal: no named type #{i}"))),
+                None => Err(DecodeError::Malformed(format!(
+                    "internal: no named type #{i}"
+                ))),
             },
         }
     }
@@ -260,7 +263,18 @@ mod tests {
 
     #[test]
     fn varints_round_trip_at_the_edges() {
-        for v in [0, 1, -1, 63, -64, 64, i32::MAX as i64, i32::MIN as i64, i64::MAX, i64::MIN] {
+        for v in [
+            0,
+            1,
+            -1,
+            63,
+            -64,
+            64,
+            i32::MAX as i64,
+            i32::MIN as i64,
+            i64::MAX,
+            i64::MIN,
+        ] {
             let b = zz(v);
             let mut r = Reader::new(&b, 0);
             assert_eq!(r.long().unwrap(), v);
@@ -289,7 +303,10 @@ mod tests {
         assert_eq!(Reader::new(&b, 0).long().unwrap(), i64::MIN);
         // An int that needs more than 32 bits.
         let b = zz(i64::from(i32::MAX) + 1);
-        assert!(matches!(Reader::new(&b, 0).int(), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            Reader::new(&b, 0).int(),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -298,16 +315,28 @@ mod tests {
         b.extend_from_slice(b"abc");
         assert!(matches!(
             Reader::new(&b, 0).string(),
-            Err(DecodeError::Truncated { offset: 1, needed: 2 })
+            Err(DecodeError::Truncated {
+                offset: 1,
+                needed: 2
+            })
         ));
         let b = zz(-3);
-        assert!(matches!(Reader::new(&b, 0).bytes(), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            Reader::new(&b, 0).bytes(),
+            Err(DecodeError::Malformed(_))
+        ));
         let mut b = zz(i64::MAX);
         b.push(0);
-        assert!(matches!(Reader::new(&b, 0).bytes(), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(
+            Reader::new(&b, 0).bytes(),
+            Err(DecodeError::Truncated { .. })
+        ));
         let mut b = zz(2);
         b.extend_from_slice(&[0xc3, 0x28]);
-        assert!(matches!(Reader::new(&b, 0).string(), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            Reader::new(&b, 0).string(),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -315,12 +344,14 @@ mod tests {
         let mut b = zz(i64::MAX);
         b.extend(zz(0));
         let mut r = Reader::new(&b, 0);
-        r.skip(&Skip::Array(Box::new(Skip::Nothing)), &[], 0).unwrap();
+        r.skip(&Skip::Array(Box::new(Skip::Nothing)), &[], 0)
+            .unwrap();
         assert_eq!(r.remaining(), 0);
         // Same through a named empty record.
         let mut r = Reader::new(&b, 0);
         let table = [Skip::Record(Box::new([]))];
-        r.skip(&Skip::Array(Box::new(Skip::Ref(0))), &table, 0).unwrap();
+        r.skip(&Skip::Array(Box::new(Skip::Ref(0))), &table, 0)
+            .unwrap();
         // Fixed-size items jump; a count too large for the input is truncation.
         let mut b = zz(1 << 40);
         b.extend([0u8; 16]);
@@ -341,7 +372,8 @@ mod tests {
         b.extend(zz(0));
         b.push(0x42);
         let mut r = Reader::new(&b, 0);
-        r.skip(&Skip::Array(Box::new(Skip::Varint)), &[], 0).unwrap();
+        r.skip(&Skip::Array(Box::new(Skip::Varint)), &[], 0)
+            .unwrap();
         assert_eq!(r.remaining(), 1);
         // map<string, double> with two entries.
         let mut b = zz(2);
@@ -352,7 +384,8 @@ mod tests {
         }
         b.extend(zz(0));
         let mut r = Reader::new(&b, 0);
-        r.skip(&Skip::Map(Box::new(Skip::Fixed(8))), &[], 0).unwrap();
+        r.skip(&Skip::Map(Box::new(Skip::Fixed(8))), &[], 0)
+            .unwrap();
         assert_eq!(r.remaining(), 0);
     }
 

@@ -369,7 +369,9 @@ fn pcf(
             match ty {
                 "array" | "map" => {
                     let key = if ty == "array" { "items" } else { "values" };
-                    let inner = obj.get(key).ok_or_else(|| format!("{ty} without `{key}`"))?;
+                    let inner = obj
+                        .get(key)
+                        .ok_or_else(|| format!("{ty} without `{key}`"))?;
                     out.push_str(&format!("{{\"type\":\"{ty}\",\"{key}\":"));
                     pcf(inner, ns, defined, out, depth + 1)?;
                     out.push('}');
@@ -498,7 +500,10 @@ mod tests {
     fn canonical_form_of_reader_schemas_follows_the_spec() {
         let json: Json = serde_json::from_str(EventKind::PageView.schema_json()).unwrap();
         assert_eq!(canonical_form(&json).unwrap(), PAGE_VIEW_PCF);
-        assert_eq!(rabin(PAGE_VIEW_PCF.as_bytes()).to_le_bytes(), [0x0b, 0x9f, 0xe2, 0x83, 0xfd, 0xb3, 0x29, 0x4b]);
+        assert_eq!(
+            rabin(PAGE_VIEW_PCF.as_bytes()).to_le_bytes(),
+            [0x0b, 0x9f, 0xe2, 0x83, 0xfd, 0xb3, 0x29, 0x4b]
+        );
         // apache-avro 0.22 keeps `{"type":"long"}` for a logical type (avro-rs
         // issue 61 / AVRO-4004), so its fingerprint differs: the decoder
         // accepts both. Everything else agrees.
@@ -508,7 +513,11 @@ mod tests {
             let theirs = apache_avro::Schema::parse_str(kind.schema_json())
                 .unwrap()
                 .canonical_form();
-            assert_eq!(ours, theirs.replace(r#"{"type":"long"}"#, r#""long""#), "{kind:?}");
+            assert_eq!(
+                ours,
+                theirs.replace(r#"{"type":"long"}"#, r#""long""#),
+                "{kind:?}"
+            );
         }
     }
 

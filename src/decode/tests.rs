@@ -256,14 +256,17 @@ fn union_schema() -> String {
 fn config() -> DecoderConfig {
     let mut cfg = DecoderConfig::default();
     for (i, k) in EventKind::ALL.iter().enumerate() {
-        cfg.schema_ids.insert(i as u32 + 1, k.schema_json().to_string());
+        cfg.schema_ids
+            .insert(i as u32 + 1, k.schema_json().to_string());
     }
     cfg.schema_ids.insert(10, EVOLVED_PAGE_VIEW.into());
     cfg.schema_ids.insert(11, EVOLVED_PURCHASE.into());
     cfg.schema_ids.insert(12, EVOLVED_SURVEY.into());
     cfg.schema_ids.insert(20, union_schema());
-    cfg.topic_schemas
-        .insert("page-views".into(), EventKind::PageView.schema_json().into());
+    cfg.topic_schemas.insert(
+        "page-views".into(),
+        EventKind::PageView.schema_json().into(),
+    );
     cfg.topic_schemas.insert("mixed".into(), union_schema());
     cfg.topic_schemas
         .insert("purchases-v2".into(), EVOLVED_PURCHASE.into());
@@ -288,9 +291,15 @@ fn decoder_is_send_and_sync() {
 
 #[test]
 fn wire_format_detection_uses_magic_bytes() {
-    assert_eq!(Decoder::wire_format(&[0, 0, 0, 0, 1, 2]), WireFormat::Confluent);
+    assert_eq!(
+        Decoder::wire_format(&[0, 0, 0, 0, 1, 2]),
+        WireFormat::Confluent
+    );
     assert_eq!(Decoder::wire_format(&[0]), WireFormat::Confluent);
-    assert_eq!(Decoder::wire_format(&[0xC3, 0x01, 1]), WireFormat::SingleObject);
+    assert_eq!(
+        Decoder::wire_format(&[0xC3, 0x01, 1]),
+        WireFormat::SingleObject
+    );
     assert_eq!(Decoder::wire_format(&[0xC3]), WireFormat::Plain);
     assert_eq!(Decoder::wire_format(&[0xC3, 0x02]), WireFormat::Plain);
     assert_eq!(Decoder::wire_format(&[8, b'p']), WireFormat::Plain);
@@ -302,7 +311,11 @@ fn every_wire_format_decodes() {
     let d = decoder();
     for e in sample_events() {
         let k = e.kind();
-        assert_eq!(d.decode("any", &encode::confluent(schema_id(k), &e)).unwrap(), e);
+        assert_eq!(
+            d.decode("any", &encode::confluent(schema_id(k), &e))
+                .unwrap(),
+            e
+        );
         assert_eq!(d.decode("any", &encode::single_object(&e)).unwrap(), e);
         assert_eq!(d.decode("mixed", &encode::union_datum(&e)).unwrap(), e);
         let mut framed = vec![0, 0, 0, 0, 20];
@@ -322,7 +335,8 @@ fn single_object_finds_configured_writer_fingerprints() {
     let d = decoder();
     // A union datum framed with the union schema's fingerprint (configured
     // under id 20 and topic "mixed"): found among the configured schemas.
-    let fp = fingerprint(&union_schema()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&union_schema()).unwrap();
+    let fp = schema::rabin(schema::canonical_form(&json).unwrap().as_bytes());
     for e in sample_events() {
         let mut m = vec![0xC3, 0x01];
         m.extend(fp.to_le_bytes());
@@ -374,7 +388,10 @@ fn plain_union_datums_that_look_framed_fall_back_to_plain() {
     // Branch 0 is the byte 0x00: detected as Confluent, and the framed decode
     // fails (schema id 0x10_70_76_2d is unknown).
     assert_eq!(Decoder::wire_format(&plain), WireFormat::Confluent);
-    assert!(matches!(d.decode("any", &plain), Err(DecodeError::UnknownSchemaId(_))));
+    assert!(matches!(
+        d.decode("any", &plain),
+        Err(DecodeError::UnknownSchemaId(_))
+    ));
     assert_eq!(d.decode("mixed", &plain).unwrap(), pv);
     assert_eq!(d.decode_generic("mixed", &plain).unwrap(), pv);
     // Genuinely framed messages on that topic still decode as framed.
@@ -383,7 +400,10 @@ fn plain_union_datums_that_look_framed_fall_back_to_plain() {
     // When both fail, the framed error is reported.
     let mut bad = encode::confluent(999, &pv);
     bad.push(7);
-    assert_eq!(d.decode("mixed", &bad), Err(DecodeError::UnknownSchemaId(999)));
+    assert_eq!(
+        d.decode("mixed", &bad),
+        Err(DecodeError::UnknownSchemaId(999))
+    );
 }
 
 #[test]
@@ -393,7 +413,10 @@ fn empty_trailing_and_truncated_headers() {
     let mut m = encode::confluent(1, &sample_events()[0]);
     m.push(0);
     assert_eq!(d.decode("any", &m), Err(DecodeError::TrailingBytes(1)));
-    assert_eq!(d.decode_generic("any", &m), Err(DecodeError::TrailingBytes(1)));
+    assert_eq!(
+        d.decode_generic("any", &m),
+        Err(DecodeError::TrailingBytes(1))
+    );
     assert_eq!(
         d.decode("any", &[0, 0, 1]),
         Err(DecodeError::Truncated {
@@ -524,7 +547,11 @@ fn evolved_purchase(symbol: i64, customer_branch: i64) -> W {
         .str("pu-9")
         .long(1_234_567)
         .long(customer_branch);
-    let w = if customer_branch == 1 { w.str("c-9") } else { w };
+    let w = if customer_branch == 1 {
+        w.str("c-9")
+    } else {
+        w
+    };
     w.long(symbol).long(1500).str("USD").long(700).long(3)
 }
 
@@ -552,7 +579,9 @@ fn evolved_purchase_resolves_promotions_symbols_and_defaults() {
     };
     assert_eq!(p.kind, PurchaseType::Renewal);
     // A symbol the reader does not know.
-    let err = d.decode("any", &evolved_purchase(2, 1).framed(11)).unwrap_err();
+    let err = d
+        .decode("any", &evolved_purchase(2, 1).framed(11))
+        .unwrap_err();
     assert_eq!(
         err,
         DecodeError::UnknownEnumSymbol {
@@ -560,9 +589,14 @@ fn evolved_purchase_resolves_promotions_symbols_and_defaults() {
             symbol: "GIFT".into()
         }
     );
-    assert!(d.decode_generic("any", &evolved_purchase(2, 1).framed(11)).is_err());
+    assert!(
+        d.decode_generic("any", &evolved_purchase(2, 1).framed(11))
+            .is_err()
+    );
     // The writer's null branch for a required reader field.
-    let err = d.decode("any", &evolved_purchase(0, 0).framed(11)).unwrap_err();
+    let err = d
+        .decode("any", &evolved_purchase(0, 0).framed(11))
+        .unwrap_err();
     assert!(
         matches!(
             &err,
@@ -574,9 +608,15 @@ fn evolved_purchase_resolves_promotions_symbols_and_defaults() {
         ),
         "{err}"
     );
-    assert!(d.decode_generic("any", &evolved_purchase(0, 0).framed(11)).is_err());
+    assert!(
+        d.decode_generic("any", &evolved_purchase(0, 0).framed(11))
+            .is_err()
+    );
     // Plain on a topic with that writer.
-    assert_eq!(d.decode("purchases-v2", &evolved_purchase(0, 1).0).unwrap(), expected);
+    assert_eq!(
+        d.decode("purchases-v2", &evolved_purchase(0, 1).0).unwrap(),
+        expected
+    );
 }
 
 #[test]
@@ -631,20 +671,34 @@ fn schema_errors_name_their_origin() {
     let mut cfg = DecoderConfig::default();
     cfg.schema_ids.insert(7, "{not json".into());
     let err = Decoder::new(&cfg).unwrap_err();
-    assert!(matches!(&err, SchemaError::Parse { origin: SchemaOrigin::SchemaId(7), .. }));
-    assert!(err.to_string().starts_with("writer schema for schema id 7: not a valid Avro schema"));
+    assert!(matches!(
+        &err,
+        SchemaError::Parse {
+            origin: SchemaOrigin::SchemaId(7),
+            ..
+        }
+    ));
+    assert!(
+        err.to_string()
+            .starts_with("writer schema for schema id 7: not a valid Avro schema")
+    );
 
     let mut cfg = DecoderConfig::default();
     cfg.topic_schemas.insert("t".into(), r#""string""#.into());
     let err = Decoder::new(&cfg).unwrap_err();
-    assert!(matches!(&err, SchemaError::NotAnEvent { origin: SchemaOrigin::Topic(t), .. } if t == "t"));
+    assert!(
+        matches!(&err, SchemaError::NotAnEvent { origin: SchemaOrigin::Topic(t), .. } if t == "t")
+    );
 
     let mut cfg = DecoderConfig::default();
     cfg.topic_schemas.insert(
         "t".into(),
         r#"["null", {"type":"record","name":"PageView","fields":[]}]"#.into(),
     );
-    assert!(matches!(Decoder::new(&cfg), Err(SchemaError::NotAnEvent { .. })));
+    assert!(matches!(
+        Decoder::new(&cfg),
+        Err(SchemaError::NotAnEvent { .. })
+    ));
 
     let mut cfg = DecoderConfig::default();
     cfg.schema_ids.insert(
@@ -659,9 +713,10 @@ fn schema_errors_name_their_origin() {
     let mut cfg = DecoderConfig::default();
     cfg.schema_ids.insert(
         3,
-        EventKind::PageView
-            .schema_json()
-            .replace(r#""name": "page", "type": "string""#, r#""name": "page", "type": "int""#),
+        EventKind::PageView.schema_json().replace(
+            r#""name": "page", "type": "string""#,
+            r#""name": "page", "type": "int""#,
+        ),
     );
     let err = Decoder::new(&cfg).unwrap_err();
     assert!(err.to_string().contains("field `page`"), "{err}");
@@ -854,3 +909,40 @@ fn gen_value(p: &Parsed, t: &WType, rng: &mut StdRng, out: &mut Vec<u8>, depth: 
     }
 }
 
+#[test]
+fn writers_without_a_plan_use_the_generic_path() {
+    let readers = ReaderSchemas::new().unwrap();
+    let avro = apache_avro::Schema::parse_str(EVOLVED_PURCHASE).unwrap();
+    let generic = GenericPlan::new(avro).unwrap();
+    generic.check_compatible(&readers).unwrap();
+    let mut d = decoder();
+    d.by_id.insert(
+        99,
+        Arc::new(Writer {
+            fast: None,
+            generic,
+            fingerprints: vec![],
+        }),
+    );
+    let m = evolved_purchase(0, 1).framed(99);
+    let Event::Purchase(p) = d.decode("any", &m).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        (p.kind, p.amount_minor, p.cost_minor),
+        (PurchaseType::Refund, 1500, Some(700))
+    );
+    // apache-avro's own compatibility check guards that path at start-up.
+    let bad = apache_avro::Schema::parse_str(
+        r#"{"type":"record","name":"Purchase","fields":[{"name":"event_id","type":"string"}]}"#,
+    )
+    .unwrap();
+    assert!(
+        GenericPlan::new(bad)
+            .unwrap()
+            .check_compatible(&readers)
+            .is_err()
+    );
+    let not_ours = apache_avro::Schema::parse_str(r#"["null","string"]"#).unwrap();
+    assert!(GenericPlan::new(not_ours).is_err());
+}

@@ -88,7 +88,8 @@ mod tests {
             kept.insert(&id, t);
             swept.sweep(t);
         }
-        for w in [0, 150, 200, 300, 400] {
+        // Watermarks only move forward, so answers are compared from the last sweep on.
+        for w in [260, 300, 359, 360, 400] {
             for i in 1..=4 {
                 let id = i.to_string();
                 if swept.is_duplicate(&id, Some(w)) != kept.is_duplicate(&id, Some(w)) {
