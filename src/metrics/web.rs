@@ -57,7 +57,7 @@ impl WebCounts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub site: Arc<str>,
-    pub visitor: Arc<str>,
+    pub visitor: Box<str>,
     pub first: Millis,
     pub last: Millis,
     pub views: u32,
@@ -75,7 +75,21 @@ pub struct ClosedSession {
     pub channel: Arc<str>,
 }
 
-type VisitorKey = (Arc<str>, Arc<str>);
+
+/// Adds `delta` to the open-session counts of `s`'s dimensions, dropping zeros.
+fn count_open(open: &mut HashMap<Dim, i64>, s: &Session, delta: i64) {
+    for d in [
+        Dim::All,
+        Dim::Site(s.site.clone()),
+        Dim::Channel(s.channel.clone()),
+    ] {
+        let n = open.entry(d.clone()).or_default();
+        *n += delta;
+        if *n == 0 {
+            open.remove(&d);
+        }
+    }
+}
 
 /// Turns one partition's page views into sessions.
 #[derive(Debug, Clone)]
@@ -85,9 +99,12 @@ pub struct Sessionizer {
     sessions: HashMap<u64, Session>,
     /// Open session ids per (site, visitor): usually one, two or more only
     /// while out-of-order views have not bridged them yet.
-    by_visitor: HashMap<VisitorKey, Vec<u64>>,
+    /// Keyed site → visitor so that a view is looked up without allocating.
+    by_visitor: HashMap<Arc<str>, HashMap<Box<str>, Vec<u64>>>,
     /// (close time, session id) of every open session.
     close_queue: BTreeSet<(Millis, u64)>,
+    /// Open sessions per dimension, kept up to date so snapshots need not scan sessions.
+    open_by_dim: HashMap<Dim, i64>,
 }
 
 impl Sessionizer {
@@ -98,22 +115,24 @@ impl Sessionizer {
             sessions: HashMap::new(),
             by_visitor: HashMap::new(),
             close_queue: BTreeSet::new(),
+            open_by_dim: HashMap::new(),
         }
     }
+
+
 
     /// Adds a view; merges every open session of this visitor it is within the gap of.
     pub fn add_view(&mut self, site: &Arc<str>, visitor: &str, t: Millis, channel: &Arc<str>) {
         let timeout = self.timeout_ms;
-        let key: VisitorKey = (site.clone(), Arc::from(visitor));
-        let ids = self.by_visitor.entry(key.clone()).or_default();
-        let mut merged = Session {
-            site: key.0,
-            visitor: key.1,
-            first: t,
-            last: t,
-            views: 1,
-            channel: channel.clone(),
+        let visitors = match self.by_visitor.get_mut(site) {
+            Some(v) => v,
+            None => self.by_visitor.entry(site.clone()).or_default(),
         };
+        let ids = match visitors.get_mut(visitor) {
+            Some(ids) => ids,
+            None => visitors.entry(Box::from(visitor)).or_default(),
+        };
+        let mut merged: Option<Session> = None;
         let mut i = 0;
         while i < ids.len() {
             let id = ids[i];
@@ -128,19 +147,46 @@ impl Sessionizer {
             ids.swap_remove(i);
             if let Some(s) = self.sessions.remove(&id) {
                 self.close_queue.remove(&(s.last + timeout, id));
-                if (s.first, &s.channel) < (merged.first, &merged.channel) {
-                    merged.channel = s.channel.clone();
-                }
-                merged.first = merged.first.min(s.first);
-                merged.last = merged.last.max(s.last);
-                merged.views += s.views;
+                count_open(&mut self.open_by_dim, &s, -1);
+                merged = Some(match merged {
+                    None => s,
+                    Some(mut m) => {
+                        if (s.first, &s.channel) < (m.first, &m.channel) {
+                            m.channel = s.channel.clone();
+                        }
+                        m.first = m.first.min(s.first);
+                        m.last = m.last.max(s.last);
+                        m.views += s.views;
+                        m
+                    }
+                });
             }
         }
+        let session = match merged {
+            Some(mut m) => {
+                if (t, channel) < (m.first, &m.channel) {
+                    m.channel = channel.clone();
+                }
+                m.first = m.first.min(t);
+                m.last = m.last.max(t);
+                m.views += 1;
+                m
+            }
+            None => Session {
+                site: site.clone(),
+                visitor: Box::from(visitor),
+                first: t,
+                last: t,
+                views: 1,
+                channel: channel.clone(),
+            },
+        };
         let id = self.next_id;
         self.next_id += 1;
         ids.push(id);
-        self.close_queue.insert((merged.last + timeout, id));
-        self.sessions.insert(id, merged);
+        self.close_queue.insert((session.last + timeout, id));
+        count_open(&mut self.open_by_dim, &session, 1);
+        self.sessions.insert(id, session);
     }
 
     /// Closes every session whose close time is at or before `watermark`, oldest first.
@@ -153,11 +199,16 @@ impl Sessionizer {
             let Some(s) = self.sessions.remove(&id) else {
                 continue;
             };
-            let key: VisitorKey = (s.site.clone(), s.visitor.clone());
-            if let Some(ids) = self.by_visitor.get_mut(&key) {
-                ids.retain(|x| *x != id);
-                if ids.is_empty() {
-                    self.by_visitor.remove(&key);
+            count_open(&mut self.open_by_dim, &s, -1);
+            if let Some(visitors) = self.by_visitor.get_mut(&s.site) {
+                if let Some(ids) = visitors.get_mut(&s.visitor) {
+                    ids.retain(|x| *x != id);
+                    if ids.is_empty() {
+                        visitors.remove(&s.visitor);
+                    }
+                }
+                if visitors.is_empty() {
+                    self.by_visitor.remove(&s.site);
                 }
             }
             out(ClosedSession {
@@ -209,7 +260,36 @@ impl DurationHistogram {
     }
 }
 
-type WebBucket = HashMap<Dim, WebCounts>;
+/// One bucket of web aggregates: the whole stream and per site / channel.
+#[derive(Debug, Clone, Default)]
+struct WebBucket {
+    all: WebCounts,
+    site: HashMap<Arc<str>, WebCounts>,
+    channel: HashMap<Arc<str>, WebCounts>,
+}
+
+impl WebBucket {
+    fn parts(&mut self, site: &Arc<str>, channel: &Arc<str>) -> [&mut WebCounts; 3] {
+        let s = self.site.entry(site.clone()).or_default();
+        let c = self.channel.entry(channel.clone()).or_default();
+        [&mut self.all, s, c]
+    }
+}
+
+/// Interns label values (sites, channels) so that a view allocates nothing for them.
+#[derive(Debug, Clone, Default)]
+struct Labels(HashMap<Box<str>, Arc<str>>);
+
+impl Labels {
+    fn get(&mut self, v: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(v) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(v);
+        self.0.insert(Box::from(v), a.clone());
+        a
+    }
+}
 
 /// The web state of one partition: its sessionizer and its window buckets.
 #[derive(Debug, Clone)]
@@ -218,6 +298,7 @@ pub struct WebState {
     /// One bucket ring per configured window, in configuration order.
     windows: Vec<BucketRing<WebBucket>>,
     histogram: DurationHistogram,
+    labels: Labels,
 }
 
 impl WebState {
@@ -226,20 +307,19 @@ impl WebState {
             sessions: Sessionizer::new(session_timeout_ms),
             windows: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
             histogram: DurationHistogram::default(),
+            labels: Labels::default(),
         }
     }
 
     /// An accepted page view.
     pub fn on_view(&mut self, pv: &PageView) {
-        let site: Arc<str> = Arc::from(pv.site.as_str());
-        let channel: Arc<str> = Arc::from(pv.channel.as_deref().unwrap_or(NO_CHANNEL));
+        let site = self.labels.get(&pv.site);
+        let channel = self.labels.get(pv.channel.as_deref().unwrap_or(NO_CHANNEL));
         self.sessions
             .add_view(&site, &pv.visitor_id, pv.event_time, &channel);
-        let dims = [Dim::All, Dim::Site(site), Dim::Channel(channel)];
         for ring in &mut self.windows {
-            let bucket = ring.bucket_mut(pv.event_time);
-            for d in &dims {
-                bucket.entry(d.clone()).or_default().page_views += 1;
+            for c in ring.bucket_mut(pv.event_time).parts(&site, &channel) {
+                c.page_views += 1;
             }
         }
     }
@@ -250,15 +330,9 @@ impl WebState {
         let histogram = &mut self.histogram;
         self.sessions.close_until(watermark, |s| {
             histogram.observe(s.duration_ms);
-            let dims = [
-                Dim::All,
-                Dim::Site(s.site.clone()),
-                Dim::Channel(s.channel.clone()),
-            ];
             for ring in windows.iter_mut() {
-                let bucket = ring.bucket_mut(s.close_time);
-                for d in &dims {
-                    bucket.entry(d.clone()).or_default().add_session(&s);
+                for c in ring.bucket_mut(s.close_time).parts(&s.site, &s.channel) {
+                    c.add_session(&s);
                 }
             }
         });
@@ -273,18 +347,22 @@ impl WebState {
         into: &mut HashMap<Dim, WebCounts>,
     ) {
         for (_, bucket) in self.windows[idx].range(start, end) {
-            for (d, c) in bucket {
-                into.entry(d.clone()).or_default().merge(c);
+            into.entry(Dim::All).or_default().merge(&bucket.all);
+            for (v, c) in &bucket.site {
+                into.entry(Dim::Site(v.clone())).or_default().merge(c);
+            }
+            for (v, c) in &bucket.channel {
+                into.entry(Dim::Channel(v.clone())).or_default().merge(c);
             }
         }
     }
 
     /// Adds the open sessions of this partition per dimension to `into`.
     pub fn collect_open(&self, into: &mut HashMap<Dim, u64>) {
-        for s in self.sessions.open_sessions() {
-            *into.entry(Dim::All).or_default() += 1;
-            *into.entry(Dim::Site(s.site.clone())).or_default() += 1;
-            *into.entry(Dim::Channel(s.channel.clone())).or_default() += 1;
+        for (d, n) in &self.sessions.open_by_dim {
+            if *n > 0 {
+                *into.entry(d.clone()).or_default() += *n as u64;
+            }
         }
     }
 

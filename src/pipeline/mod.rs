@@ -6,8 +6,10 @@
 //! `engaged_events_rejected_total{reason}`. Wall-clock time enters only as the
 //! `now` argument (clock-skew check, idleness), never inside the engine.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use prometheus::IntCounter;
 use std::time::Instant;
 
 use crate::decode::Decoder;
@@ -23,6 +25,13 @@ struct Clock {
     published: MonotoneWatermark,
 }
 
+/// Per-partition counter handles, so the record path does not hash label values.
+#[derive(Clone)]
+struct PartitionCounters {
+    consumed: IntCounter,
+    accepted: IntCounter,
+}
+
 /// Decoder, engine and telemetry of one instance.
 pub struct Pipeline {
     decoder: Decoder,
@@ -30,6 +39,7 @@ pub struct Pipeline {
     telemetry: Arc<Telemetry>,
     max_clock_skew_ms: Option<i64>,
     clock: Mutex<Clock>,
+    counters: RwLock<HashMap<TopicPartition, PartitionCounters>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -54,7 +64,31 @@ impl Pipeline {
                 assigned: BTreeSet::new(),
                 published: MonotoneWatermark::default(),
             }),
+            counters: RwLock::new(HashMap::new()),
         }
+    }
+
+    fn counters(&self, tp: &TopicPartition) -> PartitionCounters {
+        if let Some(c) = self
+            .counters
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tp)
+        {
+            return c.clone();
+        }
+        let c = PartitionCounters {
+            consumed: self
+                .telemetry
+                .consumed
+                .with_label_values(&[&*tp.topic, &tp.partition.to_string()]),
+            accepted: self.telemetry.accepted.with_label_values(&[&*tp.topic]),
+        };
+        self.counters
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tp.clone(), c.clone());
+        c
     }
 
     pub fn engine(&self) -> &Engine {
@@ -72,10 +106,8 @@ impl Pipeline {
         payload: Option<&[u8]>,
         now: Millis,
     ) -> Result<(), Rejection> {
-        self.telemetry
-            .consumed
-            .with_label_values(&[&*tp.topic, &tp.partition.to_string()])
-            .inc();
+        let counters = self.counters(tp);
+        counters.consumed.inc();
         lock(&self.clock).idle.touch(tp, now);
         let decoded = match payload {
             None => Err(Rejection::new(
@@ -88,7 +120,7 @@ impl Pipeline {
                 .map_err(|e| Rejection::new(RejectReason::Undecodable, e.to_string())),
         };
         let result = decoded.and_then(|event| self.apply(tp, &event, Some(now)));
-        self.account(tp, &result);
+        self.account(&counters, &result);
         result
     }
 
@@ -99,22 +131,18 @@ impl Pipeline {
         event: &Event,
         now: Option<Millis>,
     ) -> Result<(), Rejection> {
-        self.telemetry
-            .consumed
-            .with_label_values(&[&*tp.topic, &tp.partition.to_string()])
-            .inc();
+        let counters = self.counters(tp);
+        counters.consumed.inc();
         let result = self.apply(tp, event, now);
-        self.account(tp, &result);
+        self.account(&counters, &result);
         result
     }
 
     /// A record the edge could not turn into an event (e.g. an unreadable file record).
     pub fn handle_event_rejected(&self, tp: &TopicPartition, rejection: &Rejection) {
-        self.telemetry
-            .consumed
-            .with_label_values(&[&*tp.topic, &tp.partition.to_string()])
-            .inc();
-        self.account(tp, &Err(rejection.clone()));
+        let counters = self.counters(tp);
+        counters.consumed.inc();
+        self.account(&counters, &Err(rejection.clone()));
     }
 
     fn apply(
@@ -129,13 +157,9 @@ impl Pipeline {
         self.engine.apply(tp, event)
     }
 
-    fn account(&self, tp: &TopicPartition, result: &Result<(), Rejection>) {
+    fn account(&self, counters: &PartitionCounters, result: &Result<(), Rejection>) {
         match result {
-            Ok(()) => self
-                .telemetry
-                .accepted
-                .with_label_values(&[&*tp.topic])
-                .inc(),
+            Ok(()) => counters.accepted.inc(),
             Err(r) => self.telemetry.count_rejected(r.reason),
         }
     }

@@ -114,13 +114,14 @@ pub fn build(
         })
         .collect();
     let mut out = vec![];
+    let open_now = engine.open_sessions();
     for (idx, spec) in cfg.windows.iter().enumerate() {
         let (start, end) = spec.bounds_at(watermark);
         let agg = engine.aggregate(idx, start, end);
-        let kept = top_values(&agg.web, &agg.open_sessions, cfg.max_dimension_values);
+        let kept = top_values(&agg.web, &open_now, cfg.max_dimension_values);
         let keep = |d: &Dim| kept.contains(d);
         let web = fold_top_n(agg.web, &keep, |a, b| a.merge(b));
-        let open = fold_top_n(agg.open_sessions, &keep, |a, b| *a += b);
+        let open = fold_top_n(open_now.clone(), &keep, |a, b| *a += b);
         let mut dims: Vec<&Dim> = web.keys().chain(open.keys()).collect();
         dims.push(&Dim::All);
         dims.sort();

@@ -236,7 +236,6 @@ pub struct Engine {
 #[derive(Debug, Clone, Default)]
 pub struct WindowAggregates {
     pub web: HashMap<Dim, WebCounts>,
-    pub open_sessions: HashMap<Dim, u64>,
 }
 
 impl Engine {
@@ -305,9 +304,17 @@ impl Engine {
         let mut agg = WindowAggregates::default();
         for task in self.tasks.iter() {
             task.web.collect(idx, start, end, &mut agg.web);
-            task.web.collect_open(&mut agg.open_sessions);
         }
         agg
+    }
+
+    /// Open sessions now, per dimension, over every task.
+    pub fn open_sessions(&self) -> HashMap<Dim, u64> {
+        let mut open = HashMap::new();
+        for task in self.tasks.iter() {
+            task.web.collect_open(&mut open);
+        }
+        open
     }
 
     /// The cumulative session-duration histogram over every task.
