@@ -24,13 +24,14 @@ fn config() -> CoreConfig {
             WindowSpec {
                 name: "3h".into(),
                 length_ms: 180 * MIN,
-                bucket_ms: 7 * MIN,
+                bucket_ms: 9 * MIN,
             },
         ],
         allowed_lateness_ms: LATENESS,
         session_timeout_ms: TIMEOUT,
         dedup_window_ms: DEDUP,
         max_dimension_values: 100,
+        ..CoreConfig::default()
     }
 }
 

@@ -89,8 +89,16 @@ pub struct RawConfig {
     pub statistics_interval: String,
     /// Address of the HTTP server (`/metrics`, `/healthz`, `/readyz`).
     pub listen: String,
-    /// Top-N values per breakdown label (`site`, `channel`); the rest become `other`.
+    /// Top-N values per breakdown label (`site`, `channel`, `campaign`); the rest become `other`.
     pub max_dimension_values: usize,
+    /// How long a message's first open/click is remembered (event time).
+    pub email_dedup_ttl: String,
+    /// Orders this soon after the customer's last email click are attributed to it.
+    pub attribution_window: String,
+    /// Inactivity after which a customer counts as churned.
+    pub churn_horizon: String,
+    /// ISO 4217 code of the one currency of Purchase events; others are rejected as `invalid`.
+    pub currency: String,
 }
 
 impl Default for RawConfig {
@@ -117,6 +125,10 @@ impl Default for RawConfig {
             statistics_interval: "5s".into(),
             listen: "127.0.0.1:9898".into(),
             max_dimension_values: 20,
+            email_dedup_ttl: "30d".into(),
+            attribution_window: "7d".into(),
+            churn_horizon: "90d".into(),
+            currency: "EUR".into(),
         }
     }
 }
@@ -294,6 +306,15 @@ impl RawConfig {
                 "an address like `127.0.0.1:9898` or `0.0.0.0:9898`",
             )
         })?;
+        let churn_horizon = ms(positive("churn_horizon", &self.churn_horizon)?);
+        let currency = self.currency.trim();
+        if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
+            return Err(invalid(
+                "currency",
+                &self.currency,
+                "an ISO 4217 code such as `EUR` or `USD`",
+            ));
+        }
         if self.max_dimension_values == 0 {
             return Err(invalid("max_dimension_values", 0, "at least 1"));
         }
@@ -316,6 +337,13 @@ impl RawConfig {
                 session_timeout_ms: ms(positive("session_timeout", &self.session_timeout)?),
                 dedup_window_ms: ms(positive("dedup_window", &self.dedup_window)?),
                 max_dimension_values: self.max_dimension_values,
+                email_dedup_ttl_ms: ms(positive("email_dedup_ttl", &self.email_dedup_ttl)?),
+                attribution_window_ms: ms(positive(
+                    "attribution_window",
+                    &self.attribution_window,
+                )?),
+                churn_horizon_ms: churn_horizon,
+                currency: currency.to_string(),
             },
             idle_timeout: positive("idle_timeout", &self.idle_timeout)?,
             max_clock_skew: (!skew.is_zero()).then_some(skew),
@@ -441,7 +469,9 @@ mod tests {
         assert_eq!(raw.listen, "127.0.0.1:2");
         std::fs::write(&f, "no_such_key = 1\n").unwrap();
         let no_flags = BTreeMap::<String, String>::new();
-        let e = RawConfig::load(Some(&f), &no_flags).unwrap_err().to_string();
+        let e = RawConfig::load(Some(&f), &no_flags)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no_such_key"), "{e}");
     }
 }

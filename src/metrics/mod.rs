@@ -3,9 +3,29 @@
 //! Each family (web today) keeps its per-partition state and bucket contents in
 //! its own submodule. Everything here is synchronous and driven by event time.
 
+pub mod commerce;
+pub mod customers;
+pub mod email;
+pub mod survey;
 pub mod web;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+/// Interns label values (sites, channels, campaigns) so events allocate nothing for them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Labels(HashMap<Box<str>, Arc<str>>);
+
+impl Labels {
+    pub(crate) fn get(&mut self, v: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(v) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(v);
+        self.0.insert(Box::from(v), a.clone());
+        a
+    }
+}
 
 /// A breakdown of a metric: the whole stream, or one value of a bounded dimension.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -13,6 +33,7 @@ pub enum Dim {
     All,
     Site(Arc<str>),
     Channel(Arc<str>),
+    Campaign(Arc<str>),
 }
 
 impl Dim {
@@ -22,13 +43,14 @@ impl Dim {
             Dim::All => "all",
             Dim::Site(_) => "site",
             Dim::Channel(_) => "channel",
+            Dim::Campaign(_) => "campaign",
         }
     }
 
     pub fn value(&self) -> Option<&str> {
         match self {
             Dim::All => None,
-            Dim::Site(v) | Dim::Channel(v) => Some(v),
+            Dim::Site(v) | Dim::Channel(v) | Dim::Campaign(v) => Some(v),
         }
     }
 }

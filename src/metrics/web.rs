@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::{Dim, NO_CHANNEL};
+use super::{Dim, Labels, NO_CHANNEL};
 use crate::event::{Millis, PageView};
 use crate::window::{BucketRing, WindowSpec};
 
@@ -75,7 +75,6 @@ pub struct ClosedSession {
     pub channel: Arc<str>,
 }
 
-
 /// Adds `delta` to the open-session counts of `s`'s dimensions, dropping zeros.
 fn count_open(open: &mut HashMap<Dim, i64>, s: &Session, delta: i64) {
     for d in [
@@ -118,8 +117,6 @@ impl Sessionizer {
             open_by_dim: HashMap::new(),
         }
     }
-
-
 
     /// Adds a view; merges every open session of this visitor it is within the gap of.
     pub fn add_view(&mut self, site: &Arc<str>, visitor: &str, t: Millis, channel: &Arc<str>) {
@@ -273,21 +270,6 @@ impl WebBucket {
         let s = self.site.entry(site.clone()).or_default();
         let c = self.channel.entry(channel.clone()).or_default();
         [&mut self.all, s, c]
-    }
-}
-
-/// Interns label values (sites, channels) so that a view allocates nothing for them.
-#[derive(Debug, Clone, Default)]
-struct Labels(HashMap<Box<str>, Arc<str>>);
-
-impl Labels {
-    fn get(&mut self, v: &str) -> Arc<str> {
-        if let Some(a) = self.0.get(v) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(v);
-        self.0.insert(Box::from(v), a.clone());
-        a
     }
 }
 

@@ -117,6 +117,10 @@ mod tests {
             avg_session_duration_seconds: None,
             session_duration_p50_seconds: Some(1.0),
             session_duration_p90_seconds: Some(9.0),
+            emails_sent: Some(3),
+            open_rate: Some(0.5),
+            nps: Some(-12.5),
+            ..Default::default()
         }
     }
 

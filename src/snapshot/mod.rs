@@ -7,10 +7,15 @@
 //! the snapshot). Building a snapshot reads state; it never changes it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::event::Millis;
+use crate::metrics::commerce::CommerceCounts;
+use crate::metrics::customers::CustomerCounts;
+use crate::metrics::email::EmailCounts;
+use crate::metrics::survey::SurveyCounts;
 use crate::metrics::web::WebCounts;
 use crate::metrics::{Dim, OTHER, nearest_rank};
 use crate::state::{Engine, TopicPartition};
@@ -23,7 +28,7 @@ pub struct SourcePartition {
 }
 
 /// Every metric of one window (and one dimension value) at one watermark.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WindowSnapshot {
     /// Window name as configured, e.g. `5m`.
     pub window: String,
@@ -31,9 +36,9 @@ pub struct WindowSnapshot {
     pub window_end: Millis,
     /// Instance watermark the snapshot was taken at.
     pub watermark: Millis,
-    /// `all`, `site` or `channel`.
+    /// `all`, `site`, `channel` or `campaign`.
     pub dimension: String,
-    /// The site or channel (top N, else `other`); `None` for `all`.
+    /// The site, channel or campaign (top N, else `other`); `None` for `all`.
     pub dimension_value: Option<String>,
     pub partitions: Vec<SourcePartition>,
     pub page_views: i64,
@@ -45,6 +50,120 @@ pub struct WindowSnapshot {
     pub avg_session_duration_seconds: Option<f64>,
     pub session_duration_p50_seconds: Option<f64>,
     pub session_duration_p90_seconds: Option<f64>,
+    // Email: in `all` and `campaign` rows; `None` elsewhere.
+    pub emails_sent: Option<i64>,
+    pub emails_delivered: Option<i64>,
+    pub emails_bounced: Option<i64>,
+    pub unique_opens: Option<i64>,
+    pub unique_clicks: Option<i64>,
+    pub unsubscribes: Option<i64>,
+    pub complaints: Option<i64>,
+    pub open_rate: Option<f64>,
+    pub click_through_rate: Option<f64>,
+    pub click_to_open_rate: Option<f64>,
+    pub unsubscribe_rate: Option<f64>,
+    pub email_bounce_rate: Option<f64>,
+    pub attributed_orders: Option<i64>,
+    pub email_conversion_rate: Option<f64>,
+    // Commerce, survey and customers: in `all` rows only.
+    pub orders: Option<i64>,
+    pub order_revenue_minor: Option<i64>,
+    pub revenue_minor: Option<i64>,
+    pub refunds_minor: Option<i64>,
+    pub net_revenue_minor: Option<i64>,
+    pub purchasing_customers: Option<i64>,
+    pub average_order_value: Option<f64>,
+    pub orders_per_customer: Option<f64>,
+    pub returning_customers: Option<i64>,
+    pub returning_customer_rate: Option<f64>,
+    pub new_customers: Option<i64>,
+    pub margin_minor: Option<i64>,
+    pub profit_per_customer: Option<f64>,
+    pub renewals: Option<i64>,
+    pub cancellations: Option<i64>,
+    pub revenue_churn_minor: Option<i64>,
+    pub nps: Option<f64>,
+    pub nps_responses: Option<i64>,
+    pub nps_promoters: Option<i64>,
+    pub nps_detractors: Option<i64>,
+    pub csat: Option<f64>,
+    pub csat_responses: Option<i64>,
+    pub csat_satisfied: Option<i64>,
+    pub ces: Option<f64>,
+    pub ces_responses: Option<i64>,
+    pub ces_sum: Option<i64>,
+    pub active_customers: Option<i64>,
+    pub churned_customers: Option<i64>,
+    /// Customers active (not churned) at the window start: the churn-rate denominator.
+    pub customers_at_window_start: Option<i64>,
+    pub churn_rate: Option<f64>,
+    pub retention_rate: Option<f64>,
+}
+
+impl WindowSnapshot {
+    fn set_email(&mut self, c: &EmailCounts) {
+        let den = |d: i64| d.max(0) as u64;
+        self.emails_sent = Some(c.sent);
+        self.emails_delivered = Some(c.delivered);
+        self.emails_bounced = Some(c.bounced);
+        self.unique_opens = Some(c.unique_opens);
+        self.unique_clicks = Some(c.unique_clicks);
+        self.unsubscribes = Some(c.unsubscribes);
+        self.complaints = Some(c.complaints);
+        self.open_rate = ratio(c.unique_opens as f64, den(c.delivered));
+        self.click_through_rate = ratio(c.unique_clicks as f64, den(c.delivered));
+        self.click_to_open_rate = ratio(c.unique_clicks as f64, den(c.unique_opens));
+        self.unsubscribe_rate = ratio(c.unsubscribes as f64, den(c.delivered));
+        self.email_bounce_rate = ratio(c.bounced as f64, den(c.sent));
+        self.attributed_orders = Some(c.attributed_orders);
+        self.email_conversion_rate = ratio(c.attributed_orders as f64, den(c.unique_clicks));
+    }
+
+    fn set_commerce(&mut self, c: &CommerceCounts, purchasing: i64) {
+        let den = |d: i64| d.max(0) as u64;
+        let revenue = c.order_revenue_minor + c.renewal_revenue_minor;
+        let returning = purchasing - c.new_customers;
+        self.orders = Some(c.orders);
+        self.order_revenue_minor = Some(c.order_revenue_minor);
+        self.revenue_minor = Some(revenue);
+        self.refunds_minor = Some(c.refunds_minor);
+        self.net_revenue_minor = Some(revenue - c.refunds_minor);
+        self.purchasing_customers = Some(purchasing);
+        self.average_order_value = ratio(c.order_revenue_minor as f64, den(c.orders));
+        self.orders_per_customer = ratio(c.orders as f64, den(purchasing));
+        self.returning_customers = Some(returning);
+        self.returning_customer_rate = ratio(returning as f64, den(purchasing));
+        self.new_customers = Some(c.new_customers);
+        self.margin_minor = Some(c.margin_minor);
+        self.profit_per_customer = ratio(c.margin_minor as f64, den(purchasing));
+        self.renewals = Some(c.renewals);
+        self.cancellations = Some(c.cancellations);
+        self.revenue_churn_minor = Some(c.revenue_churn_minor);
+    }
+
+    fn set_survey(&mut self, c: &SurveyCounts) {
+        self.nps = c.nps();
+        self.nps_responses = Some(c.nps_responses);
+        self.nps_promoters = Some(c.nps_promoters);
+        self.nps_detractors = Some(c.nps_detractors);
+        self.csat = c.csat();
+        self.csat_responses = Some(c.csat_responses);
+        self.csat_satisfied = Some(c.csat_satisfied);
+        self.ces = c.ces();
+        self.ces_responses = Some(c.ces_responses);
+        self.ces_sum = Some(c.ces_sum);
+    }
+
+    fn set_customers(&mut self, c: &CustomerCounts) {
+        self.active_customers = Some(c.active_customers);
+        self.churned_customers = Some(c.churned_customers);
+        self.customers_at_window_start = Some(c.customers_at_start);
+        self.churn_rate = ratio(
+            c.churned_customers as f64,
+            c.customers_at_start.max(0) as u64,
+        );
+        self.retention_rate = self.churn_rate.map(|r| 1.0 - r);
+    }
 }
 
 fn ratio(num: f64, den: u64) -> Option<f64> {
@@ -69,6 +188,7 @@ fn fold_top_n<T: Default + Clone>(
             _ if keep(&d) => d,
             Dim::Site(_) => Dim::Site(OTHER.into()),
             Dim::Channel(_) => Dim::Channel(OTHER.into()),
+            Dim::Campaign(_) => Dim::Campaign(OTHER.into()),
         };
         merge(out.entry(target).or_default(), &v);
     }
@@ -99,6 +219,33 @@ fn top_values(web: &HashMap<Dim, WebCounts>, open: &HashMap<Dim, u64>, n: usize)
     kept
 }
 
+/// The top `n` campaigns by emails sent (then delivered, then id), the rest as `other`, sorted by id.
+fn top_campaigns(by: HashMap<Arc<str>, EmailCounts>, n: usize) -> Vec<(Arc<str>, EmailCounts)> {
+    let mut ranked: Vec<(Arc<str>, EmailCounts)> = by
+        .into_iter()
+        .filter(|(_, v)| *v != EmailCounts::default())
+        .collect();
+    ranked.sort_by(|a, b| {
+        (b.1.sent, b.1.delivered)
+            .cmp(&(a.1.sent, a.1.delivered))
+            .then(a.0.cmp(&b.0))
+    });
+    let mut out: Vec<(Arc<str>, EmailCounts)> = vec![];
+    let mut other: Option<EmailCounts> = None;
+    for (i, (c, v)) in ranked.into_iter().enumerate() {
+        if i < n {
+            out.push((c, v));
+        } else {
+            other.get_or_insert_with(EmailCounts::default).merge(&v);
+        }
+    }
+    if let Some(o) = other {
+        out.push((Arc::from(OTHER), o));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 /// Snapshots of every configured window at instance watermark `watermark`.
 pub fn build(
     engine: &Engine,
@@ -126,10 +273,10 @@ pub fn build(
         dims.push(&Dim::All);
         dims.sort();
         dims.dedup();
-        for d in dims {
+        let row = |d: &Dim| {
             let empty = WebCounts::default();
             let c = web.get(d).unwrap_or(&empty);
-            out.push(WindowSnapshot {
+            WindowSnapshot {
                 window: spec.name.clone(),
                 window_start: start,
                 window_end: end,
@@ -148,7 +295,23 @@ pub fn build(
                     .map(secs),
                 session_duration_p90_seconds: nearest_rank(&c.durations_ms, c.sessions, 0.9)
                     .map(secs),
-            });
+                ..Default::default()
+            }
+        };
+        for d in dims {
+            let mut snap = row(d);
+            if *d == Dim::All {
+                snap.set_email(&agg.email);
+                snap.set_commerce(&agg.commerce, agg.purchasing_customers);
+                snap.set_survey(&agg.survey);
+                snap.set_customers(&agg.customers);
+            }
+            out.push(snap);
+        }
+        for (campaign, counts) in top_campaigns(agg.email_by_campaign, cfg.max_dimension_values) {
+            let mut snap = row(&Dim::Campaign(campaign));
+            snap.set_email(&counts);
+            out.push(snap);
         }
     }
     out

@@ -21,9 +21,13 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use serde::Serialize;
 
-use crate::event::{Event, InvalidEvent, Millis};
-use crate::metrics::Dim;
+use crate::event::{EmailEventType, Event, InvalidEvent, Millis, PurchaseType};
+use crate::metrics::commerce::{CommerceCounts, CommerceState};
+use crate::metrics::customers::{CustomerCounts, CustomerState};
+use crate::metrics::email::{EmailCounts, EmailState};
+use crate::metrics::survey::{SurveyCounts, SurveyState};
 use crate::metrics::web::{DurationHistogram, WebCounts, WebState};
+use crate::metrics::{Dim, Labels};
 use crate::time::PartitionClock;
 use crate::window::WindowSpec;
 use dedup::Dedup;
@@ -57,13 +61,22 @@ pub struct CoreConfig {
     pub allowed_lateness_ms: i64,
     pub session_timeout_ms: i64,
     pub dedup_window_ms: i64,
-    /// Top-N values per breakdown dimension (`site`, `channel`); the rest are `other`.
+    /// Top-N values per breakdown dimension (`site`, `channel`, `campaign`); the rest are `other`.
     pub max_dimension_values: usize,
+    /// How long a message's first open/click/unsubscribe/complaint is remembered.
+    pub email_dedup_ttl_ms: i64,
+    /// An ORDER this soon after the customer's last click is attributed to that email.
+    pub attribution_window_ms: i64,
+    /// Inactivity after which a customer has churned.
+    pub churn_horizon_ms: i64,
+    /// The one currency of Purchase events; others are rejected as `invalid`.
+    pub currency: String,
 }
 
 impl Default for CoreConfig {
     fn default() -> Self {
         const MIN: i64 = 60_000;
+        const DAY: i64 = 24 * 60 * MIN;
         CoreConfig {
             windows: [
                 ("5m", 5 * MIN),
@@ -79,6 +92,10 @@ impl Default for CoreConfig {
             session_timeout_ms: 30 * MIN,
             dedup_window_ms: 10 * MIN,
             max_dimension_values: 20,
+            email_dedup_ttl_ms: 30 * DAY,
+            attribution_window_ms: 7 * DAY,
+            churn_horizon_ms: 90 * DAY,
+            currency: "EUR".into(),
         }
     }
 }
@@ -140,6 +157,8 @@ struct InputState {
     dedup: Dedup,
     /// Whether this input has carried page views (it then gates session closing).
     carries_views: bool,
+    /// Whether this input has carried customer activity (it then gates churn).
+    carries_activity: bool,
 }
 
 impl InputState {
@@ -148,6 +167,7 @@ impl InputState {
             clock: PartitionClock::new(),
             dedup: Dedup::new(cfg.dedup_window_ms),
             carries_views: false,
+            carries_activity: false,
         }
     }
 }
@@ -157,6 +177,11 @@ impl InputState {
 pub struct TaskState {
     inputs: BTreeMap<Arc<str>, InputState>,
     web: WebState,
+    email: EmailState,
+    commerce: CommerceState,
+    survey: SurveyState,
+    customers: CustomerState,
+    customer_ids: Labels,
 }
 
 impl TaskState {
@@ -164,7 +189,35 @@ impl TaskState {
         TaskState {
             inputs: BTreeMap::new(),
             web: WebState::new(&cfg.windows, cfg.session_timeout_ms),
+            email: EmailState::new(
+                &cfg.windows,
+                cfg.email_dedup_ttl_ms,
+                cfg.attribution_window_ms,
+            ),
+            commerce: CommerceState::new(&cfg.windows),
+            survey: SurveyState::new(&cfg.windows),
+            customers: CustomerState::new(&cfg.windows, cfg.churn_horizon_ms),
+            customer_ids: Labels::default(),
         }
+    }
+
+    /// Customer activity closes churn runs once every input that carries activity passed them.
+    fn activity_watermark(&self, lateness: i64) -> Option<Millis> {
+        self.inputs
+            .values()
+            .filter(|i| i.carries_activity)
+            .map(|i| i.clock.watermark(lateness))
+            .min()
+            .flatten()
+    }
+
+    /// No future event of this task is older than this (the smallest input watermark).
+    fn lower_bound(&self, lateness: i64) -> Option<Millis> {
+        self.inputs
+            .values()
+            .map(|i| i.clock.watermark(lateness))
+            .min()
+            .flatten()
     }
 
     /// Sessions close when every input that carries page views has passed their end.
@@ -208,9 +261,40 @@ impl TaskState {
         if let Some(w) = input.clock.watermark(lateness) {
             input.dedup.sweep(w);
         }
-        if let Event::PageView(pv) = event {
-            input.carries_views = true;
-            self.web.on_view(pv);
+        let activity: Option<&str> = match event {
+            Event::PageView(pv) => {
+                input.carries_views = true;
+                self.web.on_view(pv);
+                pv.customer_id.as_deref()
+            }
+            Event::Email(e) => {
+                self.email.on_event(e, watermark);
+                match e.kind {
+                    EmailEventType::Sent | EmailEventType::Delivered | EmailEventType::Bounced => {
+                        None
+                    }
+                    _ => Some(&e.customer_id),
+                }
+            }
+            Event::Purchase(p) => {
+                let customer = self.customer_ids.get(&p.customer_id);
+                self.commerce.on_event(p, &customer);
+                if p.kind == PurchaseType::Order {
+                    self.email.on_order(&p.customer_id, t);
+                }
+                Some(&p.customer_id)
+            }
+            Event::Survey(s) => {
+                self.survey.on_event(s);
+                s.customer_id.as_deref()
+            }
+        };
+        if let Some(c) = activity {
+            if let Some(i) = self.inputs.get_mut(topic) {
+                i.carries_activity = true;
+            }
+            let customer = self.customer_ids.get(c);
+            self.customers.on_activity(&customer, t);
         }
         self.on_watermark(lateness);
         Ok(())
@@ -219,6 +303,12 @@ impl TaskState {
     fn on_watermark(&mut self, lateness: i64) {
         if let Some(w) = self.view_watermark(lateness) {
             self.web.on_watermark(w);
+        }
+        if let Some(w) = self.activity_watermark(lateness) {
+            self.customers.on_watermark(w);
+        }
+        if let Some(l) = self.lower_bound(lateness) {
+            self.email.forget_before(l);
         }
     }
 }
@@ -232,10 +322,17 @@ pub struct Engine {
     tasks: DashMap<i32, TaskState>,
 }
 
-/// Window aggregates of the whole instance for one window, per dimension.
+/// Window aggregates of the whole instance for one window.
 #[derive(Debug, Clone, Default)]
 pub struct WindowAggregates {
+    /// Web, per dimension (`all`, sites, channels).
     pub web: HashMap<Dim, WebCounts>,
+    pub email: EmailCounts,
+    pub email_by_campaign: HashMap<Arc<str>, EmailCounts>,
+    pub commerce: CommerceCounts,
+    pub purchasing_customers: i64,
+    pub survey: SurveyCounts,
+    pub customers: CustomerCounts,
 }
 
 impl Engine {
@@ -253,6 +350,17 @@ impl Engine {
     /// Validates and applies one decoded event from `tp`. Rejected events change nothing.
     pub fn apply(&self, tp: &TopicPartition, event: &Event) -> Result<(), Rejection> {
         event.validate()?;
+        if let Event::Purchase(p) = event
+            && p.currency != self.cfg.currency
+        {
+            return Err(Rejection::new(
+                RejectReason::Invalid,
+                format!(
+                    "currency {:?} is not the configured currency {:?}",
+                    p.currency, self.cfg.currency
+                ),
+            ));
+        }
         let mut task = self
             .tasks
             .entry(tp.partition)
@@ -304,6 +412,14 @@ impl Engine {
         let mut agg = WindowAggregates::default();
         for task in self.tasks.iter() {
             task.web.collect(idx, start, end, &mut agg.web);
+            task.email
+                .collect(idx, start, end, &mut agg.email, &mut agg.email_by_campaign);
+            agg.purchasing_customers += task.commerce.collect(idx, start, end, &mut agg.commerce);
+            task.survey.collect(idx, start, end, &mut agg.survey);
+            let c = task.customers.collect(idx, start, end);
+            agg.customers.active_customers += c.active_customers;
+            agg.customers.churned_customers += c.churned_customers;
+            agg.customers.customers_at_start += c.customers_at_start;
         }
         agg
     }
@@ -328,10 +444,16 @@ impl Engine {
 
     /// Drops buckets no window can show again once the instance watermark is `watermark`.
     pub fn evict(&self, watermark: Millis) {
+        let lateness = self.cfg.allowed_lateness_ms;
         for mut task in self.tasks.iter_mut() {
+            let lower_bound = task.lower_bound(lateness);
             for (idx, spec) in self.cfg.windows.iter().enumerate() {
-                let (start, _) = spec.bounds_at(watermark);
+                let (start, end) = spec.bounds_at(watermark);
                 task.web.evict(idx, start);
+                task.email.evict(idx, start);
+                task.survey.evict(idx, start);
+                task.commerce.evict(idx, start, end, lower_bound);
+                task.customers.evict(idx, start, end, lower_bound);
             }
         }
     }
@@ -340,7 +462,14 @@ impl Engine {
     pub fn state_entries(&self) -> usize {
         self.tasks
             .iter()
-            .map(|t| t.web.size() + t.inputs.values().map(|i| i.dedup.len()).sum::<usize>())
+            .map(|t| {
+                t.web.size()
+                    + t.email.size()
+                    + t.commerce.size()
+                    + t.survey.size()
+                    + t.customers.size()
+                    + t.inputs.values().map(|i| i.dedup.len()).sum::<usize>()
+            })
             .sum()
     }
 }

@@ -214,45 +214,343 @@ impl Default for Telemetry {
 
 type Extract = fn(&WindowSnapshot) -> Option<f64>;
 
-/// Windowed gauges: (name, help, value). `None` values are absent.
-const WINDOWED: &[(&str, &str, Extract)] = &[
-    ("engaged_web_page_views", "Page views in the window.", |s| {
-        Some(s.page_views as f64)
-    }),
+/// Which dimension rows a family is published for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// `all`, `_by_site`, `_by_channel`.
+    Web,
+    /// `all`, `_by_campaign`.
+    Email,
+    /// `all` only.
+    All,
+}
+
+impl Rows {
+    fn has(self, dimension: &str) -> bool {
+        match self {
+            Rows::Web => matches!(dimension, "all" | "site" | "channel"),
+            Rows::Email => matches!(dimension, "all" | "campaign"),
+            Rows::All => dimension == "all",
+        }
+    }
+}
+
+/// Windowed gauges: (name, help, rows, value). `None` values are absent.
+const WINDOWED: &[(&str, &str, Rows, Extract)] = &[
+    (
+        "engaged_web_page_views",
+        "Page views in the window.",
+        Rows::Web,
+        |s| Some(s.page_views as f64),
+    ),
     (
         "engaged_web_sessions",
         "Sessions closed in the window.",
+        Rows::Web,
         |s| Some(s.sessions as f64),
     ),
     (
         "engaged_web_bounced_sessions",
         "Closed sessions with exactly one page view.",
+        Rows::Web,
         |s| Some(s.bounced_sessions as f64),
     ),
     (
         "engaged_web_bounce_ratio",
         "bounced_sessions / sessions; absent when there are no sessions.",
+        Rows::Web,
         |s| s.bounce_rate,
     ),
     (
         "engaged_web_sessions_duration_seconds",
         "Sum of the durations of the sessions closed in the window.",
+        Rows::Web,
         |s| Some(s.session_duration_sum_seconds),
     ),
     (
         "engaged_web_session_duration_avg_seconds",
         "Average session duration: sessions_duration / sessions.",
+        Rows::Web,
         |s| s.avg_session_duration_seconds,
     ),
     (
         "engaged_web_session_duration_p50_seconds",
         "Median session duration (nearest rank).",
+        Rows::Web,
         |s| s.session_duration_p50_seconds,
     ),
     (
         "engaged_web_session_duration_p90_seconds",
         "90th percentile of session duration (nearest rank).",
+        Rows::Web,
         |s| s.session_duration_p90_seconds,
+    ),
+    (
+        "engaged_email_sent",
+        "SENT email events.",
+        Rows::Email,
+        |s| s.emails_sent.map(|v| v as f64),
+    ),
+    (
+        "engaged_email_delivered",
+        "DELIVERED email events.",
+        Rows::Email,
+        |s| s.emails_delivered.map(|v| v as f64),
+    ),
+    (
+        "engaged_email_bounced",
+        "BOUNCED email events.",
+        Rows::Email,
+        |s| s.emails_bounced.map(|v| v as f64),
+    ),
+    (
+        "engaged_email_unique_opens",
+        "Messages whose first OPENED falls in the window.",
+        Rows::Email,
+        |s| s.unique_opens.map(|v| v as f64),
+    ),
+    (
+        "engaged_email_unique_clicks",
+        "Messages whose first CLICKED falls in the window.",
+        Rows::Email,
+        |s| s.unique_clicks.map(|v| v as f64),
+    ),
+    (
+        "engaged_email_unsubscribes",
+        "Messages whose first UNSUBSCRIBED falls in the window.",
+        Rows::Email,
+        |s| s.unsubscribes.map(|v| v as f64),
+    ),
+    (
+        "engaged_email_complaints",
+        "Messages whose first COMPLAINED falls in the window.",
+        Rows::Email,
+        |s| s.complaints.map(|v| v as f64),
+    ),
+    (
+        "engaged_email_open_ratio",
+        "unique_opens / emails_delivered.",
+        Rows::Email,
+        |s| s.open_rate,
+    ),
+    (
+        "engaged_email_click_through_ratio",
+        "unique_clicks / emails_delivered.",
+        Rows::Email,
+        |s| s.click_through_rate,
+    ),
+    (
+        "engaged_email_click_to_open_ratio",
+        "unique_clicks / unique_opens.",
+        Rows::Email,
+        |s| s.click_to_open_rate,
+    ),
+    (
+        "engaged_email_unsubscribe_ratio",
+        "unsubscribes / emails_delivered.",
+        Rows::Email,
+        |s| s.unsubscribe_rate,
+    ),
+    (
+        "engaged_email_bounce_ratio",
+        "emails_bounced / emails_sent.",
+        Rows::Email,
+        |s| s.email_bounce_rate,
+    ),
+    (
+        "engaged_email_attributed_orders",
+        "ORDERs within the attribution window after the customer's last click.",
+        Rows::Email,
+        |s| s.attributed_orders.map(|v| v as f64),
+    ),
+    (
+        "engaged_email_conversion_ratio",
+        "attributed_orders / unique_clicks.",
+        Rows::Email,
+        |s| s.email_conversion_rate,
+    ),
+    ("engaged_commerce_orders", "ORDER events.", Rows::All, |s| {
+        s.orders.map(|v| v as f64)
+    }),
+    (
+        "engaged_commerce_order_revenue_minor",
+        "Sum of amount_minor of ORDER events (minor currency units).",
+        Rows::All,
+        |s| s.order_revenue_minor.map(|v| v as f64),
+    ),
+    (
+        "engaged_commerce_revenue_minor",
+        "Sum of amount_minor of ORDER and RENEWAL events (minor currency units).",
+        Rows::All,
+        |s| s.revenue_minor.map(|v| v as f64),
+    ),
+    (
+        "engaged_commerce_refunds_minor",
+        "Sum of amount_minor of REFUND events (minor currency units).",
+        Rows::All,
+        |s| s.refunds_minor.map(|v| v as f64),
+    ),
+    (
+        "engaged_commerce_net_revenue_minor",
+        "revenue - refunds (minor currency units).",
+        Rows::All,
+        |s| s.net_revenue_minor.map(|v| v as f64),
+    ),
+    (
+        "engaged_commerce_purchasing_customers",
+        "Distinct customers with an ORDER in the window.",
+        Rows::All,
+        |s| s.purchasing_customers.map(|v| v as f64),
+    ),
+    (
+        "engaged_commerce_average_order_value_minor",
+        "order_revenue / orders (minor currency units).",
+        Rows::All,
+        |s| s.average_order_value,
+    ),
+    (
+        "engaged_commerce_orders_per_customer",
+        "orders / purchasing_customers.",
+        Rows::All,
+        |s| s.orders_per_customer,
+    ),
+    (
+        "engaged_commerce_returning_customers",
+        "Purchasing customers whose first ORDER is before the window.",
+        Rows::All,
+        |s| s.returning_customers.map(|v| v as f64),
+    ),
+    (
+        "engaged_commerce_returning_customer_ratio",
+        "returning_customers / purchasing_customers.",
+        Rows::All,
+        |s| s.returning_customer_rate,
+    ),
+    (
+        "engaged_commerce_new_customers",
+        "Customers whose first ORDER falls in the window.",
+        Rows::All,
+        |s| s.new_customers.map(|v| v as f64),
+    ),
+    (
+        "engaged_commerce_margin_minor",
+        "Sum of amount - cost over ORDERs with a cost (minor currency units).",
+        Rows::All,
+        |s| s.margin_minor.map(|v| v as f64),
+    ),
+    (
+        "engaged_commerce_profit_per_customer_minor",
+        "margin / purchasing_customers (minor currency units).",
+        Rows::All,
+        |s| s.profit_per_customer,
+    ),
+    (
+        "engaged_commerce_renewals",
+        "RENEWAL events.",
+        Rows::All,
+        |s| s.renewals.map(|v| v as f64),
+    ),
+    (
+        "engaged_commerce_cancellations",
+        "CANCELLATION events.",
+        Rows::All,
+        |s| s.cancellations.map(|v| v as f64),
+    ),
+    (
+        "engaged_commerce_revenue_churn_minor",
+        "Sum of amount_minor of CANCELLATION events (minor currency units).",
+        Rows::All,
+        |s| s.revenue_churn_minor.map(|v| v as f64),
+    ),
+    (
+        "engaged_survey_nps",
+        "Net Promoter Score: 100 * (promoters - detractors) / responses.",
+        Rows::All,
+        |s| s.nps,
+    ),
+    (
+        "engaged_survey_nps_responses",
+        "NPS responses.",
+        Rows::All,
+        |s| s.nps_responses.map(|v| v as f64),
+    ),
+    (
+        "engaged_survey_nps_promoters",
+        "NPS responses scoring 9-10.",
+        Rows::All,
+        |s| s.nps_promoters.map(|v| v as f64),
+    ),
+    (
+        "engaged_survey_nps_detractors",
+        "NPS responses scoring 0-6.",
+        Rows::All,
+        |s| s.nps_detractors.map(|v| v as f64),
+    ),
+    (
+        "engaged_survey_csat",
+        "CSAT: 100 * satisfied (4-5) / responses.",
+        Rows::All,
+        |s| s.csat,
+    ),
+    (
+        "engaged_survey_csat_responses",
+        "CSAT responses.",
+        Rows::All,
+        |s| s.csat_responses.map(|v| v as f64),
+    ),
+    (
+        "engaged_survey_csat_satisfied",
+        "CSAT responses scoring 4-5.",
+        Rows::All,
+        |s| s.csat_satisfied.map(|v| v as f64),
+    ),
+    (
+        "engaged_survey_ces",
+        "Customer Effort Score: mean score (1-7).",
+        Rows::All,
+        |s| s.ces,
+    ),
+    (
+        "engaged_survey_ces_responses",
+        "CES responses.",
+        Rows::All,
+        |s| s.ces_responses.map(|v| v as f64),
+    ),
+    (
+        "engaged_survey_ces_score_sum",
+        "Sum of CES scores.",
+        Rows::All,
+        |s| s.ces_sum.map(|v| v as f64),
+    ),
+    (
+        "engaged_customers_active",
+        "Distinct customers with activity in the window.",
+        Rows::All,
+        |s| s.active_customers.map(|v| v as f64),
+    ),
+    (
+        "engaged_customers_churned",
+        "Customers whose inactivity reached churn_horizon in the window.",
+        Rows::All,
+        |s| s.churned_customers.map(|v| v as f64),
+    ),
+    (
+        "engaged_customers_active_at_window_start",
+        "Customers active (not churned) at the window start.",
+        Rows::All,
+        |s| s.customers_at_window_start.map(|v| v as f64),
+    ),
+    (
+        "engaged_customers_churn_ratio",
+        "churned / active at window start.",
+        Rows::All,
+        |s| s.churn_rate,
+    ),
+    (
+        "engaged_customers_retention_ratio",
+        "1 - churn ratio.",
+        Rows::All,
+        |s| s.retention_rate,
     ),
 ];
 
@@ -297,13 +595,16 @@ fn suffix(dimension: &str) -> String {
 
 fn windowed_families(p: &Published) -> Vec<MetricFamily> {
     let mut out = vec![];
-    for dimension in ["all", "site", "channel"] {
+    for dimension in ["all", "site", "channel", "campaign"] {
         let snaps: Vec<&WindowSnapshot> = p
             .snapshots
             .iter()
             .filter(|s| s.dimension == dimension)
             .collect();
-        for (name, help, extract) in WINDOWED {
+        for (name, help, rows, extract) in WINDOWED {
+            if !rows.has(dimension) {
+                continue;
+            }
             let metrics: Vec<proto::Metric> = snaps
                 .iter()
                 .filter_map(|s| {
@@ -321,6 +622,9 @@ fn windowed_families(p: &Published) -> Vec<MetricFamily> {
                     metrics,
                 ));
             }
+        }
+        if !Rows::Web.has(dimension) {
+            continue;
         }
         // `sessions_active` is "now", not windowed: one series per dimension value.
         let first_window = snaps.first().map(|s| s.window.clone());

@@ -9,6 +9,8 @@
 //! eviction (driven by the watermark, never by the wall clock) keeps it bounded.
 //! Nothing here reads a clock.
 
+pub mod distinct;
+
 use std::collections::BTreeMap;
 use std::fmt;
 

@@ -1,0 +1,144 @@
+//! Commerce metrics (SPEC §3 Commerce): orders, revenue, refunds, margin, subscriptions, customers.
+//!
+//! Additive sums live in window buckets (money in integer minor units). The
+//! distinct counts — purchasing customers per window — use
+//! [`SlidingDistinct`], so a snapshot's cost does not grow with the number of
+//! customers. `new_customers` counts a customer in the bucket of their first
+//! ORDER ever seen; an earlier ORDER arriving later moves them. A customer who
+//! purchases in a window either first ordered before it (returning) or inside
+//! it (new), so `returning = purchasing_customers - new_customers`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::event::{Millis, Purchase, PurchaseType};
+use crate::window::distinct::SlidingDistinct;
+use crate::window::{BucketRing, WindowSpec};
+
+/// Additive commerce aggregates of one bucket or window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommerceCounts {
+    pub orders: i64,
+    /// Sum of `amount_minor` of ORDER events (numerator of the average order value).
+    pub order_revenue_minor: i64,
+    pub renewal_revenue_minor: i64,
+    pub refunds_minor: i64,
+    /// Σ (amount − cost) over ORDER events that carry a cost.
+    pub margin_minor: i64,
+    pub renewals: i64,
+    pub cancellations: i64,
+    pub revenue_churn_minor: i64,
+    pub new_customers: i64,
+}
+
+impl CommerceCounts {
+    pub fn merge(&mut self, o: &CommerceCounts) {
+        self.orders += o.orders;
+        self.order_revenue_minor += o.order_revenue_minor;
+        self.renewal_revenue_minor += o.renewal_revenue_minor;
+        self.refunds_minor += o.refunds_minor;
+        self.margin_minor += o.margin_minor;
+        self.renewals += o.renewals;
+        self.cancellations += o.cancellations;
+        self.revenue_churn_minor += o.revenue_churn_minor;
+        self.new_customers += o.new_customers;
+    }
+}
+
+/// Commerce state of one task.
+#[derive(Debug, Clone)]
+pub struct CommerceState {
+    windows: Vec<BucketRing<CommerceCounts>>,
+    purchasing: Vec<SlidingDistinct<Arc<str>>>,
+    first_order: HashMap<Arc<str>, Millis>,
+}
+
+impl CommerceState {
+    pub fn new(specs: &[WindowSpec]) -> CommerceState {
+        CommerceState {
+            windows: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
+            purchasing: specs
+                .iter()
+                .map(|s| SlidingDistinct::new(s.length_ms, s.bucket_ms))
+                .collect(),
+            first_order: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, t: Millis, f: impl Fn(&mut CommerceCounts)) {
+        for ring in &mut self.windows {
+            f(ring.bucket_mut(t));
+        }
+    }
+
+    /// An accepted purchase event of `customer` (interned by the task).
+    pub fn on_event(&mut self, p: &Purchase, customer: &Arc<str>) {
+        let t = p.event_time;
+        let amount = p.amount_minor;
+        match p.kind {
+            PurchaseType::Order => {
+                let margin = p.cost_minor.map(|c| amount - c);
+                self.add(t, |c| {
+                    c.orders += 1;
+                    c.order_revenue_minor += amount;
+                    if let Some(m) = margin {
+                        c.margin_minor += m;
+                    }
+                });
+                for d in &mut self.purchasing {
+                    d.insert(customer, t);
+                }
+                match self.first_order.get(customer).copied() {
+                    Some(first) if first <= t => {}
+                    Some(first) => {
+                        self.first_order.insert(customer.clone(), t);
+                        self.add(first, |c| c.new_customers -= 1);
+                        self.add(t, |c| c.new_customers += 1);
+                    }
+                    None => {
+                        self.first_order.insert(customer.clone(), t);
+                        self.add(t, |c| c.new_customers += 1);
+                    }
+                }
+            }
+            PurchaseType::Renewal => self.add(t, |c| {
+                c.renewals += 1;
+                c.renewal_revenue_minor += amount;
+            }),
+            PurchaseType::Refund => self.add(t, |c| c.refunds_minor += amount),
+            PurchaseType::Cancellation => self.add(t, |c| {
+                c.cancellations += 1;
+                c.revenue_churn_minor += amount;
+            }),
+        }
+    }
+
+    /// Window `idx` over `[start, end)`: the additive sums and the purchasing customers.
+    pub fn collect(
+        &self,
+        idx: usize,
+        start: Millis,
+        end: Millis,
+        into: &mut CommerceCounts,
+    ) -> i64 {
+        for (_, b) in self.windows[idx].range(start, end) {
+            into.merge(b);
+        }
+        self.purchasing[idx].count_at(end)
+    }
+
+    /// A snapshot was taken at `end` for window `idx`; `lower_bound` is the task's smallest watermark.
+    pub fn evict(&mut self, idx: usize, start: Millis, end: Millis, lower_bound: Option<Millis>) {
+        self.windows[idx].evict_before(start);
+        self.purchasing[idx].fold_to(end);
+        if let Some(l) = lower_bound {
+            self.purchasing[idx].forget_before(l);
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.first_order.len()
+            + self.purchasing.iter().map(|d| d.keys()).sum::<usize>()
+            + self.windows.iter().map(|w| w.len()).sum::<usize>()
+    }
+}

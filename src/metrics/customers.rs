@@ -1,0 +1,145 @@
+//! Customer activity and inactivity churn (SPEC §3 Customers and churn).
+//!
+//! Activity is every event carrying a `customer_id`, except email SENT,
+//! DELIVERED and BOUNCED. A customer's activity forms runs in which consecutive
+//! activities are less than `churn_horizon` apart; a run ends — the customer
+//! churns — at `last_activity + churn_horizon`, once the task's watermark
+//! reaches it, and is counted in the bucket of that instant. A later activity
+//! starts a new run: the customer is active again and can churn again. As with
+//! sessions, an activity that could still extend a run would be late by then,
+//! so churn is final and a function of the set of events.
+//!
+//! `active_customers` (distinct customers with activity in the window) and the
+//! churn-rate denominator (customers active, not churned, at the window start
+//! `s`: those with an activity in `[s - churn_horizon, s)`) are exact sliding
+//! distinct counts ([`SlidingDistinct`]), so snapshots cost the same whatever
+//! the number of customers.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::event::Millis;
+use crate::window::distinct::SlidingDistinct;
+use crate::window::{BucketRing, WindowSpec};
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a.abs() } else { gcd(b, a % b) }
+}
+
+/// Customer aggregates of one window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CustomerCounts {
+    pub active_customers: i64,
+    pub churned_customers: i64,
+    /// Customers active (not churned) at the window start: the churn-rate denominator.
+    pub customers_at_start: i64,
+}
+
+/// Activity and churn state of one task.
+#[derive(Debug, Clone)]
+pub struct CustomerState {
+    horizon_ms: i64,
+    churned: Vec<BucketRing<i64>>,
+    active: Vec<SlidingDistinct<Arc<str>>>,
+    alive: Vec<SlidingDistinct<Arc<str>>>,
+    /// Open activity runs per customer: (first, last).
+    runs: HashMap<Arc<str>, Vec<(Millis, Millis)>>,
+    /// (churn instant, customer, run start) of every open run.
+    queue: BTreeSet<(Millis, Arc<str>, Millis)>,
+}
+
+impl CustomerState {
+    pub fn new(specs: &[WindowSpec], horizon_ms: i64) -> CustomerState {
+        CustomerState {
+            horizon_ms,
+            churned: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
+            active: specs
+                .iter()
+                .map(|s| SlidingDistinct::new(s.length_ms, s.bucket_ms))
+                .collect(),
+            alive: specs
+                .iter()
+                // Queried at window starts (multiples of b) over [s - H, s): buckets of gcd(b, H) align with both.
+                .map(|s| SlidingDistinct::new(horizon_ms, gcd(s.bucket_ms, horizon_ms)))
+                .collect(),
+            runs: HashMap::new(),
+            queue: BTreeSet::new(),
+        }
+    }
+
+    /// An activity of `customer` at `t`.
+    pub fn on_activity(&mut self, customer: &Arc<str>, t: Millis) {
+        for d in self.active.iter_mut().chain(self.alive.iter_mut()) {
+            d.insert(customer, t);
+        }
+        let h = self.horizon_ms;
+        let runs = match self.runs.get_mut(customer) {
+            Some(r) => r,
+            None => self.runs.entry(customer.clone()).or_default(),
+        };
+        let (mut first, mut last) = (t, t);
+        let mut i = 0;
+        while i < runs.len() {
+            let (f, l) = runs[i];
+            if t > f - h && t < l + h {
+                self.queue.remove(&(l + h, customer.clone(), f));
+                first = first.min(f);
+                last = last.max(l);
+                runs.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        runs.push((first, last));
+        self.queue.insert((last + h, customer.clone(), first));
+    }
+
+    /// The watermark of the task's activity inputs reached `watermark`: runs that ended churn.
+    pub fn on_watermark(&mut self, watermark: Millis) {
+        while let Some((at, customer, first)) = self.queue.first().cloned() {
+            if at > watermark {
+                break;
+            }
+            self.queue.pop_first();
+            if let Some(runs) = self.runs.get_mut(&customer) {
+                runs.retain(|(f, _)| *f != first);
+                if runs.is_empty() {
+                    self.runs.remove(&customer);
+                }
+            }
+            for ring in &mut self.churned {
+                *ring.bucket_mut(at) += 1;
+            }
+        }
+    }
+
+    pub fn collect(&self, idx: usize, start: Millis, end: Millis) -> CustomerCounts {
+        CustomerCounts {
+            active_customers: self.active[idx].count_at(end),
+            churned_customers: self.churned[idx].range(start, end).map(|(_, n)| *n).sum(),
+            customers_at_start: self.alive[idx].count_at(start),
+        }
+    }
+
+    /// A snapshot of window `idx` was taken over `[start, end)`; `lower_bound` is the task's smallest watermark.
+    pub fn evict(&mut self, idx: usize, start: Millis, end: Millis, lower_bound: Option<Millis>) {
+        self.churned[idx].evict_before(start);
+        self.active[idx].fold_to(end);
+        self.alive[idx].fold_to(start);
+        if let Some(l) = lower_bound {
+            self.active[idx].forget_before(l);
+            self.alive[idx].forget_before(l);
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.runs.len()
+            + self
+                .active
+                .iter()
+                .chain(self.alive.iter())
+                .map(|d| d.keys())
+                .sum::<usize>()
+            + self.churned.iter().map(|w| w.len()).sum::<usize>()
+    }
+}

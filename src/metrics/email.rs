@@ -1,0 +1,299 @@
+//! Email metrics (SPEC §3 Email): sends, deliveries, unique opens/clicks per message, attribution.
+//!
+//! Unique opens (clicks, unsubscribes, complaints) count a message in the bucket
+//! of its *first* such event. An earlier event arriving later (within the
+//! lateness) moves the message from the old bucket to the new one, so the
+//! result depends only on the set of events. A message's first times are
+//! remembered for `email_dedup_ttl` of event time; expiry is checked against
+//! the emails partition's watermark at arrival, so it is deterministic too.
+//!
+//! Attribution: an ORDER at `o` is attributed to the campaign of the customer's
+//! last CLICKED at `c <= o` with `o - c < attribution_window` (ties at one
+//! instant: the greatest campaign id). Clicks and orders are kept per customer
+//! while they can still affect each other, and a click that arrives after an
+//! order it precedes re-attributes that order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::Labels;
+use crate::event::{EmailEvent, EmailEventType, Millis};
+use crate::window::{BucketRing, WindowSpec};
+
+/// Additive email aggregates of one bucket or window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EmailCounts {
+    pub sent: i64,
+    pub delivered: i64,
+    pub bounced: i64,
+    pub unique_opens: i64,
+    pub unique_clicks: i64,
+    pub unsubscribes: i64,
+    pub complaints: i64,
+    pub attributed_orders: i64,
+}
+
+impl EmailCounts {
+    pub fn merge(&mut self, o: &EmailCounts) {
+        self.sent += o.sent;
+        self.delivered += o.delivered;
+        self.bounced += o.bounced;
+        self.unique_opens += o.unique_opens;
+        self.unique_clicks += o.unique_clicks;
+        self.unsubscribes += o.unsubscribes;
+        self.complaints += o.complaints;
+        self.attributed_orders += o.attributed_orders;
+    }
+
+    /// The unique-engagement counter of a "first event per message" type.
+    fn first_of(&mut self, kind: usize) -> &mut i64 {
+        match kind {
+            0 => &mut self.unique_opens,
+            1 => &mut self.unique_clicks,
+            2 => &mut self.unsubscribes,
+            _ => &mut self.complaints,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct EmailBucket {
+    all: EmailCounts,
+    campaign: HashMap<Arc<str>, EmailCounts>,
+}
+
+/// What is remembered of one message: its campaign and its first engagement times.
+#[derive(Debug, Clone)]
+struct Message {
+    campaign: Arc<str>,
+    /// First OPENED, CLICKED, UNSUBSCRIBED, COMPLAINED.
+    first: [Option<Millis>; 4],
+}
+
+fn first_index(kind: EmailEventType) -> Option<usize> {
+    match kind {
+        EmailEventType::Opened => Some(0),
+        EmailEventType::Clicked => Some(1),
+        EmailEventType::Unsubscribed => Some(2),
+        EmailEventType::Complained => Some(3),
+        _ => None,
+    }
+}
+
+/// Clicks and orders of one customer, for attribution.
+#[derive(Debug, Clone, Default)]
+struct Attribution {
+    /// (time, campaign), sorted.
+    clicks: Vec<(Millis, Arc<str>)>,
+    /// (time, attributed campaign), sorted by time.
+    orders: Vec<(Millis, Option<Arc<str>>)>,
+}
+
+/// The campaign an order at `o` is attributed to: the last click at or before
+/// it, within the window; several clicks at that instant: the greatest campaign id.
+fn campaign_for(clicks: &[(Millis, Arc<str>)], o: Millis, window: i64) -> Option<Arc<str>> {
+    let idx = clicks.partition_point(|(c, _)| *c <= o);
+    let (c, _) = clicks.get(idx.checked_sub(1)?)?;
+    if o - c >= window {
+        return None;
+    }
+    clicks[..idx]
+        .iter()
+        .rev()
+        .take_while(|(t, _)| t == c)
+        .map(|(_, camp)| camp.clone())
+        .max()
+}
+
+/// Email state of one task.
+#[derive(Debug, Clone)]
+pub struct EmailState {
+    ttl_ms: i64,
+    attribution_ms: i64,
+    windows: Vec<BucketRing<EmailBucket>>,
+    messages: HashMap<Box<str>, Message>,
+    customers: HashMap<Arc<str>, Attribution>,
+    labels: Labels,
+    swept_at: Option<Millis>,
+}
+
+impl EmailState {
+    pub fn new(specs: &[WindowSpec], ttl_ms: i64, attribution_ms: i64) -> EmailState {
+        EmailState {
+            ttl_ms,
+            attribution_ms,
+            windows: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
+            messages: HashMap::new(),
+            customers: HashMap::new(),
+            labels: Labels::default(),
+            swept_at: None,
+        }
+    }
+
+    fn add(
+        &mut self,
+        t: Millis,
+        campaign: Option<&Arc<str>>,
+        delta: i64,
+        f: impl Fn(&mut EmailCounts) -> &mut i64,
+    ) {
+        for ring in &mut self.windows {
+            let b = ring.bucket_mut(t);
+            *f(&mut b.all) += delta;
+            if let Some(c) = campaign {
+                *f(b.campaign.entry(c.clone()).or_default()) += delta;
+            }
+        }
+    }
+
+    /// An accepted email event; `watermark` is its partition's watermark at arrival.
+    pub fn on_event(&mut self, e: &EmailEvent, watermark: Option<Millis>) {
+        let campaign = self.labels.get(&e.campaign_id);
+        let t = e.event_time;
+        match e.kind {
+            EmailEventType::Sent => self.add(t, Some(&campaign), 1, |c| &mut c.sent),
+            EmailEventType::Delivered => self.add(t, Some(&campaign), 1, |c| &mut c.delivered),
+            EmailEventType::Bounced => self.add(t, Some(&campaign), 1, |c| &mut c.bounced),
+            _ => {}
+        }
+        let Some(kind) = first_index(e.kind) else {
+            return;
+        };
+        let ttl = self.ttl_ms;
+        let msg = match self.messages.get_mut(e.message_id.as_str()) {
+            Some(m) => m,
+            None => self
+                .messages
+                .entry(Box::from(e.message_id.as_str()))
+                .or_insert(Message {
+                    campaign: campaign.clone(),
+                    first: [None; 4],
+                }),
+        };
+        // A first time older than the TTL at the watermark is forgotten.
+        let previous = msg.first[kind].filter(|f| watermark.is_none_or(|w| f + ttl > w));
+        let msg_campaign = msg.campaign.clone();
+        match previous {
+            Some(f) if f <= t => {}
+            Some(f) => {
+                msg.first[kind] = Some(t);
+                self.add(f, Some(&msg_campaign), -1, move |c| c.first_of(kind));
+                self.add(t, Some(&msg_campaign), 1, move |c| c.first_of(kind));
+            }
+            None => {
+                msg.first[kind] = Some(t);
+                self.add(t, Some(&msg_campaign), 1, move |c| c.first_of(kind));
+            }
+        }
+        if e.kind == EmailEventType::Clicked {
+            self.on_click(&e.customer_id, t, campaign);
+        }
+    }
+
+    fn on_click(&mut self, customer: &str, c: Millis, campaign: Arc<str>) {
+        let window = self.attribution_ms;
+        let Some(a) = self.customers.get_mut(customer) else {
+            self.customers.insert(
+                Arc::from(customer),
+                Attribution {
+                    clicks: vec![(c, campaign)],
+                    orders: vec![],
+                },
+            );
+            return;
+        };
+        let pos = a.clicks.partition_point(|(t, _)| *t <= c);
+        a.clicks.insert(pos, (c, campaign));
+        // Orders this click can precede within the window may change campaign.
+        let mut changes = vec![];
+        for (o, attributed) in a.orders.iter_mut() {
+            if *o < c || *o - c >= window {
+                continue;
+            }
+            let now = campaign_for(&a.clicks, *o, window);
+            if now != *attributed {
+                changes.push((*o, attributed.clone(), now.clone()));
+                *attributed = now;
+            }
+        }
+        for (o, old, new) in changes {
+            if let Some(old) = old {
+                self.add(o, Some(&old), -1, |c| &mut c.attributed_orders);
+            }
+            if let Some(new) = new {
+                self.add(o, Some(&new), 1, |c| &mut c.attributed_orders);
+            }
+        }
+    }
+
+    /// An accepted ORDER of `customer` at `o`.
+    pub fn on_order(&mut self, customer: &str, o: Millis) {
+        let window = self.attribution_ms;
+        let a = match self.customers.get_mut(customer) {
+            Some(a) => a,
+            None => self.customers.entry(Arc::from(customer)).or_default(),
+        };
+        let campaign = campaign_for(&a.clicks, o, window);
+        let pos = a.orders.partition_point(|(t, _)| *t <= o);
+        a.orders.insert(pos, (o, campaign.clone()));
+        if let Some(c) = campaign {
+            self.add(o, Some(&c), 1, |c| &mut c.attributed_orders);
+        }
+    }
+
+    /// Frees what no future event can change: messages past their TTL, and clicks
+    /// and orders older than the attribution window before `lower_bound` (the
+    /// smallest watermark of the task's inputs).
+    pub fn forget_before(&mut self, lower_bound: Millis) {
+        let due = self
+            .swept_at
+            .is_none_or(|s| lower_bound - s >= (self.attribution_ms / 4).max(1));
+        if !due {
+            return;
+        }
+        self.swept_at = Some(lower_bound);
+        let (ttl, window) = (self.ttl_ms, self.attribution_ms);
+        self.messages.retain(|_, m| {
+            for f in m.first.iter_mut() {
+                if f.is_some_and(|f| f + ttl <= lower_bound) {
+                    *f = None;
+                }
+            }
+            m.first.iter().any(Option::is_some)
+        });
+        self.customers.retain(|_, a| {
+            // Future orders are at or after `lower_bound`: they need clicks within the
+            // window before it; future clicks can only re-attribute orders after them.
+            a.clicks.retain(|(c, _)| *c + window > lower_bound);
+            a.orders.retain(|(o, _)| *o >= lower_bound);
+            !a.clicks.is_empty() || !a.orders.is_empty()
+        });
+    }
+
+    /// Adds window `idx`'s buckets in `[start, end)`: the whole stream and per campaign.
+    pub fn collect(
+        &self,
+        idx: usize,
+        start: Millis,
+        end: Millis,
+        all: &mut EmailCounts,
+        by_campaign: &mut HashMap<Arc<str>, EmailCounts>,
+    ) {
+        for (_, b) in self.windows[idx].range(start, end) {
+            all.merge(&b.all);
+            for (c, v) in &b.campaign {
+                by_campaign.entry(c.clone()).or_default().merge(v);
+            }
+        }
+    }
+
+    pub fn evict(&mut self, idx: usize, before: Millis) {
+        self.windows[idx].evict_before(before);
+    }
+
+    pub fn size(&self) -> usize {
+        self.messages.len()
+            + self.customers.len()
+            + self.windows.iter().map(|w| w.len()).sum::<usize>()
+    }
+}
