@@ -26,6 +26,9 @@ use crate::snapshot::WindowSnapshot;
 use crate::state::{CoreConfig, Engine, RejectReason, Rejection, TopicPartition};
 use crate::telemetry::Telemetry;
 
+/// The topic name replayed records are attributed to.
+const TP_TOPIC: &str = "replay";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("cannot open {path}: {source}")]
@@ -95,10 +98,12 @@ fn to_event(kind: EventKind, v: Value) -> Result<Event, apache_avro::Error> {
 
 /// Runs a replay and writes the final snapshots as JSON lines to `out`.
 pub fn replay(
-    core: CoreConfig,
+    mut core: CoreConfig,
     opts: &ReplayOptions,
     out: &mut impl Write,
 ) -> Result<ReplaySummary, ReplayError> {
+    // One input: the files, as partition `replay/0`.
+    core.input_topics = vec![TP_TOPIC.to_string()];
     let decoder = Decoder::new(&DecoderConfig::default())
         .expect("the built-in reader schemas compile (tested)");
     let pipeline = Pipeline::new(
@@ -108,7 +113,7 @@ pub fn replay(
         None,
         i64::MAX,
     );
-    let tp = TopicPartition::new("replay", 0);
+    let tp = TopicPartition::new(TP_TOPIC, 0);
     pipeline.assign(std::slice::from_ref(&tp), 0);
 
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());

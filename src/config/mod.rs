@@ -343,6 +343,7 @@ impl RawConfig {
                     &self.attribution_window,
                 )?),
                 churn_horizon_ms: churn_horizon,
+                input_topics: self.input_topics.clone(),
                 currency: currency.to_string(),
             },
             idle_timeout: positive("idle_timeout", &self.idle_timeout)?,

@@ -142,3 +142,51 @@ impl CommerceState {
             + self.windows.iter().map(|w| w.len()).sum::<usize>()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    fn order(customer: &str, t: Millis, amount: i64, cost: Option<i64>) -> Purchase {
+        Purchase {
+            event_id: format!("{customer}-{t}"),
+            event_time: t,
+            customer_id: customer.into(),
+            order_id: "o".into(),
+            kind: PurchaseType::Order,
+            amount_minor: amount,
+            currency: "EUR".into(),
+            cost_minor: cost,
+            items: 1,
+            campaign_id: None,
+        }
+    }
+
+    fn window(st: &CommerceState, start: Millis, end: Millis) -> (CommerceCounts, i64) {
+        let mut c = CommerceCounts::default();
+        let n = st.collect(0, start, end, &mut c);
+        (c, n)
+    }
+
+    #[test]
+    fn an_earlier_first_order_arriving_later_moves_the_new_customer() {
+        let spec = [WindowSpec::with_default_buckets("10m", 10 * MIN)];
+        let mut st = CommerceState::new(&spec);
+        let c: Arc<str> = Arc::from("c");
+        // First seen at 12:00 (bucket [10m, 20m)), then an order at 09:59 arrives late.
+        st.on_event(&order("c", 12 * MIN, 500, Some(200)), &c);
+        assert_eq!(window(&st, 10 * MIN, 20 * MIN).0.new_customers, 1);
+        st.on_event(&order("c", 10 * MIN - 1, 300, None), &c);
+        assert_eq!(window(&st, 10 * MIN, 20 * MIN).0.new_customers, 0);
+        assert_eq!(window(&st, 0, 10 * MIN).0.new_customers, 1);
+        // Both orders in [0, 20m): one purchasing customer, two orders, margin only where cost is known.
+        let (c20, buyers) = window(&st, 0, 20 * MIN);
+        assert_eq!(
+            (c20.orders, c20.order_revenue_minor, c20.margin_minor),
+            (2, 800, 300)
+        );
+        assert_eq!(buyers, 1);
+    }
+}

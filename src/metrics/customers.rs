@@ -143,3 +143,30 @@ impl CustomerState {
             + self.churned.iter().map(|w| w.len()).sum::<usize>()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: i64 = 3_600_000;
+
+    #[test]
+    fn a_customer_churns_a_horizon_after_the_last_activity_and_can_return() {
+        let spec = [WindowSpec::with_default_buckets("10h", 10 * H)];
+        let mut st = CustomerState::new(&spec, 2 * H);
+        let c: Arc<str> = Arc::from("c");
+        st.on_activity(&c, 0);
+        st.on_activity(&c, 2 * H - 1); // less than the horizon apart: same run
+        st.on_watermark(4 * H - 2);
+        assert_eq!(st.collect(0, 0, 10 * H).churned_customers, 0);
+        st.on_watermark(4 * H - 1); // churns at last + horizon
+        assert_eq!(st.collect(0, 0, 10 * H).churned_customers, 1);
+        st.on_activity(&c, 5 * H); // back: active again, churns again later
+        st.on_watermark(7 * H);
+        let w = st.collect(0, 0, 10 * H);
+        assert_eq!((w.churned_customers, w.active_customers), (2, 1));
+        // Active at 3h: an activity in [1h, 3h).
+        assert_eq!(st.collect(0, 3 * H, 13 * H).customers_at_start, 1);
+        assert_eq!(st.collect(0, 5 * H, 15 * H).customers_at_start, 0);
+    }
+}

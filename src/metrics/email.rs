@@ -3,9 +3,10 @@
 //! Unique opens (clicks, unsubscribes, complaints) count a message in the bucket
 //! of its *first* such event. An earlier event arriving later (within the
 //! lateness) moves the message from the old bucket to the new one, so the
-//! result depends only on the set of events. A message's first times are
-//! remembered for `email_dedup_ttl` of event time; expiry is checked against
-//! the emails partition's watermark at arrival, so it is deterministic too.
+//! result depends only on the set of events. A first event is remembered for
+//! `email_dedup_ttl` of event time: the counted events of a message are the
+//! chain `f1 = earliest`, `f(n+1) = earliest event at or after fn + ttl`, which
+//! is again a function of the set of events, whatever order they arrive in.
 //!
 //! Attribution: an ORDER at `o` is attributed to the campaign of the customer's
 //! last CLICKED at `c <= o` with `o - c < attribution_window` (ties at one
@@ -62,12 +63,24 @@ struct EmailBucket {
     campaign: HashMap<Arc<str>, EmailCounts>,
 }
 
-/// What is remembered of one message: its campaign and its first engagement times.
+/// What is remembered of one message: its campaign and, per engagement type
+/// (OPENED, CLICKED, UNSUBSCRIBED, COMPLAINED), the sorted times of its events
+/// from the last counted one that can no longer change.
 #[derive(Debug, Clone)]
 struct Message {
     campaign: Arc<str>,
-    /// First OPENED, CLICKED, UNSUBSCRIBED, COMPLAINED.
-    first: [Option<Millis>; 4],
+    times: [Vec<Millis>; 4],
+}
+
+/// The counted ("first") events of a sorted list: greedy chain with gaps of at least `ttl`.
+fn chain(times: &[Millis], ttl: i64) -> Vec<Millis> {
+    let mut out: Vec<Millis> = vec![];
+    for &t in times {
+        if out.last().is_none_or(|f| t - f >= ttl) {
+            out.push(t);
+        }
+    }
+    out
 }
 
 fn first_index(kind: EmailEventType) -> Option<usize> {
@@ -146,8 +159,8 @@ impl EmailState {
         }
     }
 
-    /// An accepted email event; `watermark` is its partition's watermark at arrival.
-    pub fn on_event(&mut self, e: &EmailEvent, watermark: Option<Millis>) {
+    /// An accepted email event.
+    pub fn on_event(&mut self, e: &EmailEvent) {
         let campaign = self.labels.get(&e.campaign_id);
         let t = e.event_time;
         match e.kind {
@@ -167,23 +180,20 @@ impl EmailState {
                 .entry(Box::from(e.message_id.as_str()))
                 .or_insert(Message {
                     campaign: campaign.clone(),
-                    first: [None; 4],
+                    times: Default::default(),
                 }),
         };
-        // A first time older than the TTL at the watermark is forgotten.
-        let previous = msg.first[kind].filter(|f| watermark.is_none_or(|w| f + ttl > w));
+        let times = &mut msg.times[kind];
+        let before = chain(times, ttl);
+        let pos = times.partition_point(|x| *x <= t);
+        times.insert(pos, t);
+        let after = chain(times, ttl);
         let msg_campaign = msg.campaign.clone();
-        match previous {
-            Some(f) if f <= t => {}
-            Some(f) => {
-                msg.first[kind] = Some(t);
-                self.add(f, Some(&msg_campaign), -1, move |c| c.first_of(kind));
-                self.add(t, Some(&msg_campaign), 1, move |c| c.first_of(kind));
-            }
-            None => {
-                msg.first[kind] = Some(t);
-                self.add(t, Some(&msg_campaign), 1, move |c| c.first_of(kind));
-            }
+        for x in before.iter().filter(|x| !after.contains(x)) {
+            self.add(*x, Some(&msg_campaign), -1, move |c| c.first_of(kind));
+        }
+        for x in after.iter().filter(|x| !before.contains(x)) {
+            self.add(*x, Some(&msg_campaign), 1, move |c| c.first_of(kind));
         }
         if e.kind == EmailEventType::Clicked {
             self.on_click(&e.customer_id, t, campaign);
@@ -253,13 +263,21 @@ impl EmailState {
         }
         self.swept_at = Some(lower_bound);
         let (ttl, window) = (self.ttl_ms, self.attribution_ms);
+        // Future events are at or after `lower_bound`: a counted event before it
+        // stays counted, so what precedes the last such one is forgotten, and a
+        // message whose last counted event is a TTL behind is forgotten whole.
         self.messages.retain(|_, m| {
-            for f in m.first.iter_mut() {
-                if f.is_some_and(|f| f + ttl <= lower_bound) {
-                    *f = None;
+            for times in m.times.iter_mut() {
+                let Some(&stable) = chain(times, ttl).iter().rev().find(|f| **f < lower_bound)
+                else {
+                    continue;
+                };
+                times.retain(|t| *t >= stable);
+                if stable + ttl <= lower_bound && chain(times, ttl).len() == 1 {
+                    times.clear();
                 }
             }
-            m.first.iter().any(Option::is_some)
+            m.times.iter().any(|t| !t.is_empty())
         });
         self.customers.retain(|_, a| {
             // Future orders are at or after `lower_bound`: they need clicks within the
@@ -295,5 +313,79 @@ impl EmailState {
         self.messages.len()
             + self.customers.len()
             + self.windows.iter().map(|w| w.len()).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    fn ev(kind: EmailEventType, t: Millis, msg: &str, campaign: &str) -> EmailEvent {
+        EmailEvent {
+            event_id: format!("{msg}-{t}"),
+            event_time: t,
+            customer_id: "c".into(),
+            campaign_id: campaign.into(),
+            message_id: msg.into(),
+            kind,
+            url: None,
+        }
+    }
+
+    fn counts(st: &EmailState, start: Millis, end: Millis) -> EmailCounts {
+        let (mut all, mut by) = (EmailCounts::default(), HashMap::new());
+        st.collect(0, start, end, &mut all, &mut by);
+        all
+    }
+
+    fn state() -> EmailState {
+        EmailState::new(
+            &[WindowSpec::with_default_buckets("10m", 10 * MIN)],
+            60 * MIN,
+            30 * MIN,
+        )
+    }
+
+    #[test]
+    fn an_earlier_open_arriving_later_moves_the_first_open() {
+        let mut st = state();
+        st.on_event(&ev(EmailEventType::Opened, 11 * MIN, "m", "a"));
+        st.on_event(&ev(EmailEventType::Opened, 12 * MIN, "m", "a"));
+        assert_eq!(counts(&st, 10 * MIN, 20 * MIN).unique_opens, 1);
+        st.on_event(&ev(EmailEventType::Opened, 9 * MIN, "m", "a"));
+        assert_eq!(counts(&st, 10 * MIN, 20 * MIN).unique_opens, 0);
+        assert_eq!(counts(&st, 0, 10 * MIN).unique_opens, 1);
+    }
+
+    #[test]
+    fn a_message_counts_again_a_ttl_after_its_first_open() {
+        let mut st = state();
+        for t in [0, 59 * MIN, 60 * MIN, 61 * MIN, 125 * MIN] {
+            st.on_event(&ev(EmailEventType::Opened, t, "m", "a"));
+        }
+        // Chain: 0, then 60m (>= 0 + ttl), then 125m (>= 60m + ttl).
+        assert_eq!(counts(&st, 0, 200 * MIN).unique_opens, 3);
+    }
+
+    #[test]
+    fn orders_go_to_the_campaign_of_the_last_click_within_the_window() {
+        let mut st = state();
+        st.on_event(&ev(EmailEventType::Clicked, 0, "m1", "a"));
+        st.on_order("c", 29 * MIN); // 29 min after the click on "a"
+        st.on_order("c", 30 * MIN); // exactly the window: not attributed
+        let (mut all, mut by) = (EmailCounts::default(), HashMap::new());
+        st.collect(0, 0, 60 * MIN, &mut all, &mut by);
+        assert_eq!(all.attributed_orders, 1);
+        assert_eq!(by[&Arc::from("a")].attributed_orders, 1);
+        // A click on "b" at 10m arrives late: the 29m order moves to "b", the 30m one joins it.
+        st.on_event(&ev(EmailEventType::Clicked, 10 * MIN, "m2", "b"));
+        let (mut all, mut by) = (EmailCounts::default(), HashMap::new());
+        st.collect(0, 0, 60 * MIN, &mut all, &mut by);
+        assert_eq!(all.attributed_orders, 2);
+        assert_eq!(by[&Arc::from("a")].attributed_orders, 0);
+        assert_eq!(by[&Arc::from("b")].attributed_orders, 2);
+        assert_eq!(all.unique_clicks, 2);
     }
 }

@@ -108,7 +108,15 @@ impl Pipeline {
     ) -> Result<(), Rejection> {
         let counters = self.counters(tp);
         counters.consumed.inc();
-        lock(&self.clock).idle.touch(tp, now);
+        let woke_up = {
+            let mut c = lock(&self.clock);
+            let was_idle = c.idle.is_idle(tp, now);
+            c.idle.touch(tp, now);
+            was_idle
+        };
+        if woke_up {
+            self.engine.set_idle(tp, false);
+        }
         let decoded = match payload {
             None => Err(Rejection::new(
                 RejectReason::Undecodable,
@@ -206,9 +214,13 @@ impl Pipeline {
         let parts: Vec<PartitionTime> = c
             .assigned
             .iter()
-            .map(|tp| PartitionTime {
-                watermark: wms.get(tp).copied().flatten(),
-                idle: c.idle.is_idle(tp, now),
+            .map(|tp| {
+                let idle = c.idle.is_idle(tp, now);
+                self.engine.set_idle(tp, idle);
+                PartitionTime {
+                    watermark: wms.get(tp).copied().flatten(),
+                    idle,
+                }
             })
             .collect();
         let candidate = instance_watermark(parts);

@@ -69,6 +69,9 @@ pub struct CoreConfig {
     pub attribution_window_ms: i64,
     /// Inactivity after which a customer has churned.
     pub churn_horizon_ms: i64,
+    /// Every input topic; a task's closing watermark waits for all of them
+    /// (empty: the inputs seen so far, as in replay).
+    pub input_topics: Vec<String>,
     /// The one currency of Purchase events; others are rejected as `invalid`.
     pub currency: String,
 }
@@ -95,6 +98,7 @@ impl Default for CoreConfig {
             email_dedup_ttl_ms: 30 * DAY,
             attribution_window_ms: 7 * DAY,
             churn_horizon_ms: 90 * DAY,
+            input_topics: vec![],
             currency: "EUR".into(),
         }
     }
@@ -155,10 +159,8 @@ impl From<InvalidEvent> for Rejection {
 struct InputState {
     clock: PartitionClock,
     dedup: Dedup,
-    /// Whether this input has carried page views (it then gates session closing).
-    carries_views: bool,
-    /// Whether this input has carried customer activity (it then gates churn).
-    carries_activity: bool,
+    /// Marked idle by the edge (no records for `idle_timeout`): it does not hold the task back.
+    idle: bool,
 }
 
 impl InputState {
@@ -166,8 +168,7 @@ impl InputState {
         InputState {
             clock: PartitionClock::new(),
             dedup: Dedup::new(cfg.dedup_window_ms),
-            carries_views: false,
-            carries_activity: false,
+            idle: false,
         }
     }
 }
@@ -201,33 +202,28 @@ impl TaskState {
         }
     }
 
-    /// Customer activity closes churn runs once every input that carries activity passed them.
-    fn activity_watermark(&self, lateness: i64) -> Option<Millis> {
-        self.inputs
-            .values()
-            .filter(|i| i.carries_activity)
-            .map(|i| i.clock.watermark(lateness))
-            .min()
-            .flatten()
-    }
-
-    /// No future event of this task is older than this (the smallest input watermark).
-    fn lower_bound(&self, lateness: i64) -> Option<Millis> {
-        self.inputs
-            .values()
-            .map(|i| i.clock.watermark(lateness))
-            .min()
-            .flatten()
-    }
-
-    /// Sessions close when every input that carries page views has passed their end.
-    fn view_watermark(&self, lateness: i64) -> Option<Millis> {
-        self.inputs
-            .values()
-            .filter(|i| i.carries_views)
-            .map(|i| i.clock.watermark(lateness))
-            .min()
-            .flatten()
+    /// The task's closing watermark: no input of the task can still deliver an
+    /// acceptable event older than this. It is the minimum over the task's
+    /// inputs — every configured input topic (`CoreConfig::input_topics`), or the
+    /// inputs seen so far when none are configured — where an input that has
+    /// not accepted anything yet holds time back, unless the edge marked it idle
+    /// (SPEC §2 `idle_timeout`). When every input is idle, the largest watermark.
+    /// Sessions and churn runs close, and memory is forgotten, against it, so
+    /// closing never depends on how inputs interleave.
+    fn closing_watermark(&self, cfg: &CoreConfig) -> Option<Millis> {
+        let lateness = cfg.allowed_lateness_ms;
+        let wm = |t: &str| self.inputs.get(t).and_then(|i| i.clock.watermark(lateness));
+        let idle = |t: &str| self.inputs.get(t).is_some_and(|i| i.idle);
+        let topics: Vec<&str> = if cfg.input_topics.is_empty() {
+            self.inputs.keys().map(|k| &**k).collect()
+        } else {
+            cfg.input_topics.iter().map(String::as_str).collect()
+        };
+        let active: Vec<&str> = topics.iter().copied().filter(|t| !idle(t)).collect();
+        if active.is_empty() {
+            return topics.iter().filter_map(|t| wm(t)).max();
+        }
+        active.iter().map(|t| wm(t)).min().flatten()
     }
 
     fn apply(
@@ -263,12 +259,11 @@ impl TaskState {
         }
         let activity: Option<&str> = match event {
             Event::PageView(pv) => {
-                input.carries_views = true;
                 self.web.on_view(pv);
                 pv.customer_id.as_deref()
             }
             Event::Email(e) => {
-                self.email.on_event(e, watermark);
+                self.email.on_event(e);
                 match e.kind {
                     EmailEventType::Sent | EmailEventType::Delivered | EmailEventType::Bounced => {
                         None
@@ -290,25 +285,18 @@ impl TaskState {
             }
         };
         if let Some(c) = activity {
-            if let Some(i) = self.inputs.get_mut(topic) {
-                i.carries_activity = true;
-            }
             let customer = self.customer_ids.get(c);
             self.customers.on_activity(&customer, t);
         }
-        self.on_watermark(lateness);
+        self.on_watermark(cfg);
         Ok(())
     }
 
-    fn on_watermark(&mut self, lateness: i64) {
-        if let Some(w) = self.view_watermark(lateness) {
+    fn on_watermark(&mut self, cfg: &CoreConfig) {
+        if let Some(w) = self.closing_watermark(cfg) {
             self.web.on_watermark(w);
-        }
-        if let Some(w) = self.activity_watermark(lateness) {
             self.customers.on_watermark(w);
-        }
-        if let Some(l) = self.lower_bound(lateness) {
-            self.email.forget_before(l);
+            self.email.forget_before(w);
         }
     }
 }
@@ -380,7 +368,24 @@ impl Engine {
             .entry(tp.topic.clone())
             .or_insert_with(|| InputState::new(cfg));
         input.clock.advance_to(watermark);
-        task.on_watermark(cfg.allowed_lateness_ms);
+        task.on_watermark(cfg);
+    }
+
+    /// Marks `tp` idle or active (the edge decides, from `idle_timeout`); an idle
+    /// input does not hold its task's closing watermark back.
+    pub fn set_idle(&self, tp: &TopicPartition, idle: bool) {
+        let mut task = self
+            .tasks
+            .entry(tp.partition)
+            .or_insert_with(|| TaskState::new(&self.cfg));
+        let input = task
+            .inputs
+            .entry(tp.topic.clone())
+            .or_insert_with(|| InputState::new(&self.cfg));
+        if input.idle != idle {
+            input.idle = idle;
+            task.on_watermark(&self.cfg);
+        }
     }
 
     /// The watermark of every topic-partition that has state.
@@ -444,9 +449,8 @@ impl Engine {
 
     /// Drops buckets no window can show again once the instance watermark is `watermark`.
     pub fn evict(&self, watermark: Millis) {
-        let lateness = self.cfg.allowed_lateness_ms;
         for mut task in self.tasks.iter_mut() {
-            let lower_bound = task.lower_bound(lateness);
+            let lower_bound = task.closing_watermark(&self.cfg);
             for (idx, spec) in self.cfg.windows.iter().enumerate() {
                 let (start, end) = spec.bounds_at(watermark);
                 task.web.evict(idx, start);
