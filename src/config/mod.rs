@@ -73,6 +73,10 @@ pub struct RawConfig {
     pub dead_letter_topic: String,
     /// Extra librdkafka properties for every client, e.g. `"security.protocol" = "SSL"`.
     pub kafka: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the consumer only (e.g. `session.timeout.ms`).
+    pub kafka_consumer: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the producer only (e.g. `compression.type`).
+    pub kafka_producer: BTreeMap<String, String>,
     /// Confluent schema id → path of the writer schema (`.avsc`), used without a registry.
     pub schema_ids: BTreeMap<String, String>,
     /// Topic → path of the writer schema for plain (unframed) Avro datums.
@@ -112,6 +116,8 @@ impl Default for RawConfig {
             snapshot_topic: "engagement.snapshots".into(),
             dead_letter_topic: "engagement.dlq".into(),
             kafka: BTreeMap::new(),
+            kafka_consumer: BTreeMap::new(),
+            kafka_producer: BTreeMap::new(),
             schema_ids: BTreeMap::new(),
             topic_schemas: BTreeMap::new(),
             windows: ["5m", "1h", "24h", "7d", "30d"].map(String::from).to_vec(),
@@ -142,6 +148,8 @@ pub struct Config {
     pub snapshot_topic: String,
     pub dead_letter_topic: String,
     pub kafka: BTreeMap<String, String>,
+    pub kafka_consumer: BTreeMap<String, String>,
+    pub kafka_producer: BTreeMap<String, String>,
     pub schema_ids: BTreeMap<u32, PathBuf>,
     pub topic_schemas: BTreeMap<String, PathBuf>,
     pub core: CoreConfig,
@@ -325,6 +333,8 @@ impl RawConfig {
             snapshot_topic: self.snapshot_topic.clone(),
             dead_letter_topic: self.dead_letter_topic.clone(),
             kafka: self.kafka.clone(),
+            kafka_consumer: self.kafka_consumer.clone(),
+            kafka_producer: self.kafka_producer.clone(),
             schema_ids,
             topic_schemas: self
                 .topic_schemas

@@ -1,7 +1,8 @@
 //! `engaged demo`: an in-process Kafka (librdkafka mock cluster), the traffic generator and the full sidecar.
 //!
-//! Event time runs `speed` times faster than the wall clock, starting two days
-//! in the past, and never passes the wall clock, so windows fill within
+//! Event time starts four days in the past; the first three days are produced
+//! at once (history for repeat buyers and churn), then event time runs `speed`
+//! times faster than the wall clock and never passes it, so windows fill within
 //! seconds and the clock-skew check stays on. The four families use the three
 //! wire formats (page views and surveys single-object, emails Confluent-framed
 //! with schema id 1, purchases plain datums), and a garbage record now and then
@@ -75,6 +76,10 @@ fn now_ms() -> Millis {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Event time produced at once when the demo starts, so that repeat buyers,
+/// refunds and churn have some history to show within the first minute.
+const WARMUP_MS: Millis = 3 * 24 * 3600 * 1000;
+
 /// Produces generated traffic until `stop` is set.
 fn produce_loop(
     producer: Arc<ThreadedProducer<DefaultProducerContext>>,
@@ -85,9 +90,13 @@ fn produce_loop(
 ) {
     let wall_start = Instant::now();
     let mut last_garbage = Instant::now();
+    let mut produced_to = start;
     while !stop.load(Ordering::Relaxed) {
-        let simulated = start + (wall_start.elapsed().as_secs_f64() * speed * 1000.0) as Millis;
-        let until = simulated.min(now_ms());
+        let simulated =
+            start + WARMUP_MS + (wall_start.elapsed().as_secs_f64() * speed * 1000.0) as Millis;
+        // The warm-up days go out as fast as possible, an hour of event time at a time.
+        let until = simulated.min(now_ms()).min(produced_to + 3_600_000);
+        produced_to = produced_to.max(until);
         for e in generator.advance_to(until) {
             let payload = encode_for_topic(&e);
             let mut record = BaseRecord::to(topic_of(&e))
@@ -108,7 +117,9 @@ fn produce_loop(
             let _ = producer.send(BaseRecord::to("pageviews").key("garbage").payload(&garbage));
             last_garbage = Instant::now();
         }
-        std::thread::sleep(Duration::from_millis(50));
+        if produced_to >= simulated.min(now_ms()) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     let _ = producer.flush(Duration::from_secs(2));
 }
@@ -139,20 +150,30 @@ pub fn table(t: &Telemetry) -> String {
             .join(" ")
     ));
     out.push_str(&format!(
-        "{:>6} {:>10} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8}\n",
-        "window", "page_views", "sessions", "active", "bounce", "avg_dur", "p50", "p90"
+        "{:>4} {:>7} {:>6} {:>6} {:>7} | {:>6} {:>5} {:>5} {:>6} | {:>6} {:>8} {:>5} | {:>5} {:>5} | {:>6} {:>6}\n",
+        "win", "views", "sess", "bounce", "avg_dur", "sent", "open", "ctr", "unsub", "orders", "aov",
+        "ret", "nps", "csat", "active", "churn"
     ));
+    let count = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
     for s in p.snapshots.iter().filter(|s| s.dimension == "all") {
         out.push_str(&format!(
-            "{:>6} {:>10} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8}\n",
+            "{:>4} {:>7} {:>6} {:>6} {:>7} | {:>6} {:>5} {:>5} {:>6} | {:>6} {:>8} {:>5} | {:>5} {:>5} | {:>6} {:>6}\n",
             s.window,
             s.page_views,
             s.sessions,
-            s.sessions_active,
             fmt_opt(s.bounce_rate, 100.0, "%"),
             fmt_opt(s.avg_session_duration_seconds, 1.0, "s"),
-            fmt_opt(s.session_duration_p50_seconds, 1.0, "s"),
-            fmt_opt(s.session_duration_p90_seconds, 1.0, "s"),
+            count(s.emails_sent),
+            fmt_opt(s.open_rate, 100.0, "%"),
+            fmt_opt(s.click_through_rate, 100.0, "%"),
+            fmt_opt(s.unsubscribe_rate, 100.0, "%"),
+            count(s.orders),
+            fmt_opt(s.average_order_value, 0.01, ""),
+            fmt_opt(s.returning_customer_rate, 100.0, "%"),
+            fmt_opt(s.nps, 1.0, ""),
+            fmt_opt(s.csat, 1.0, ""),
+            count(s.active_customers),
+            fmt_opt(s.churn_rate, 100.0, "%"),
         ));
     }
     out
@@ -193,16 +214,20 @@ pub async fn run(
         listen: opts.listen.to_string(),
         snapshot_interval: "2s".into(),
         idle_timeout: "10s".into(),
+        // The demo covers two days of event time: a one-day horizon makes churn visible.
+        churn_horizon: "1d".into(),
         ..RawConfig::default()
     };
     let config = raw.validate()?;
     let sidecar = Sidecar::start(config, &demo_decoder_config()).await?;
     println!(
-        "engaged demo: in-process Kafka at {}, metrics at http://{}/metrics — Ctrl-C to stop",
-        raw.bootstrap_servers, sidecar.http.addr
+        "engaged demo: in-process Kafka at {}, metrics at http://{}/metrics — Ctrl-C to stop\n\
+         three days of history are produced at once, then event time runs {}x the wall clock\n\
+         (never past now); churn_horizon is 1d in the demo",
+        raw.bootstrap_servers, sidecar.http.addr, opts.speed
     );
 
-    let start = now_ms() - 2 * 24 * 3600 * 1000;
+    let start = now_ms() - 4 * 24 * 3600 * 1000;
     let generator = Generator::new(GeneratorConfig {
         seed: opts.seed,
         start,

@@ -9,6 +9,7 @@
 //! every `snapshot_interval`. Shutdown follows SPEC §5: stop fetching, final
 //! snapshot, commit, leave the group.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,10 +112,18 @@ impl ConsumerContext for EngagedContext {
 fn client_config(cfg: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.bootstrap_servers);
-    for (k, v) in &cfg.kafka {
+    c
+}
+
+/// The operator's librdkafka settings win over ours: common ones, then the role's own.
+fn apply_user_settings(
+    c: &mut ClientConfig,
+    common: &BTreeMap<String, String>,
+    role: &BTreeMap<String, String>,
+) {
+    for (k, v) in common.iter().chain(role) {
         c.set(k, v);
     }
-    c
 }
 
 /// Builds the consumer group member (not yet subscribed).
@@ -133,18 +142,14 @@ pub fn consumer(
             "statistics.interval.ms",
             cfg.statistics_interval.as_millis().to_string(),
         );
-    for (k, v) in &cfg.kafka {
-        c.set(k, v);
-    }
+    apply_user_settings(&mut c, &cfg.kafka, &cfg.kafka_consumer);
     c.create_with_context(EngagedContext { pipeline })
 }
 
 pub fn producer(cfg: &Config) -> Result<FutureProducer, KafkaError> {
     let mut c = client_config(cfg);
     c.set("linger.ms", "5");
-    for (k, v) in &cfg.kafka {
-        c.set(k, v);
-    }
+    apply_user_settings(&mut c, &cfg.kafka, &cfg.kafka_producer);
     c.create()
 }
 

