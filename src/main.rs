@@ -58,10 +58,26 @@ struct ConfigFlags {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     dedup_window: Option<String>,
-    /// Top-N values kept per breakdown label (site, channel); the rest become `other`.
+    /// Top-N values kept per breakdown label (site, channel, campaign); the rest become `other`.
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_dimension_values: Option<usize>,
+    /// The one currency (ISO 4217) of Purchase events; others are rejected as invalid.
+    #[arg(long, value_name = "CODE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    currency: Option<String>,
+    /// Inactivity after which a customer has churned (default `90d`).
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    churn_horizon: Option<String>,
+    /// An ORDER this soon after the customer's last email click is attributed to it (default `7d`).
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attribution_window: Option<String>,
+    /// How long a message's first open/click is remembered (default `30d`).
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email_dedup_ttl: Option<String>,
 }
 
 #[derive(Args, Serialize, Default)]
