@@ -16,7 +16,7 @@ use crate::window::distinct::SlidingDistinct;
 use crate::window::{BucketRing, WindowSpec};
 
 /// Additive commerce aggregates of one bucket or window.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CommerceCounts {
     pub orders: i64,
     /// Sum of `amount_minor` of ORDER events (numerator of the average order value).
@@ -46,7 +46,7 @@ impl CommerceCounts {
 }
 
 /// Commerce state of one task.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CommerceState {
     windows: Vec<BucketRing<CommerceCounts>>,
     purchasing: Vec<SlidingDistinct<Arc<str>>>,

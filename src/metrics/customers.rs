@@ -27,7 +27,7 @@ fn gcd(a: i64, b: i64) -> i64 {
 }
 
 /// Customer aggregates of one window.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CustomerCounts {
     pub active_customers: i64,
     pub churned_customers: i64,
@@ -36,7 +36,7 @@ pub struct CustomerCounts {
 }
 
 /// Activity and churn state of one task.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CustomerState {
     horizon_ms: i64,
     churned: Vec<BucketRing<i64>>,

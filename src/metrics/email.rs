@@ -22,7 +22,7 @@ use crate::event::{EmailEvent, EmailEventType, Millis};
 use crate::window::{BucketRing, WindowSpec};
 
 /// Additive email aggregates of one bucket or window.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EmailCounts {
     pub sent: i64,
     pub delivered: i64,
@@ -57,7 +57,7 @@ impl EmailCounts {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct EmailBucket {
     all: EmailCounts,
     campaign: HashMap<Arc<str>, EmailCounts>,
@@ -66,7 +66,7 @@ struct EmailBucket {
 /// What is remembered of one message: its campaign and, per engagement type
 /// (OPENED, CLICKED, UNSUBSCRIBED, COMPLAINED), the sorted times of its events
 /// from the last counted one that can no longer change.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Message {
     campaign: Arc<str>,
     times: [Vec<Millis>; 4],
@@ -94,7 +94,7 @@ fn first_index(kind: EmailEventType) -> Option<usize> {
 }
 
 /// Clicks and orders of one customer, for attribution.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Attribution {
     /// (time, campaign), sorted.
     clicks: Vec<(Millis, Arc<str>)>,
@@ -119,7 +119,7 @@ fn campaign_for(clicks: &[(Millis, Arc<str>)], o: Millis, window: i64) -> Option
 }
 
 /// Email state of one task.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EmailState {
     ttl_ms: i64,
     attribution_ms: i64,

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Interns label values (sites, channels, campaigns) so events allocate nothing for them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Labels(HashMap<Box<str>, Arc<str>>);
 
 impl Labels {
@@ -28,7 +28,9 @@ impl Labels {
 }
 
 /// A breakdown of a metric: the whole stream, or one value of a bounded dimension.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Dim {
     All,
     Site(Arc<str>),

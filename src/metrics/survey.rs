@@ -6,7 +6,7 @@ use crate::event::{Millis, SurveyKind, SurveyResponse};
 use crate::window::{BucketRing, WindowSpec};
 
 /// Additive survey aggregates of one bucket or window.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SurveyCounts {
     pub nps_responses: i64,
     /// Scores 9–10.
@@ -51,7 +51,7 @@ impl SurveyCounts {
 }
 
 /// Survey state of one task.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SurveyState {
     windows: Vec<BucketRing<SurveyCounts>>,
 }

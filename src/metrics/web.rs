@@ -22,7 +22,7 @@ pub const DURATION_BUCKETS_SECONDS: [f64; 10] = [
 ];
 
 /// Additive web aggregates of one bucket (or one window, once merged).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WebCounts {
     pub page_views: u64,
     pub sessions: u64,
@@ -54,7 +54,7 @@ impl WebCounts {
 }
 
 /// An open session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Session {
     pub site: Arc<str>,
     pub visitor: Box<str>,
@@ -91,7 +91,7 @@ fn count_open(open: &mut HashMap<Dim, i64>, s: &Session, delta: i64) {
 }
 
 /// Turns one partition's page views into sessions.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Sessionizer {
     timeout_ms: i64,
     next_id: u64,
@@ -228,7 +228,7 @@ impl Sessionizer {
 }
 
 /// Cumulative session-duration histogram (Prometheus buckets of [`DURATION_BUCKETS_SECONDS`]).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DurationHistogram {
     /// Non-cumulative counts per bucket; the last entry is `+Inf`.
     pub counts: [u64; DURATION_BUCKETS_SECONDS.len() + 1],
@@ -258,7 +258,7 @@ impl DurationHistogram {
 }
 
 /// One bucket of web aggregates: the whole stream and per site / channel.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct WebBucket {
     all: WebCounts,
     site: HashMap<Arc<str>, WebCounts>,
@@ -274,7 +274,7 @@ impl WebBucket {
 }
 
 /// The web state of one partition: its sessionizer and its window buckets.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WebState {
     sessions: Sessionizer,
     /// One bucket ring per configured window, in configuration order.

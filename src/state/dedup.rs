@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use crate::event::Millis;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Dedup {
     window_ms: i64,
     seen: HashMap<Box<str>, Millis>,

@@ -132,6 +132,15 @@ impl RejectReason {
     }
 }
 
+/// State that cannot be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot encode task state: {0}")]
+    Encode(String),
+    #[error("cannot decode task state (written by an incompatible version?): {0}")]
+    Decode(String),
+}
+
 /// A record the engine refused, with a message for the dead-letter header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -155,7 +164,7 @@ impl From<InvalidEvent> for Rejection {
 }
 
 /// Event clock and duplicate memory of one topic-partition.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct InputState {
     clock: PartitionClock,
     dedup: Dedup,
@@ -174,7 +183,7 @@ impl InputState {
 }
 
 /// The state of one task (one partition number across the input topics).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TaskState {
     inputs: BTreeMap<Arc<str>, InputState>,
     web: WebState,
@@ -410,6 +419,27 @@ impl Engine {
     /// Drops a task's state (its partitions were revoked).
     pub fn drop_task(&self, partition: i32) {
         self.tasks.remove(&partition);
+    }
+
+    /// The partition numbers that have state.
+    pub fn tasks(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = self.tasks.iter().map(|t| *t.key()).collect();
+        v.sort();
+        v
+    }
+
+    /// Serialises one task's whole state (for a checkpoint); `None` if it has none.
+    pub fn save_task(&self, partition: i32) -> Option<Result<Vec<u8>, StateError>> {
+        let task = self.tasks.get(&partition)?;
+        Some(postcard::to_stdvec(&*task).map_err(|e| StateError::Encode(e.to_string())))
+    }
+
+    /// Replaces one task's state with a saved one.
+    pub fn restore_task(&self, partition: i32, bytes: &[u8]) -> Result<(), StateError> {
+        let task: TaskState =
+            postcard::from_bytes(bytes).map_err(|e| StateError::Decode(e.to_string()))?;
+        self.tasks.insert(partition, task);
+        Ok(())
     }
 
     /// Sums window `idx` over every task for `[start, end)`.

@@ -26,7 +26,11 @@ use std::hash::Hash;
 
 use crate::event::Millis;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(bound(
+    serialize = "K: serde::Serialize + Hash + Eq",
+    deserialize = "K: serde::Deserialize<'de> + Hash + Eq"
+))]
 pub struct SlidingDistinct<K> {
     bucket_ms: i64,
     len_ms: i64,

@@ -53,7 +53,7 @@ impl fmt::Display for WindowSpec {
 }
 
 /// Buckets of one window, keyed by bucket start.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BucketRing<T> {
     bucket_ms: i64,
     buckets: BTreeMap<Millis, T>,
