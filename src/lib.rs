@@ -2,12 +2,14 @@
 //! engagement and retention metrics (see `../shared/SPEC.md`).
 
 pub mod app;
+pub mod checkpoint;
 pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod event;
 pub mod http;
 pub mod metrics;
+pub mod model;
 pub mod pipeline;
 pub mod replay;
 pub mod sink;

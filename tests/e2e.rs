@@ -991,3 +991,409 @@ scrape_configs:
     }
     engaged.proc.assert_running();
 }
+
+/// A series on `/metrics` (name, labels) and its expected value (`None`: absent).
+type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<f64>);
+
+/// Email, commerce, survey and customer metrics through Tansu: a small hand-designed
+/// scenario (a larger one runs on the mock cluster in `tests/kafka_mock_families.rs`),
+/// checked on `/metrics` and in the snapshot topic.
+///
+/// Configuration: windows `1h` and `24h/1h`, `churn_horizon` 2 h, `attribution_window`
+/// 1 h. Times are minutes relative to `T`, a whole hour 10–70 min ago, which is the
+/// final watermark (clock events at T+5 in every partition of every topic), so the
+/// windows are 1h = [−60, 0) and 24h = [−1440, 0). All records single-object encoded.
+///
+/// ```text
+/// emails/0    −120 SENT spring→alice, →bob  −119 DELIVERED alice, bob
+///             −100 OPENED spring-alice  −90 OPENED again  −80 CLICKED spring-alice
+/// emails/1    −120 SENT spring→dave  −119 BOUNCED dave
+/// purchases/0 −50 alice ORDER 4000 (cost 1500): 30 min after her click → spring
+///             −30 bob ORDER 1000 USD → rejected `invalid`
+/// purchases/1 −1500 erin ORDER 1000 (before both windows: erin's first order)
+///             −30 dave ORDER 2000 (no cost, no click: not attributed)
+///             −10 erin ORDER 3000 (cost 1000)
+/// surveys/0   −170 bob CSAT 2  −40 alice NPS 10
+/// surveys/1   −25 dave CES 6  −20 dave NPS 3  −15 erin NPS 11 → rejected `invalid`
+///             −12 erin NPS 9
+/// ```
+///
+/// By hand:
+/// - email, 24h (all spring): sent 3, delivered 2, bounced 1, unique opens 1 (the second
+///   open is not unique), unique clicks 1, attributed orders 1 → open ratio 1/2,
+///   conversion 1/1; 1h: only the attributed order (−50): attributed 1, clicks 0 →
+///   conversion ratio absent.
+/// - commerce, both windows: orders −50, −30, −10 → 3, order revenue 9000, AOV 3000,
+///   purchasing 3, new alice, dave = 2, returning erin = 1, margin 2500 + 2000 = 4500.
+/// - survey, both windows for NPS: 10, 3, 9 → 100·(2 − 1)/3; 24h CSAT 2 → 0/1 = 0;
+///   CES 6.
+/// - customers (activity without SENT/DELIVERED/BOUNCED): alice −100 … −40, bob −170
+///   (churns at −50), dave −30 … −20, erin −1500 (churns at −1380) | −12, −10.
+///   24h: active alice bob dave erin = 4, churned bob erin = 2, active at −1440 (an
+///   activity in [−1560, −1440)): erin = 1 → churn ratio 2.
+///   1h: active alice dave erin = 3, churned bob = 1, active at −60 ([−180, −60)):
+///   alice, bob = 2 → churn ratio 1/2.
+#[test]
+fn email_commerce_survey_and_churn_through_tansu_reach_metrics_and_snapshots() {
+    let run = support::unique("e2e-families");
+    let topic = |name: &str| format!("{run}-{name}");
+    let (pv, emails, purchases, surveys) = (
+        topic("pageviews"),
+        topic("emails"),
+        topic("purchases"),
+        topic("surveys"),
+    );
+    let (snapshots, dlq) = (topic("snapshots"), topic("dlq"));
+    let inputs = [&pv, &emails, &purchases, &surveys];
+    for t in inputs {
+        support::create_topic(t, PARTITIONS);
+    }
+    support::create_topic(&snapshots, 1);
+    support::create_topic(&dlq, 1);
+
+    let now = support::now_ms();
+    let t = floor(now - 10 * MIN, HOUR);
+    let at = |m: i64| t + m * MIN;
+    let id = |s: &str| format!("{run}-{s}");
+    let mut records = vec![];
+    let mut push = |topic: &String, partition: i32, key: &str, event: Event| {
+        records.push(Rec {
+            topic: topic.clone(),
+            partition,
+            key: key.to_string(),
+            payload: encode::single_object(&event),
+            headers: vec![],
+        });
+    };
+    let mail = |i: &str, m: i64, who: &str, campaign: &str, kind: EmailEventType| {
+        Event::Email(EmailEvent {
+            event_id: id(i),
+            event_time: at(m),
+            customer_id: who.into(),
+            campaign_id: campaign.into(),
+            message_id: format!("{campaign}-{who}"),
+            kind,
+            url: None,
+        })
+    };
+    let buy = |i: &str, m: i64, who: &str, kind, amount, currency: &str, cost| {
+        Event::Purchase(Purchase {
+            event_id: id(i),
+            event_time: at(m),
+            customer_id: who.into(),
+            order_id: id(i),
+            kind,
+            amount_minor: amount,
+            currency: currency.into(),
+            cost_minor: cost,
+            items: 1,
+            campaign_id: None,
+        })
+    };
+    let answer = |i: &str, m: i64, who: Option<&str>, kind, score| {
+        Event::Survey(SurveyResponse {
+            event_id: id(i),
+            event_time: at(m),
+            customer_id: who.map(String::from),
+            survey_id: "q".into(),
+            kind,
+            score,
+            comment: None,
+        })
+    };
+    use EmailEventType::*;
+    for (i, m, who, kind) in [
+        ("e1", -120, "alice", Sent),
+        ("e2", -120, "bob", Sent),
+        ("e3", -119, "alice", Delivered),
+        ("e4", -119, "bob", Delivered),
+        ("e5", -100, "alice", Opened),
+        ("e6", -90, "alice", Opened),
+        ("e7", -80, "alice", Clicked),
+    ] {
+        push(&emails, 0, who, mail(i, m, who, "spring", kind));
+    }
+    push(&emails, 1, "dave", mail("e8", -120, "dave", "spring", Sent));
+    push(
+        &emails,
+        1,
+        "dave",
+        mail("e9", -119, "dave", "spring", Bounced),
+    );
+    use PurchaseType::{Order, Renewal};
+    push(
+        &purchases,
+        0,
+        "alice",
+        buy("p1", -50, "alice", Order, 4000, "EUR", Some(1500)),
+    );
+    push(
+        &purchases,
+        0,
+        "bob",
+        buy("p2", -30, "bob", Order, 1000, "USD", None),
+    );
+    push(
+        &purchases,
+        1,
+        "erin",
+        buy("p3", -1500, "erin", Order, 1000, "EUR", None),
+    );
+    push(
+        &purchases,
+        1,
+        "dave",
+        buy("p4", -30, "dave", Order, 2000, "EUR", None),
+    );
+    push(
+        &purchases,
+        1,
+        "erin",
+        buy("p5", -10, "erin", Order, 3000, "EUR", Some(1000)),
+    );
+    use SurveyKind::{Ces, Csat, Nps};
+    push(&surveys, 0, "bob", answer("s1", -170, Some("bob"), Csat, 2));
+    push(
+        &surveys,
+        0,
+        "alice",
+        answer("s2", -40, Some("alice"), Nps, 10),
+    );
+    push(&surveys, 1, "dave", answer("s3", -25, Some("dave"), Ces, 6));
+    push(&surveys, 1, "dave", answer("s4", -20, Some("dave"), Nps, 3));
+    push(
+        &surveys,
+        1,
+        "erin",
+        answer("s5", -15, Some("erin"), Nps, 11),
+    );
+    push(&surveys, 1, "erin", answer("s6", -12, Some("erin"), Nps, 9));
+    // The clock: T+5 in every partition of every input topic.
+    for p in 0..PARTITIONS {
+        let who = format!("clock-{p}");
+        let view = Event::PageView(PageView {
+            event_id: id(&format!("clock-view-{p}")),
+            event_time: at(5),
+            visitor_id: who.clone(),
+            customer_id: None,
+            site: "shop".into(),
+            page: "/".into(),
+            referrer: None,
+            channel: None,
+        });
+        push(&pv, p, &who, view);
+        push(
+            &emails,
+            p,
+            &who,
+            mail(&format!("clock-email-{p}"), 5, &who, "clock", Sent),
+        );
+        let renewal = buy(
+            &format!("clock-buy-{p}"),
+            5,
+            &who,
+            Renewal,
+            100,
+            "EUR",
+            None,
+        );
+        push(&purchases, p, &who, renewal);
+        push(
+            &surveys,
+            p,
+            &who,
+            answer(&format!("clock-survey-{p}"), 5, None, Csat, 5),
+        );
+    }
+    assert!(at(5) <= support::now_ms(), "no event from the future");
+    support::produce(&records);
+
+    let toml = "# Written by tests/e2e.rs.\n[kafka]\n\"session.timeout.ms\" = \"6000\"\n";
+    let vars = vec![
+        (
+            "ENGAGED_BOOTSTRAP_SERVERS",
+            support::env().bootstrap.clone(),
+        ),
+        ("ENGAGED_GROUP_ID", format!("{run}-group")),
+        ("ENGAGED_INPUT_TOPICS", inputs.map(|t| t.as_str()).join(",")),
+        ("ENGAGED_SNAPSHOT_TOPIC", snapshots.clone()),
+        ("ENGAGED_DEAD_LETTER_TOPIC", dlq.clone()),
+        ("ENGAGED_SNAPSHOT_INTERVAL", "1s".into()),
+        ("ENGAGED_STATISTICS_INTERVAL", "1s".into()),
+        ("ENGAGED_WINDOWS", "1h,24h/1h".into()),
+        ("ENGAGED_CHURN_HORIZON", "2h".into()),
+        ("ENGAGED_ATTRIBUTION_WINDOW", "1h".into()),
+        ("ENGAGED_CURRENCY", "EUR".into()),
+        (
+            "ENGAGED_SHUTDOWN_TIMEOUT",
+            format!("{}s", SHUTDOWN_TIMEOUT.as_secs()),
+        ),
+    ];
+    let mut engaged = Engaged::start("families-engaged", toml, &vars);
+    let want_wm = (at(5) - ALLOWED_LATENESS) as f64 / 1000.0;
+    assert_eq!(at(5) - ALLOWED_LATENESS, t);
+    let m = support::eventually(
+        "engaged to apply every record and reach the watermark T",
+        Duration::from_secs(90),
+        || {
+            let m = engaged.scrape()?;
+            let got = m.sum("engaged_events_consumed_total");
+            let wm = m.get("engaged_watermark_timestamp_seconds", &[]);
+            if got == records.len() as f64 && wm == Some(want_wm) {
+                Ok(m)
+            } else {
+                Err(format!(
+                    "consumed {got} of {}, watermark {wm:?} (want {want_wm})",
+                    records.len()
+                ))
+            }
+        },
+    );
+    // A full snapshot round after the last record.
+    std::thread::sleep(Duration::from_millis(1500));
+    let m2 = engaged.scrape().expect("scrape");
+    let m = if m2.get("engaged_watermark_timestamp_seconds", &[]) == Some(want_wm) {
+        m2
+    } else {
+        m
+    };
+
+    let (w24, w1) = ([("window", "24h")], [("window", "1h")]);
+    let spring24 = [("campaign", "spring"), ("window", "24h")];
+    let nps = 100.0 / 3.0;
+    let expect: Vec<Expected> = vec![
+        (
+            "engaged_events_rejected_total",
+            &[("reason", "invalid")],
+            Some(2.0),
+        ),
+        ("engaged_email_sent", &w24, Some(3.0)),
+        ("engaged_email_unique_opens", &w24, Some(1.0)),
+        ("engaged_email_open_ratio", &w24, Some(0.5)),
+        ("engaged_email_bounce_ratio", &w24, Some(1.0 / 3.0)),
+        (
+            "engaged_email_unique_clicks_by_campaign",
+            &spring24,
+            Some(1.0),
+        ),
+        (
+            "engaged_email_conversion_ratio_by_campaign",
+            &spring24,
+            Some(1.0),
+        ),
+        ("engaged_email_attributed_orders", &w1, Some(1.0)),
+        ("engaged_email_conversion_ratio", &w1, None),
+        ("engaged_commerce_orders", &w1, Some(3.0)),
+        ("engaged_commerce_order_revenue_minor", &w1, Some(9000.0)),
+        (
+            "engaged_commerce_average_order_value_minor",
+            &w24,
+            Some(3000.0),
+        ),
+        ("engaged_commerce_purchasing_customers", &w24, Some(3.0)),
+        ("engaged_commerce_new_customers", &w24, Some(2.0)),
+        ("engaged_commerce_returning_customers", &w1, Some(1.0)),
+        ("engaged_commerce_margin_minor", &w24, Some(4500.0)),
+        ("engaged_survey_nps", &w1, Some(nps)),
+        ("engaged_survey_csat", &w24, Some(0.0)),
+        ("engaged_survey_ces", &w24, Some(6.0)),
+        ("engaged_customers_active", &w24, Some(4.0)),
+        ("engaged_customers_active", &w1, Some(3.0)),
+        ("engaged_customers_churned", &w24, Some(2.0)),
+        ("engaged_customers_churn_ratio", &w24, Some(2.0)),
+        ("engaged_customers_churn_ratio", &w1, Some(0.5)),
+    ];
+    let mut errors = vec![];
+    for (name, labels, want) in &expect {
+        let got = m.get(name, labels);
+        let ok = match (got, want) {
+            (Some(g), Some(w)) => (g - w).abs() < 1e-9,
+            (None, None) => true,
+            _ => false,
+        };
+        if !ok {
+            errors.push(format!("{name}{labels:?}: got {got:?}, want {want:?}"));
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "/metrics differs from the hand-computed values:\n  {}\n--- /metrics:\n{}",
+        errors.join("\n  "),
+        m.text
+    );
+
+    // The snapshot topic: `24h/all` and `24h/campaign/spring` at the watermark T.
+    let mut last: BTreeMap<String, engaged::snapshot::WindowSnapshot> = BTreeMap::new();
+    support::consume(&snapshots, 0, Duration::from_secs(60), |msgs| {
+        if let Some(r) = msgs.last() {
+            let snap = decode_snapshot_record(r.payload().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("snapshot record at offset {}: {e}", r.offset()));
+            if snap.watermark == t {
+                last.insert(engaged::sink::snapshot_key(&snap), snap);
+            }
+        }
+        last.contains_key("24h/all") && last.contains_key("24h/campaign/spring")
+    });
+    let day = &last["24h/all"];
+    assert_eq!((day.window_start, day.window_end), (t - 24 * HOUR, t));
+    assert_eq!(
+        (
+            day.emails_sent,
+            day.unique_opens,
+            day.unique_clicks,
+            day.attributed_orders
+        ),
+        (Some(3), Some(1), Some(1), Some(1)),
+        "24h email: {day:?}"
+    );
+    assert_eq!(day.open_rate, Some(0.5));
+    assert_eq!(
+        (
+            day.orders,
+            day.order_revenue_minor,
+            day.purchasing_customers,
+            day.new_customers,
+            day.returning_customers,
+            day.margin_minor
+        ),
+        (Some(3), Some(9000), Some(3), Some(2), Some(1), Some(4500)),
+        "24h commerce: {day:?}"
+    );
+    assert_eq!(day.average_order_value, Some(3000.0));
+    assert_eq!(
+        (day.nps_responses, day.nps_promoters, day.nps_detractors),
+        (Some(3), Some(2), Some(1))
+    );
+    assert_close("snapshot nps", day.nps.expect("nps"), nps);
+    assert_eq!((day.csat, day.ces), (Some(0.0), Some(6.0)));
+    assert_eq!(
+        (
+            day.active_customers,
+            day.churned_customers,
+            day.customers_at_window_start
+        ),
+        (Some(4), Some(2), Some(1)),
+        "24h customers: {day:?}"
+    );
+    assert_eq!(day.churn_rate, Some(2.0));
+    let spring = &last["24h/campaign/spring"];
+    assert_eq!(spring.dimension_value.as_deref(), Some("spring"));
+    assert_eq!(
+        (
+            spring.emails_sent,
+            spring.emails_delivered,
+            spring.emails_bounced,
+            spring.unique_opens,
+            spring.unique_clicks,
+            spring.attributed_orders
+        ),
+        (Some(3), Some(2), Some(1), Some(1), Some(1), Some(1)),
+        "24h spring: {spring:?}"
+    );
+    assert_eq!(spring.email_conversion_rate, Some(1.0));
+    // Campaign rows carry email metrics only.
+    assert_eq!((spring.orders, spring.nps), (None, None));
+    // Both rejected records were dead-lettered.
+    support::consume(&dlq, 0, Duration::from_secs(30), |m| m.len() >= 2);
+    engaged.proc.assert_running();
+}

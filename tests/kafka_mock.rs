@@ -548,6 +548,7 @@ async fn three_wire_formats_give_hand_computed_metrics_and_snapshots() {
         ("surveys", 2),
         ("engagement.snapshots", 1),
         ("engagement.dlq", 1),
+        ("engagement.checkpoints", 2),
     ]);
     let t0 = recent_t0();
     // Later than every session end + session_timeout + allowed_lateness.
@@ -933,6 +934,7 @@ async fn rejected_records_are_dead_lettered_and_processing_continues() {
         ("surveys", 2),
         ("engagement.snapshots", 1),
         ("engagement.dlq", 1),
+        ("engagement.checkpoints", 2),
     ]);
     let t0 = recent_t0();
     let clock = t0 + 170 * MIN;
@@ -1107,6 +1109,7 @@ async fn a_restarted_member_resumes_after_the_applied_offsets() {
         ("surveys", 2),
         ("engagement.snapshots", 1),
         ("engagement.dlq", 1),
+        ("engagement.checkpoints", 2),
     ]);
     let t0 = recent_t0();
     let so = encode::single_object;
@@ -1217,6 +1220,7 @@ async fn input_topics_with_different_partition_counts_are_refused() {
         ("surveys", 2),
         ("engagement.snapshots", 1),
         ("engagement.dlq", 1),
+        ("engagement.checkpoints", 2),
     ]);
     let sidecar = Running::start(
         raw_config(&cluster.bootstrap, "co-partitioning"),

@@ -71,6 +71,8 @@ pub struct RawConfig {
     pub input_topics: Vec<String>,
     pub snapshot_topic: String,
     pub dead_letter_topic: String,
+    /// Task state and applied offsets, written every `checkpoint_interval`.
+    pub checkpoint_topic: String,
     /// Extra librdkafka properties for every client, e.g. `"security.protocol" = "SSL"`.
     pub kafka: BTreeMap<String, String>,
     /// Extra librdkafka properties for the consumer only (e.g. `session.timeout.ms`).
@@ -91,6 +93,9 @@ pub struct RawConfig {
     pub snapshot_interval: String,
     pub shutdown_timeout: String,
     pub statistics_interval: String,
+    pub checkpoint_interval: String,
+    /// Longest time reading the checkpoint topic may take when partitions are assigned.
+    pub restore_timeout: String,
     /// Address of the HTTP server (`/metrics`, `/healthz`, `/readyz`).
     pub listen: String,
     /// Top-N values per breakdown label (`site`, `channel`, `campaign`); the rest become `other`.
@@ -115,6 +120,7 @@ impl Default for RawConfig {
                 .to_vec(),
             snapshot_topic: "engagement.snapshots".into(),
             dead_letter_topic: "engagement.dlq".into(),
+            checkpoint_topic: "engagement.checkpoints".into(),
             kafka: BTreeMap::new(),
             kafka_consumer: BTreeMap::new(),
             kafka_producer: BTreeMap::new(),
@@ -129,6 +135,8 @@ impl Default for RawConfig {
             snapshot_interval: "5s".into(),
             shutdown_timeout: "30s".into(),
             statistics_interval: "5s".into(),
+            checkpoint_interval: "10s".into(),
+            restore_timeout: "120s".into(),
             listen: "127.0.0.1:9898".into(),
             max_dimension_values: 20,
             email_dedup_ttl: "30d".into(),
@@ -147,6 +155,7 @@ pub struct Config {
     pub input_topics: Vec<String>,
     pub snapshot_topic: String,
     pub dead_letter_topic: String,
+    pub checkpoint_topic: String,
     pub kafka: BTreeMap<String, String>,
     pub kafka_consumer: BTreeMap<String, String>,
     pub kafka_producer: BTreeMap<String, String>,
@@ -159,6 +168,8 @@ pub struct Config {
     pub snapshot_interval: Duration,
     pub shutdown_timeout: Duration,
     pub statistics_interval: Duration,
+    pub checkpoint_interval: Duration,
+    pub restore_timeout: Duration,
     pub listen: SocketAddr,
 }
 
@@ -259,6 +270,7 @@ impl RawConfig {
         for (key, t) in [
             ("snapshot_topic", &self.snapshot_topic),
             ("dead_letter_topic", &self.dead_letter_topic),
+            ("checkpoint_topic", &self.checkpoint_topic),
         ] {
             if t.trim().is_empty() {
                 return Err(invalid(key, t, "a topic name"));
@@ -332,6 +344,7 @@ impl RawConfig {
             input_topics: self.input_topics.clone(),
             snapshot_topic: self.snapshot_topic.clone(),
             dead_letter_topic: self.dead_letter_topic.clone(),
+            checkpoint_topic: self.checkpoint_topic.clone(),
             kafka: self.kafka.clone(),
             kafka_consumer: self.kafka_consumer.clone(),
             kafka_producer: self.kafka_producer.clone(),
@@ -361,6 +374,8 @@ impl RawConfig {
             snapshot_interval: positive("snapshot_interval", &self.snapshot_interval)?,
             shutdown_timeout: positive("shutdown_timeout", &self.shutdown_timeout)?,
             statistics_interval: positive("statistics_interval", &self.statistics_interval)?,
+            checkpoint_interval: positive("checkpoint_interval", &self.checkpoint_interval)?,
+            restore_timeout: positive("restore_timeout", &self.restore_timeout)?,
             listen,
         })
     }

@@ -200,7 +200,11 @@ pub async fn run(
             mock.create_topic(t, opts.partitions, 1)
                 .map_err(|e| AppError::Source(e.into()))?;
         }
-        for t in ["engagement.snapshots", "engagement.dlq"] {
+        for t in [
+            "engagement.snapshots",
+            "engagement.dlq",
+            "engagement.checkpoints",
+        ] {
             mock.create_topic(t, 1, 1)
                 .map_err(|e| AppError::Source(e.into()))?;
         }

@@ -184,22 +184,30 @@ impl Pipeline {
             .set(c.assigned.len() as i64);
     }
 
-    /// Partitions were revoked: forget them and drop the state of tasks no longer owned.
+    /// Partitions were revoked. Their tasks' state is kept until the assignment
+    /// that follows says whether they stay (the Kafka edge drops the others).
     pub fn revoke(&self, tps: &[TopicPartition]) {
         let mut c = lock(&self.clock);
         for tp in tps {
             c.assigned.remove(tp);
             c.idle.forget(tp);
         }
-        let owned: BTreeSet<i32> = c.assigned.iter().map(|tp| tp.partition).collect();
-        for tp in tps {
-            if !owned.contains(&tp.partition) {
-                self.engine.drop_task(tp.partition);
-            }
-        }
         self.telemetry
             .assigned_partitions
             .set(c.assigned.len() as i64);
+    }
+
+    /// Installs a task restored from a checkpoint. Snapshots never go back before
+    /// the watermark its windows were last evicted at.
+    pub fn restore_task(
+        &self,
+        partition: i32,
+        bytes: &[u8],
+    ) -> Result<(), crate::state::StateError> {
+        self.engine.restore_task(partition, bytes)?;
+        let floor = self.engine.evicted_at();
+        lock(&self.clock).published.update(floor);
+        Ok(())
     }
 
     pub fn assigned(&self) -> Vec<TopicPartition> {

@@ -11,10 +11,11 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::client::ClientContext;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -23,8 +24,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, TopicPartitionList};
 
+use super::checkpointer::Checkpointer;
 use crate::config::Config;
 use crate::event::Millis;
 use crate::http::Health;
@@ -40,12 +43,19 @@ pub enum SourceError {
     #[error("input topic `{0}` does not exist (or has no partitions)")]
     MissingTopic(String),
     #[error(
+        "checkpoint topic `{0}` does not exist and could not be created: create it \
+         (compacted, any partition count), or set `checkpoint_topic`"
+    )]
+    MissingCheckpointTopic(String),
+    #[error(
         "input topics are not co-partitioned: {0}. Every input topic needs the same partition \
          count (SPEC §1), keyed by customer_id"
     )]
     NotCoPartitioned(String),
     #[error("graceful shutdown did not finish within {0:?}")]
     ShutdownTimeout(Duration),
+    #[error("checkpointing: {0}")]
+    Checkpoint(String),
 }
 
 fn now_ms() -> Millis {
@@ -59,9 +69,27 @@ fn tps(list: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
-/// Consumer context: rebalances update ownership, statistics feed the lag gauge.
+/// Consumer context: rebalances checkpoint, restore and hand over task state;
+/// statistics feed the lag gauge.
 pub struct EngagedContext {
     pipeline: Arc<Pipeline>,
+    checkpointer: Arc<Checkpointer>,
+    health: Arc<Health>,
+    restore_timeout: Duration,
+    /// A failure the consumer loop must stop on (restore or checkpoint on revoke).
+    fatal: Mutex<Option<String>>,
+}
+
+impl EngagedContext {
+    fn fail(&self, why: String) {
+        tracing::error!(error = %why, "stopping");
+        self.health.set_not_ready(why.clone());
+        *self.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    fn take_fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 impl ClientContext for EngagedContext {
@@ -72,11 +100,12 @@ impl ClientContext for EngagedContext {
                 if *partition < 0 {
                     continue;
                 }
-                // Lag behind what was applied (stored); fall back to the committed lag.
-                let v = if p.consumer_lag_stored >= 0 {
-                    p.consumer_lag_stored
-                } else {
-                    p.consumer_lag
+                // Lag behind what was applied: the high watermark of the fetch responses
+                // (right on every broker, unlike ListOffsets on Tansu) minus our position.
+                let tp = TopicPartition::new(topic, *partition);
+                let v = match self.checkpointer.applied_offset(&tp) {
+                    Some(applied) if p.hi_offset >= 0 => (p.hi_offset - applied).max(0),
+                    _ => p.consumer_lag,
                 };
                 if v >= 0 {
                     lag.with_label_values(&[topic, &partition.to_string()])
@@ -90,12 +119,15 @@ impl ClientContext for EngagedContext {
 impl ConsumerContext for EngagedContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            // Commit what was applied before another member takes over.
-            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-                tracing::debug!(error = %e, "commit on revoke");
-            }
             let revoked = tps(list);
             tracing::info!(partitions = ?revoked.iter().map(|t| t.to_string()).collect::<Vec<_>>(), "revoked");
+            // Checkpoint and commit before another member takes over; the state stays
+            // in memory in case the same tasks come back in this rebalance.
+            let tasks: Vec<i32> = task_numbers(&revoked);
+            match self.checkpointer.checkpoint(&self.pipeline, Some(&tasks)) {
+                Ok(commit) => commit_offsets(consumer, &commit),
+                Err(e) => self.fail(format!("checkpoint on revoke failed: {e}")),
+            }
             self.pipeline.revoke(&revoked);
         }
     }
@@ -104,8 +136,51 @@ impl ConsumerContext for EngagedContext {
         if let Rebalance::Assign(list) = rebalance {
             let assigned = tps(list);
             tracing::info!(partitions = ?assigned.iter().map(|t| t.to_string()).collect::<Vec<_>>(), "assigned");
+            let owned: Vec<i32> = task_numbers(&assigned);
+            let held = self.pipeline.engine().tasks();
+            let gone: Vec<i32> = held
+                .iter()
+                .copied()
+                .filter(|t| !owned.contains(t))
+                .collect();
+            for t in &gone {
+                self.pipeline.engine().drop_task(*t);
+            }
+            self.checkpointer.forget(&gone);
+            let new: Vec<i32> = owned
+                .iter()
+                .copied()
+                .filter(|t| !held.contains(t))
+                .collect();
             self.pipeline.assign(&assigned, now_ms());
+            if !new.is_empty() {
+                self.health
+                    .set_not_ready(format!("restoring tasks {new:?}"));
+                if let Err(e) =
+                    self.checkpointer
+                        .restore(&self.pipeline, &new, self.restore_timeout)
+                {
+                    self.fail(format!("restoring tasks {new:?} failed: {e}"));
+                }
+            }
         }
+    }
+}
+
+fn task_numbers(tps: &[TopicPartition]) -> Vec<i32> {
+    let mut v: Vec<i32> = tps.iter().map(|tp| tp.partition).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn commit_offsets<C: ConsumerContext>(consumer: &impl Consumer<C>, offsets: &TopicPartitionList) {
+    if offsets.count() == 0 {
+        return;
+    }
+    if let Err(e) = consumer.commit(offsets, CommitMode::Sync) {
+        // The checkpoint holds the offsets that matter; the group commit only saves re-reading.
+        tracing::warn!(error = %e, "committing checkpointed offsets");
     }
 }
 
@@ -130,10 +205,13 @@ fn apply_user_settings(
 pub fn consumer(
     cfg: &Config,
     pipeline: Arc<Pipeline>,
+    checkpointer: Arc<Checkpointer>,
+    health: Arc<Health>,
 ) -> Result<StreamConsumer<EngagedContext>, KafkaError> {
     let mut c = client_config(cfg);
+    // Offsets are committed only together with a checkpoint (SPEC §5).
     c.set("group.id", &cfg.group_id)
-        .set("enable.auto.commit", "true")
+        .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         // `range` keeps partition N of every input topic on one member (co-partitioning).
@@ -143,7 +221,13 @@ pub fn consumer(
             cfg.statistics_interval.as_millis().to_string(),
         );
     apply_user_settings(&mut c, &cfg.kafka, &cfg.kafka_consumer);
-    c.create_with_context(EngagedContext { pipeline })
+    c.create_with_context(EngagedContext {
+        pipeline,
+        checkpointer,
+        health,
+        restore_timeout: cfg.restore_timeout,
+        fatal: Mutex::new(None),
+    })
 }
 
 pub fn producer(cfg: &Config) -> Result<FutureProducer, KafkaError> {
@@ -182,6 +266,66 @@ pub fn check_co_partitioning<C: ConsumerContext>(
         return Err(SourceError::NotCoPartitioned(list));
     }
     Ok(first)
+}
+
+/// Creates the checkpoint topic if it does not exist, as Kafka Streams creates its
+/// changelog topics: compacted (a hint only — restore never relies on it), with
+/// the input topics' partition count and the broker's default replication.
+async fn ensure_checkpoint_topic<C: ConsumerContext>(
+    cfg: &Config,
+    consumer: &impl Consumer<C>,
+    partitions: usize,
+) -> Result<(), SourceError> {
+    let topic = &cfg.checkpoint_topic;
+    tracing::debug!(%topic, "checking the checkpoint topic");
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let exists = md
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+    if exists {
+        return Ok(());
+    }
+    let mut c = client_config(cfg);
+    apply_user_settings(&mut c, &cfg.kafka, &BTreeMap::new());
+    let admin: AdminClient<DefaultClientContext> = c.create()?;
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    // -1: the broker's default replication factor (KIP-464); 1 where that is not understood.
+    for replication in [-1, 1] {
+        let new = NewTopic::new(
+            topic,
+            partitions as i32,
+            TopicReplication::Fixed(replication),
+        )
+        .set("cleanup.policy", "compact")
+        .set("retention.ms", "-1");
+        tracing::debug!(%topic, replication, "creating the checkpoint topic");
+        let result =
+            tokio::time::timeout(Duration::from_secs(15), admin.create_topics([&new], &opts))
+                .await
+                .unwrap_or(Err(KafkaError::AdminOpCreation("timed out".into())));
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%topic, error = %e, "the broker did not create the checkpoint topic");
+                break;
+            }
+        };
+        match result.first() {
+            Some(Ok(_)) => {
+                tracing::info!(%topic, partitions, "created the checkpoint topic");
+                return Ok(());
+            }
+            Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => return Ok(()),
+            Some(Err((_, e))) => {
+                tracing::warn!(%topic, replication, error = %e, "creating the checkpoint topic")
+            }
+            None => {}
+        }
+    }
+    Err(SourceError::MissingCheckpointTopic(topic.clone()))
 }
 
 /// Writes a rejected record to the dead-letter topic, retrying until delivered or shut down.
@@ -282,8 +426,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SourceError> {
     let producer = producer(cfg)?;
-    let consumer = consumer(cfg, pipeline.clone())?;
+    let mut base = client_config(cfg);
+    apply_user_settings(&mut base, &cfg.kafka, &BTreeMap::new());
+    let checkpointer = Arc::new(Checkpointer::new(
+        base,
+        &cfg.group_id,
+        &cfg.checkpoint_topic,
+        &cfg.input_topics,
+    )?);
+    let consumer = consumer(cfg, pipeline.clone(), checkpointer.clone(), health.clone())?;
     let partitions = check_co_partitioning(&consumer, &cfg.input_topics, Duration::from_secs(30))?;
+    ensure_checkpoint_topic(cfg, &consumer, partitions).await?;
     tracing::info!(topics = ?cfg.input_topics, partitions, group = %cfg.group_id, "subscribing");
     let topics: Vec<&str> = cfg.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
@@ -291,23 +444,41 @@ pub async fn run(
 
     let mut tick = tokio::time::interval(cfg.snapshot_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checkpoint_tick = tokio::time::interval(cfg.checkpoint_interval);
+    checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    checkpoint_tick.tick().await;
     tokio::pin!(shutdown);
     loop {
+        if let Some(why) = consumer.context().take_fatal() {
+            return Err(SourceError::Checkpoint(why));
+        }
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
             _ = tick.tick() => {
                 publish_snapshots(&pipeline, &producer, &cfg.snapshot_topic, &health).await;
+                if let Some(age) = checkpointer.age() {
+                    pipeline.telemetry().checkpoint_age.set(age.as_secs_f64());
+                }
+            }
+            _ = checkpoint_tick.tick() => {
+                let commit = checkpointer
+                    .checkpoint(&pipeline, None)
+                    .map_err(|e| SourceError::Checkpoint(e.to_string()))?;
+                commit_offsets(&consumer, &commit);
             }
             msg = consumer.recv() => match msg {
                 Ok(msg) => {
                     let tp = TopicPartition::new(msg.topic(), msg.partition());
+                    if checkpointer.already_applied(&tp, msg.offset()) {
+                        continue;
+                    }
                     if let Err(rejection) = pipeline.handle_record(&tp, msg.payload(), now_ms()) {
                         tracing::debug!(%tp, offset = msg.offset(), reason = rejection.reason.as_str(), error = %rejection.message, "rejected");
                         dead_letter(&producer, &cfg.dead_letter_topic, &msg, &tp, &rejection).await?;
                         pipeline.telemetry().dead_letters.inc();
                     }
-                    consumer.store_offset_from_message(&msg)?;
+                    checkpointer.applied(&tp, msg.offset());
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "consumer error");
@@ -317,21 +488,21 @@ pub async fn run(
         }
     }
 
-    tracing::info!("shutting down: final snapshot, commit, leave group");
+    tracing::info!("shutting down: final snapshot, checkpoint, commit, leave group");
     let graceful = async {
         publish_snapshots(&pipeline, &producer, &cfg.snapshot_topic, &health).await;
         health.set_not_ready("shutting down");
-        if !pipeline.assigned().is_empty()
-            && let Err(e) = consumer.commit_consumer_state(CommitMode::Sync)
-        {
-            tracing::debug!(error = %e, "final commit (nothing new to commit)");
-        }
+        let commit = checkpointer
+            .checkpoint(&pipeline, None)
+            .map_err(|e| SourceError::Checkpoint(e.to_string()))?;
+        commit_offsets(&consumer, &commit);
         consumer.unsubscribe();
         let _ = producer.flush(Duration::from_secs(5));
+        Ok::<(), SourceError>(())
     };
     tokio::time::timeout(cfg.shutdown_timeout, graceful)
         .await
-        .map_err(|_| SourceError::ShutdownTimeout(cfg.shutdown_timeout))?;
+        .map_err(|_| SourceError::ShutdownTimeout(cfg.shutdown_timeout))??;
     drop(consumer);
     Ok(())
 }

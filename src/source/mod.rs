@@ -1,3 +1,4 @@
 //! Sources: where records come from. Kafka (consumer group) for `run` and `demo`.
 
+pub mod checkpointer;
 pub mod kafka;

@@ -186,6 +186,9 @@ impl InputState {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TaskState {
     inputs: BTreeMap<Arc<str>, InputState>,
+    /// The instance watermark this task's windows were last evicted at: no
+    /// snapshot may be taken before it (restored with the state).
+    evicted_at: Option<Millis>,
     web: WebState,
     email: EmailState,
     commerce: CommerceState,
@@ -198,6 +201,7 @@ impl TaskState {
     fn new(cfg: &CoreConfig) -> TaskState {
         TaskState {
             inputs: BTreeMap::new(),
+            evicted_at: None,
             web: WebState::new(&cfg.windows, cfg.session_timeout_ms),
             email: EmailState::new(
                 &cfg.windows,
@@ -421,6 +425,11 @@ impl Engine {
         self.tasks.remove(&partition);
     }
 
+    /// The latest watermark any task was evicted at (snapshots must not go earlier).
+    pub fn evicted_at(&self) -> Option<Millis> {
+        self.tasks.iter().filter_map(|t| t.evicted_at).max()
+    }
+
     /// The partition numbers that have state.
     pub fn tasks(&self) -> Vec<i32> {
         let mut v: Vec<i32> = self.tasks.iter().map(|t| *t.key()).collect();
@@ -480,6 +489,7 @@ impl Engine {
     /// Drops buckets no window can show again once the instance watermark is `watermark`.
     pub fn evict(&self, watermark: Millis) {
         for mut task in self.tasks.iter_mut() {
+            task.evicted_at = Some(task.evicted_at.map_or(watermark, |e| e.max(watermark)));
             let lower_bound = task.closing_watermark(&self.cfg);
             for (idx, spec) in self.cfg.windows.iter().enumerate() {
                 let (start, end) = spec.bounds_at(watermark);

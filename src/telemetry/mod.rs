@@ -41,6 +41,11 @@ pub struct Telemetry {
     pub state_entries: IntGauge,
     pub snapshot_duration: Histogram,
     pub snapshots_published: IntCounter,
+    pub checkpoint_age: prometheus::Gauge,
+    pub checkpoint_duration: Histogram,
+    pub checkpoint_bytes_written: IntCounter,
+    pub checkpoint_state_bytes: IntGauge,
+    pub restore_duration: prometheus::Gauge,
     published: RwLock<Arc<Published>>,
 }
 
@@ -165,6 +170,49 @@ impl Telemetry {
                 IntCounter::new(
                     "engaged_snapshots_published_total",
                     "Snapshot rounds published.",
+                )
+                .expect("valid"),
+            ),
+            checkpoint_age: register(
+                &r,
+                prometheus::Gauge::new(
+                    "engaged_checkpoint_age_seconds",
+                    "Time since the last successful checkpoint.",
+                )
+                .expect("valid"),
+            ),
+            checkpoint_duration: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "engaged_checkpoint_duration_seconds",
+                        "Time to write one checkpoint round (state, manifest, acknowledgements).",
+                    )
+                    .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0]),
+                )
+                .expect("valid"),
+            ),
+            checkpoint_bytes_written: register(
+                &r,
+                IntCounter::new(
+                    "engaged_checkpoint_written_bytes_total",
+                    "Bytes of state written to the checkpoint topic.",
+                )
+                .expect("valid"),
+            ),
+            checkpoint_state_bytes: register(
+                &r,
+                IntGauge::new(
+                    "engaged_checkpoint_state_bytes",
+                    "Size of the state written by the last checkpoint round.",
+                )
+                .expect("valid"),
+            ),
+            restore_duration: register(
+                &r,
+                prometheus::Gauge::new(
+                    "engaged_restore_duration_seconds",
+                    "Time the last restore from the checkpoint topic took.",
                 )
                 .expect("valid"),
             ),

@@ -1,0 +1,335 @@
+//! Kafka I/O of checkpoints: writes task state + applied offsets, reads them back on assignment.
+//!
+//! Synchronous on purpose: it runs inside librdkafka's rebalance callback (the
+//! consumer must not fetch a partition before its task is restored) and in the
+//! consumer loop between records, where nothing else may touch the state.
+//! Encoding is `crate::checkpoint`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::checkpoint::{self, CheckpointLog, Manifest};
+use crate::pipeline::Pipeline;
+use crate::state::TopicPartition;
+
+/// Largest chunk value; well under Kafka's default 1 MB message limit.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointIoError {
+    #[error("Kafka error on the checkpoint topic: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("{0} checkpoint record(s) were not acknowledged by the broker")]
+    NotDelivered(u64),
+    #[error("checkpoint topic `{0}` does not exist")]
+    MissingTopic(String),
+    #[error("reading checkpoint topic `{topic}` did not reach its end within {timeout:?}")]
+    RestoreTimeout { topic: String, timeout: Duration },
+    #[error(transparent)]
+    Record(#[from] checkpoint::CheckpointError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
+
+/// Counts failed deliveries, so a flush can tell whether everything was acknowledged.
+#[derive(Default)]
+pub struct DeliveryCounter {
+    failed: AtomicU64,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            tracing::warn!(error = %e, "checkpoint record not delivered");
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Progress {
+    /// Next offset to consume, per input topic-partition, of what has been applied.
+    applied: HashMap<TopicPartition, i64>,
+    /// Records below these offsets are already in the restored state: skip them.
+    restored: HashMap<TopicPartition, i64>,
+    /// Tasks with records handled since their last checkpoint.
+    dirty: BTreeSet<i32>,
+    generation: HashMap<i32, u64>,
+    last_success: Option<Instant>,
+}
+
+/// Checkpoints of one consumer group member.
+pub struct Checkpointer {
+    group: String,
+    topic: String,
+    input_topics: Vec<String>,
+    base: ClientConfig,
+    producer: ThreadedProducer<DeliveryCounter>,
+    progress: Mutex<Progress>,
+}
+
+impl Checkpointer {
+    /// `base` carries the bootstrap servers and the operator's common settings.
+    pub fn new(
+        base: ClientConfig,
+        group: &str,
+        topic: &str,
+        input_topics: &[String],
+    ) -> Result<Checkpointer, KafkaError> {
+        let mut pc = base.clone();
+        pc.set("linger.ms", "5").set("message.max.bytes", "1000000");
+        let producer = pc.create_with_context(DeliveryCounter::default())?;
+        Ok(Checkpointer {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            input_topics: input_topics.to_vec(),
+            base,
+            producer,
+            progress: Mutex::new(Progress::default()),
+        })
+    }
+
+    fn progress(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a record at `offset` is already part of the restored state.
+    pub fn already_applied(&self, tp: &TopicPartition, offset: i64) -> bool {
+        self.progress()
+            .restored
+            .get(tp)
+            .is_some_and(|r| offset < *r)
+    }
+
+    /// A record was applied (or dead-lettered): its offset counts as done.
+    pub fn applied(&self, tp: &TopicPartition, offset: i64) {
+        let mut p = self.progress();
+        p.applied.insert(tp.clone(), offset + 1);
+        p.dirty.insert(tp.partition);
+    }
+
+    /// Next offset to consume of what has been applied on `tp`.
+    pub fn applied_offset(&self, tp: &TopicPartition) -> Option<i64> {
+        self.progress().applied.get(tp).copied()
+    }
+
+    /// Seconds since the last successful checkpoint.
+    pub fn age(&self) -> Option<Duration> {
+        self.progress().last_success.map(|t| t.elapsed())
+    }
+
+    /// Checkpoints the given tasks (all dirty ones if `None`) and returns the
+    /// offsets to commit. Blocks until the broker acknowledged every record.
+    pub fn checkpoint(
+        &self,
+        pipeline: &Pipeline,
+        tasks: Option<&[i32]>,
+    ) -> Result<TopicPartitionList, CheckpointIoError> {
+        let started = Instant::now();
+        let engine = pipeline.engine();
+        let mut p = self.progress();
+        let tasks: Vec<i32> = match tasks {
+            Some(t) => t.to_vec(),
+            None => p.dirty.iter().copied().collect(),
+        };
+        let mut manifests = vec![];
+        let mut written_bytes = 0u64;
+        let mut state_bytes = 0u64;
+        for &task in &tasks {
+            let state = match engine.save_task(task) {
+                Some(s) => s?,
+                None => continue,
+            };
+            let generation = p.generation.get(&task).copied().unwrap_or(0) + 1;
+            let slot = (generation % 2) as u8;
+            let chunks = checkpoint::chunk_values(generation, &state, CHUNK_BYTES);
+            for (i, value) in chunks.iter().enumerate() {
+                let key = checkpoint::chunk_key(&self.group, task, slot, i as u32);
+                self.send(&key, value)?;
+                written_bytes += value.len() as u64;
+            }
+            let offsets: BTreeMap<String, i64> = self
+                .input_topics
+                .iter()
+                .filter_map(|t| {
+                    let tp = TopicPartition::new(t, task);
+                    p.applied.get(&tp).map(|o| (t.clone(), *o))
+                })
+                .collect();
+            manifests.push((
+                task,
+                Manifest {
+                    generation,
+                    slot,
+                    chunks: chunks.len() as u32,
+                    bytes: state.len() as u64,
+                    offsets,
+                    written_at: chrono::Utc::now().timestamp_millis(),
+                },
+            ));
+            state_bytes += state.len() as u64;
+        }
+        self.flush()?;
+        let mut commit = TopicPartitionList::new();
+        for (task, m) in &manifests {
+            let value = checkpoint::encode_manifest(m);
+            self.send(&checkpoint::manifest_key(&self.group, *task), &value)?;
+            for (topic, offset) in &m.offsets {
+                commit.add_partition_offset(topic, *task, Offset::Offset(*offset))?;
+            }
+        }
+        self.flush()?;
+        for (task, m) in manifests {
+            p.generation.insert(task, m.generation);
+            p.dirty.remove(&task);
+        }
+        p.last_success = Some(Instant::now());
+        let t = pipeline.telemetry();
+        t.checkpoint_duration
+            .observe(started.elapsed().as_secs_f64());
+        t.checkpoint_bytes_written.inc_by(written_bytes);
+        if !tasks.is_empty() {
+            t.checkpoint_state_bytes.set(state_bytes as i64);
+        }
+        Ok(commit)
+    }
+
+    /// Tasks revoked: forget their progress (the next owner restores them).
+    pub fn forget(&self, tasks: &[i32]) {
+        let mut p = self.progress();
+        p.applied.retain(|tp, _| !tasks.contains(&tp.partition));
+        p.restored.retain(|tp, _| !tasks.contains(&tp.partition));
+        for t in tasks {
+            p.dirty.remove(t);
+        }
+    }
+
+    fn send(&self, key: &str, value: &[u8]) -> Result<(), CheckpointIoError> {
+        let mut record = BaseRecord::to(&self.topic).key(key).payload(value);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn flush(&self) -> Result<(), CheckpointIoError> {
+        self.producer.flush(Duration::from_secs(30))?;
+        let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
+        if failed > 0 {
+            return Err(CheckpointIoError::NotDelivered(failed));
+        }
+        Ok(())
+    }
+
+    /// Reads the checkpoint topic to its end (last value per key wins).
+    fn read_log(&self, timeout: Duration) -> Result<CheckpointLog, CheckpointIoError> {
+        let mut c = self.base.clone();
+        c.set("group.id", format!("{}-restore", self.group))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest");
+        let consumer: BaseConsumer = c.create()?;
+        let md = consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(30))?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic && t.error().is_none())
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+            .unwrap_or_default();
+        if partitions.is_empty() {
+            return Err(CheckpointIoError::MissingTopic(self.topic.clone()));
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        let mut log = CheckpointLog::default();
+        let mut at_end: BTreeSet<i32> = BTreeSet::new();
+        let deadline = Instant::now() + timeout;
+        while at_end.len() < partitions.len() {
+            if Instant::now() > deadline {
+                return Err(CheckpointIoError::RestoreTimeout {
+                    topic: self.topic.clone(),
+                    timeout,
+                });
+            }
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    if let Some(k) = m.key() {
+                        log.record(k, m.payload());
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "reading the checkpoint topic"),
+                None => {}
+            }
+        }
+        Ok(log)
+    }
+
+    /// Restores the given tasks from their last complete checkpoint, if any.
+    /// Returns how many tasks had one.
+    pub fn restore(
+        &self,
+        pipeline: &Pipeline,
+        tasks: &[i32],
+        timeout: Duration,
+    ) -> Result<usize, CheckpointIoError> {
+        if tasks.is_empty() {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let log = self.read_log(timeout)?;
+        let mut restored = 0;
+        let mut p = self.progress();
+        for &task in tasks {
+            let Some(m) = log.manifest(&self.group, task) else {
+                continue;
+            };
+            let m = m?;
+            let state = log.state(&self.group, task, &m)?;
+            pipeline.restore_task(task, &state)?;
+            for (topic, offset) in &m.offsets {
+                let tp = TopicPartition::new(topic, task);
+                p.restored.insert(tp.clone(), *offset);
+                p.applied.insert(tp, *offset);
+            }
+            p.generation.insert(task, m.generation);
+            restored += 1;
+        }
+        pipeline
+            .telemetry()
+            .restore_duration
+            .set(started.elapsed().as_secs_f64());
+        tracing::info!(tasks = ?tasks, restored, elapsed = ?started.elapsed(), "restored from checkpoints");
+        Ok(restored)
+    }
+}
+
+/// Shared handle for the consumer context and the loop.
+pub type SharedCheckpointer = Arc<Checkpointer>;
