@@ -78,6 +78,18 @@ struct ConfigFlags {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     email_dedup_ttl: Option<String>,
+    /// Churn-risk model: `mbg_nbd` (default) or `bg_nbd`.
+    #[arg(long, value_name = "MODEL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    /// Churn risk at or above this makes a customer at risk (default 0.7).
+    #[arg(long, value_name = "P")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    risk_threshold: Option<f64>,
+    /// Customers a model fit uses at most, a uniform sample (0 = all; default 100000).
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_sample_size: Option<usize>,
 }
 
 #[derive(Args, Serialize, Default)]
@@ -164,6 +176,10 @@ struct ReplayArgs {
     /// Never show the progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Write every customer's final churn risk (model fitted on all customers at the
+    /// final watermark) here as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    customer_risks: Option<PathBuf>,
     #[command(flatten)]
     common: ConfigFlags,
 }
@@ -242,6 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 at,
                 progress: !args.no_progress,
                 dead_letter: args.dead_letter,
+                customer_risks: args.customer_risks,
             };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());

@@ -58,6 +58,8 @@ pub struct ReplayOptions {
     pub at: Option<Millis>,
     pub progress: bool,
     pub dead_letter: Option<PathBuf>,
+    /// Write every customer's final churn risk here as JSON lines.
+    pub customer_risks: Option<PathBuf>,
 }
 
 /// What a replay did, besides printing.
@@ -215,7 +217,25 @@ pub fn replay(
     let at = opts.at.or(max_time);
     if let Some(at) = at {
         pipeline.engine().advance(&tp, at);
+        match pipeline.fit_risk_model_at(at) {
+            Some(Ok(m)) => pipeline.install_risk_model(m),
+            Some(Err(e)) => eprintln!("churn model not fitted: {e}"),
+            None => {}
+        }
         summary.snapshots = pipeline.snapshot_at(at, None);
+        if let Some(path) = &opts.customer_risks {
+            let mut f = File::create(path).map_err(|source| ReplayError::Open {
+                path: path.clone(),
+                source,
+            })?;
+            if let Some(m) = pipeline.risk_model() {
+                let threshold = pipeline.engine().config().risk_threshold;
+                for r in pipeline.engine().customer_risks(at, &m, threshold) {
+                    serde_json::to_writer(&mut f, &r).map_err(std::io::Error::other)?;
+                    writeln!(f)?;
+                }
+            }
+        }
         for s in &summary.snapshots {
             serde_json::to_writer(&mut *out, s).map_err(std::io::Error::other)?;
             writeln!(out)?;

@@ -108,6 +108,18 @@ pub struct RawConfig {
     pub churn_horizon: String,
     /// ISO 4217 code of the one currency of Purchase events; others are rejected as `invalid`.
     pub currency: String,
+    /// Churn-risk model: `mbg_nbd` (default) or `bg_nbd`.
+    pub model: String,
+    /// How often the churn model is refitted in the background.
+    pub model_refit_interval: String,
+    /// Customers a refit uses at most (uniform sample); 0 = all.
+    pub model_sample_size: usize,
+    /// Churn risk at or above this makes a customer at risk.
+    pub risk_threshold: f64,
+    /// A customer-risk record is published when the risk moves by more than this.
+    pub risk_delta: f64,
+    /// Topic of the CustomerRisk records (keyed by customer_id).
+    pub customer_risk_topic: String,
 }
 
 impl Default for RawConfig {
@@ -143,6 +155,12 @@ impl Default for RawConfig {
             attribution_window: "7d".into(),
             churn_horizon: "90d".into(),
             currency: "EUR".into(),
+            model: "mbg_nbd".into(),
+            model_refit_interval: "10m".into(),
+            model_sample_size: 100_000,
+            risk_threshold: 0.7,
+            risk_delta: 0.1,
+            customer_risk_topic: "engagement.customer-risk".into(),
         }
     }
 }
@@ -156,6 +174,8 @@ pub struct Config {
     pub snapshot_topic: String,
     pub dead_letter_topic: String,
     pub checkpoint_topic: String,
+    pub customer_risk_topic: String,
+    pub model_refit_interval: Duration,
     pub kafka: BTreeMap<String, String>,
     pub kafka_consumer: BTreeMap<String, String>,
     pub kafka_producer: BTreeMap<String, String>,
@@ -271,6 +291,7 @@ impl RawConfig {
             ("snapshot_topic", &self.snapshot_topic),
             ("dead_letter_topic", &self.dead_letter_topic),
             ("checkpoint_topic", &self.checkpoint_topic),
+            ("customer_risk_topic", &self.customer_risk_topic),
         ] {
             if t.trim().is_empty() {
                 return Err(invalid(key, t, "a topic name"));
@@ -335,6 +356,19 @@ impl RawConfig {
                 "an ISO 4217 code such as `EUR` or `USD`",
             ));
         }
+        let model = match self.model.as_str() {
+            "mbg_nbd" => crate::model::Model::MbgNbd,
+            "bg_nbd" => crate::model::Model::BgNbd,
+            other => return Err(invalid("model", other, "`mbg_nbd` (default) or `bg_nbd`")),
+        };
+        for (key, v) in [
+            ("risk_threshold", self.risk_threshold),
+            ("risk_delta", self.risk_delta),
+        ] {
+            if !(0.0..=1.0).contains(&v) || v.is_nan() {
+                return Err(invalid(key, v, "a probability between 0 and 1"));
+            }
+        }
         if self.max_dimension_values == 0 {
             return Err(invalid("max_dimension_values", 0, "at least 1"));
         }
@@ -345,6 +379,8 @@ impl RawConfig {
             snapshot_topic: self.snapshot_topic.clone(),
             dead_letter_topic: self.dead_letter_topic.clone(),
             checkpoint_topic: self.checkpoint_topic.clone(),
+            customer_risk_topic: self.customer_risk_topic.clone(),
+            model_refit_interval: positive("model_refit_interval", &self.model_refit_interval)?,
             kafka: self.kafka.clone(),
             kafka_consumer: self.kafka_consumer.clone(),
             kafka_producer: self.kafka_producer.clone(),
@@ -367,6 +403,10 @@ impl RawConfig {
                 )?),
                 churn_horizon_ms: churn_horizon,
                 input_topics: self.input_topics.clone(),
+                model,
+                model_sample_size: self.model_sample_size,
+                risk_threshold: self.risk_threshold,
+                risk_delta: self.risk_delta,
                 currency: currency.to_string(),
             },
             idle_timeout: positive("idle_timeout", &self.idle_timeout)?,

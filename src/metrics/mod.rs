@@ -3,6 +3,7 @@
 //! Each family (web today) keeps its per-partition state and bucket contents in
 //! its own submodule. Everything here is synchronous and driven by event time.
 
+pub mod churn_risk;
 pub mod commerce;
 pub mod customers;
 pub mod email;

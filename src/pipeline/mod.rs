@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use crate::decode::Decoder;
 use crate::event::{Event, Millis};
+use crate::metrics::churn_risk::{self, CustomerRisk, RiskModel, Sweep};
 use crate::snapshot::{self, WindowSnapshot};
 use crate::state::{Engine, RejectReason, Rejection, TopicPartition};
 use crate::telemetry::{Published, Telemetry};
@@ -40,6 +41,10 @@ pub struct Pipeline {
     max_clock_skew_ms: Option<i64>,
     clock: Mutex<Clock>,
     counters: RwLock<HashMap<TopicPartition, PartitionCounters>>,
+    risk: RwLock<Option<Arc<RiskModel>>>,
+    /// Customer-risk records of the last sweeps, for the edge to publish.
+    risk_changes: Mutex<Vec<CustomerRisk>>,
+    last_sweep: Mutex<Option<Sweep>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -65,7 +70,47 @@ impl Pipeline {
                 published: MonotoneWatermark::default(),
             }),
             counters: RwLock::new(HashMap::new()),
+            risk: RwLock::new(None),
+            risk_changes: Mutex::new(vec![]),
+            last_sweep: Mutex::new(None),
         }
+    }
+
+    /// The current churn-risk model, if one has been fitted.
+    pub fn risk_model(&self) -> Option<Arc<RiskModel>> {
+        self.risk.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Fits the churn model on the histories at the published watermark.
+    /// Synchronous and CPU-bound: the edge runs it off the consumer loop.
+    pub fn fit_risk_model(&self) -> Option<Result<RiskModel, crate::model::ModelError>> {
+        let at = lock(&self.clock).published.get()?;
+        self.fit_risk_model_at(at)
+    }
+
+    /// Fits the churn model on the histories at watermark `at`.
+    pub fn fit_risk_model_at(
+        &self,
+        at: Millis,
+    ) -> Option<Result<RiskModel, crate::model::ModelError>> {
+        let cfg = self.engine.config();
+        let (rfm, spend) = self.engine.risk_histories(at, cfg.model_sample_size);
+        if rfm.is_empty() {
+            return None;
+        }
+        let previous = self.risk_model();
+        Some(churn_risk::fit(cfg.model, rfm, spend, previous.as_deref()))
+    }
+
+    /// Installs a fitted model (used from the next snapshot round on).
+    pub fn install_risk_model(&self, m: RiskModel) {
+        self.telemetry.publish_model(&m);
+        *self.risk.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(m));
+    }
+
+    /// Customer-risk records produced since the last call.
+    pub fn take_risk_changes(&self) -> Vec<CustomerRisk> {
+        std::mem::take(&mut *lock(&self.risk_changes))
     }
 
     fn counters(&self, tp: &TopicPartition) -> PartitionCounters {
@@ -239,7 +284,22 @@ impl Pipeline {
     pub fn snapshot_at(&self, watermark: Millis, now: Option<Millis>) -> Vec<WindowSnapshot> {
         let started = Instant::now();
         let covered = self.assigned();
-        let snaps = snapshot::build(&self.engine, watermark, &covered);
+        if let Some(m) = self.risk_model() {
+            let cfg = self.engine.config();
+            let mut sweep = self
+                .engine
+                .rescore(watermark, &m, cfg.risk_threshold, cfg.risk_delta);
+            lock(&self.risk_changes).extend(std::mem::take(&mut sweep.changed));
+            *lock(&self.last_sweep) = Some(sweep);
+        }
+        let mut snaps = snapshot::build(&self.engine, watermark, &covered);
+        if let Some(sweep) = lock(&self.last_sweep).as_ref() {
+            for s in snaps.iter_mut().filter(|s| s.dimension == "all") {
+                s.at_risk_customers = Some(sweep.at_risk as i64);
+                s.expected_orders_30d = Some(sweep.expected_orders_30d);
+                s.predicted_value_30d_minor = Some(sweep.predicted_value_minor);
+            }
+        }
         self.engine.evict(watermark);
         let t = &self.telemetry;
         for (tp, w) in self.engine.watermarks() {
@@ -257,6 +317,7 @@ impl Pipeline {
         t.publish(Published {
             snapshots: snaps.clone(),
             durations: self.engine.duration_histogram(),
+            risk_distribution: lock(&self.last_sweep).as_ref().map(|s| s.distribution),
         });
         t.snapshot_duration.observe(started.elapsed().as_secs_f64());
         t.snapshots_published.inc();

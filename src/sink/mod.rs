@@ -9,6 +9,7 @@ use std::sync::LazyLock;
 use apache_avro::Schema;
 use apache_avro::rabin::Rabin;
 
+use crate::metrics::churn_risk::CustomerRisk;
 use crate::snapshot::WindowSnapshot;
 use crate::state::{Rejection, TopicPartition};
 
@@ -56,6 +57,52 @@ pub fn decode_snapshot_record(bytes: &[u8]) -> Result<WindowSnapshot, EncodeErro
     }
     let mut rest = &bytes[10..];
     let value = apache_avro::reader::datum::GenericDatumReader::builder(&SNAPSHOT_SCHEMA)
+        .build()
+        .and_then(|r| r.read_value(&mut rest))
+        .map_err(|e| EncodeError(e.to_string()))?;
+    apache_avro::from_value(&value).map_err(|e| EncodeError(e.to_string()))
+}
+
+/// `schemas/CustomerRisk.avsc`, compiled in.
+pub const CUSTOMER_RISK_SCHEMA_JSON: &str = include_str!("../../schemas/CustomerRisk.avsc");
+
+static CUSTOMER_RISK_SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    Schema::parse_str(CUSTOMER_RISK_SCHEMA_JSON)
+        .expect("schemas/CustomerRisk.avsc is valid (tested)")
+});
+
+fn single_object(
+    schema: &Schema,
+    value: apache_avro::types::Value,
+) -> Result<Vec<u8>, EncodeError> {
+    let value = value
+        .resolve(schema)
+        .map_err(|e| EncodeError(e.to_string()))?;
+    let datum = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()
+        .and_then(|w| w.write_value_to_vec(value))
+        .map_err(|e| EncodeError(e.to_string()))?;
+    let mut out = vec![0xC3, 0x01];
+    out.extend_from_slice(&schema.fingerprint::<Rabin>().bytes);
+    out.extend(datum);
+    Ok(out)
+}
+
+/// Single-object encoding of a customer-risk record.
+pub fn customer_risk_record(r: &CustomerRisk) -> Result<Vec<u8>, EncodeError> {
+    single_object(
+        &CUSTOMER_RISK_SCHEMA,
+        apache_avro::to_value(r).map_err(|e| EncodeError(e.to_string()))?,
+    )
+}
+
+/// Decodes a single-object encoded customer-risk record.
+pub fn decode_customer_risk_record(bytes: &[u8]) -> Result<CustomerRisk, EncodeError> {
+    if bytes.len() < 10 || bytes[..2] != [0xC3, 0x01] {
+        return Err(EncodeError("not single-object encoded".into()));
+    }
+    let mut rest = &bytes[10..];
+    let value = apache_avro::reader::datum::GenericDatumReader::builder(&CUSTOMER_RISK_SCHEMA)
         .build()
         .and_then(|r| r.read_value(&mut rest))
         .map_err(|e| EncodeError(e.to_string()))?;
@@ -133,6 +180,27 @@ mod tests {
             assert_eq!(decode_snapshot_record(&bytes).unwrap(), s);
         }
         assert_eq!(snapshot_key(&sample(None)), "5m/site/shop");
+    }
+
+    #[test]
+    fn customer_risks_round_trip_through_the_avro_schema() {
+        let r = CustomerRisk {
+            customer_id: "c-1".into(),
+            churn_risk: 0.75,
+            p_alive: 0.25,
+            expected_orders_30d: 0.1,
+            predicted_value_minor: 123.5,
+            x: 3,
+            t_x_days: 20.5,
+            t_days: 200.0,
+            watermark: 1_700_000_000_000,
+            model: "mbg_nbd".into(),
+            at_risk: true,
+        };
+        assert_eq!(
+            decode_customer_risk_record(&customer_risk_record(&r).unwrap()).unwrap(),
+            r
+        );
     }
 
     #[test]

@@ -98,6 +98,15 @@ pub struct WindowSnapshot {
     pub customers_at_window_start: Option<i64>,
     pub churn_rate: Option<f64>,
     pub retention_rate: Option<f64>,
+    // Churn risk (model): in `all` rows, once a model has been fitted.
+    /// Customers whose churn risk is at or above `risk_threshold` now (not windowed).
+    pub at_risk_customers: Option<i64>,
+    /// Customers whose churn risk crossed the threshold upward in the window.
+    pub risk_crossings: Option<i64>,
+    /// Σ over customers of the expected ORDERs in the next 30 days (now).
+    pub expected_orders_30d: Option<f64>,
+    /// Σ over customers of the predicted value of the next 30 days, minor units (now).
+    pub predicted_value_30d_minor: Option<f64>,
 }
 
 impl WindowSnapshot {
@@ -305,6 +314,7 @@ pub fn build(
                 snap.set_commerce(&agg.commerce, agg.purchasing_customers);
                 snap.set_survey(&agg.survey);
                 snap.set_customers(&agg.customers);
+                snap.risk_crossings = Some(agg.risk_crossings);
             }
             out.push(snap);
         }

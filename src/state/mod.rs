@@ -22,6 +22,7 @@ use dashmap::DashMap;
 use serde::Serialize;
 
 use crate::event::{EmailEventType, Event, InvalidEvent, Millis, PurchaseType};
+use crate::metrics::churn_risk::{RiskModel, RiskState, Sweep};
 use crate::metrics::commerce::{CommerceCounts, CommerceState};
 use crate::metrics::customers::{CustomerCounts, CustomerState};
 use crate::metrics::email::{EmailCounts, EmailState};
@@ -69,6 +70,14 @@ pub struct CoreConfig {
     pub attribution_window_ms: i64,
     /// Inactivity after which a customer has churned.
     pub churn_horizon_ms: i64,
+    /// The churn-risk model.
+    pub model: crate::model::Model,
+    /// Customers a refit uses at most (a uniform sample); 0 = all.
+    pub model_sample_size: usize,
+    /// `churn_risk` at or above this makes a customer at risk.
+    pub risk_threshold: f64,
+    /// A customer-risk record is published when the risk moves by more than this.
+    pub risk_delta: f64,
     /// Every input topic; a task's closing watermark waits for all of them
     /// (empty: the inputs seen so far, as in replay).
     pub input_topics: Vec<String>,
@@ -100,6 +109,10 @@ impl Default for CoreConfig {
             churn_horizon_ms: 90 * DAY,
             input_topics: vec![],
             currency: "EUR".into(),
+            model: crate::model::Model::MbgNbd,
+            model_sample_size: 100_000,
+            risk_threshold: 0.7,
+            risk_delta: 0.1,
         }
     }
 }
@@ -194,6 +207,7 @@ pub struct TaskState {
     commerce: CommerceState,
     survey: SurveyState,
     customers: CustomerState,
+    risk: RiskState,
     customer_ids: Labels,
 }
 
@@ -211,6 +225,7 @@ impl TaskState {
             commerce: CommerceState::new(&cfg.windows),
             survey: SurveyState::new(&cfg.windows),
             customers: CustomerState::new(&cfg.windows, cfg.churn_horizon_ms),
+            risk: RiskState::new(&cfg.windows),
             customer_ids: Labels::default(),
         }
     }
@@ -289,6 +304,7 @@ impl TaskState {
                 self.commerce.on_event(p, &customer);
                 if p.kind == PurchaseType::Order {
                     self.email.on_order(&p.customer_id, t);
+                    self.risk.on_order(&customer, t, p.amount_minor);
                 }
                 Some(&p.customer_id)
             }
@@ -334,6 +350,8 @@ pub struct WindowAggregates {
     pub purchasing_customers: i64,
     pub survey: SurveyCounts,
     pub customers: CustomerCounts,
+    /// Customers whose churn risk crossed `risk_threshold` upward in the window.
+    pub risk_crossings: i64,
 }
 
 impl Engine {
@@ -464,6 +482,7 @@ impl Engine {
             agg.customers.active_customers += c.active_customers;
             agg.customers.churned_customers += c.churned_customers;
             agg.customers.customers_at_start += c.customers_at_start;
+            agg.risk_crossings += task.risk.collect(idx, start, end);
         }
         agg
     }
@@ -475,6 +494,48 @@ impl Engine {
             task.web.collect_open(&mut open);
         }
         open
+    }
+
+    /// Repeat-purchase histories at `at` for fitting (a uniform sample of about
+    /// `sample` customers when there are more; 0 = all): `(x, t_x, T)` rows and
+    /// `(x, mean repeat value)` rows of repeat buyers.
+    pub fn risk_histories(
+        &self,
+        at: Millis,
+        sample: usize,
+    ) -> (Vec<crate::model::History>, Vec<(u32, f64)>) {
+        let total: usize = self.tasks.iter().map(|t| t.risk.customers()).sum();
+        let keep_below = crate::metrics::churn_risk::sample_threshold(sample, total);
+        let (mut rfm, mut spend) = (vec![], vec![]);
+        for task in self.tasks.iter() {
+            task.risk.histories(at, keep_below, &mut rfm, &mut spend);
+        }
+        (rfm, spend)
+    }
+
+    /// Rescores every customer of every task at `at` with a fitted model.
+    pub fn rescore(&self, at: Millis, model: &RiskModel, threshold: f64, delta: f64) -> Sweep {
+        let mut sweep = Sweep::default();
+        for mut task in self.tasks.iter_mut() {
+            sweep.merge(task.risk.rescore(at, model, threshold, delta));
+        }
+        sweep
+    }
+
+    /// Every customer's risk at `at` (replay), by task then customer id.
+    pub fn customer_risks(
+        &self,
+        at: Millis,
+        model: &RiskModel,
+        threshold: f64,
+    ) -> Vec<crate::metrics::churn_risk::CustomerRisk> {
+        let mut out = vec![];
+        for p in self.tasks() {
+            if let Some(task) = self.tasks.get(&p) {
+                out.extend(task.risk.risks(at, model, threshold));
+            }
+        }
+        out
     }
 
     /// The cumulative session-duration histogram over every task.
@@ -496,6 +557,7 @@ impl Engine {
                 task.web.evict(idx, start);
                 task.email.evict(idx, start);
                 task.survey.evict(idx, start);
+                task.risk.evict(idx, start);
                 task.commerce.evict(idx, start, end, lower_bound);
                 task.customers.evict(idx, start, end, lower_bound);
             }

@@ -15,6 +15,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::metrics::churn_risk::{RISK_BUCKETS, RiskModel};
 use crate::metrics::web::{DURATION_BUCKETS_SECONDS, DurationHistogram};
 use crate::snapshot::WindowSnapshot;
 use crate::state::RejectReason;
@@ -24,6 +25,8 @@ use crate::state::RejectReason;
 pub struct Published {
     pub snapshots: Vec<WindowSnapshot>,
     pub durations: DurationHistogram,
+    /// Customers per churn-risk bucket at the last sweep (once a model exists).
+    pub risk_distribution: Option<[u64; RISK_BUCKETS.len()]>,
 }
 
 /// Every operational metric, plus the latest snapshots for the windowed families.
@@ -46,6 +49,12 @@ pub struct Telemetry {
     pub checkpoint_bytes_written: IntCounter,
     pub checkpoint_state_bytes: IntGauge,
     pub restore_duration: prometheus::Gauge,
+    pub model_parameter: prometheus::GaugeVec,
+    pub model_log_likelihood: prometheus::GaugeVec,
+    pub model_customers: IntGauge,
+    pub model_converged: IntGauge,
+    pub model_fit_duration: prometheus::Gauge,
+    pub model_fitted_at: prometheus::Gauge,
     published: RwLock<Arc<Published>>,
 }
 
@@ -216,6 +225,60 @@ impl Telemetry {
                 )
                 .expect("valid"),
             ),
+            model_parameter: register(
+                &r,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "engaged_churn_model_parameter",
+                        "Fitted population parameters: r, alpha (days), a, b of the BTYD model; p, q, v of Gamma-Gamma.",
+                    ),
+                    &["model", "parameter"],
+                )
+                .expect("valid"),
+            ),
+            model_log_likelihood: register(
+                &r,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "engaged_churn_model_log_likelihood",
+                        "Log-likelihood of the last fit (sum over the fitted customers).",
+                    ),
+                    &["model"],
+                )
+                .expect("valid"),
+            ),
+            model_customers: register(
+                &r,
+                IntGauge::new(
+                    "engaged_churn_model_fitted_customers",
+                    "Customers the last fit used.",
+                )
+                .expect("valid"),
+            ),
+            model_converged: register(
+                &r,
+                IntGauge::new(
+                    "engaged_churn_model_converged",
+                    "1 if the last fit converged, else 0.",
+                )
+                .expect("valid"),
+            ),
+            model_fit_duration: register(
+                &r,
+                prometheus::Gauge::new(
+                    "engaged_churn_model_fit_duration_seconds",
+                    "Time the last fit took.",
+                )
+                .expect("valid"),
+            ),
+            model_fitted_at: register(
+                &r,
+                prometheus::Gauge::new(
+                    "engaged_churn_model_fit_timestamp_seconds",
+                    "Wall-clock time of the last fit.",
+                )
+                .expect("valid"),
+            ),
             registry: r,
             published: RwLock::new(Arc::new(Published::default())),
         };
@@ -227,6 +290,35 @@ impl Telemetry {
 
     pub fn count_rejected(&self, reason: RejectReason) {
         self.rejected.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// Publishes a fitted churn model's parameters.
+    pub fn publish_model(&self, m: &RiskModel) {
+        let name = m.model.name();
+        self.model_parameter.reset();
+        for (k, v) in [
+            ("r", m.params.r),
+            ("alpha", m.params.alpha),
+            ("a", m.params.a),
+            ("b", m.params.b),
+        ] {
+            self.model_parameter.with_label_values(&[name, k]).set(v);
+        }
+        if let Some(s) = m.spend {
+            for (k, v) in [("p", s.p), ("q", s.q), ("v", s.v)] {
+                self.model_parameter
+                    .with_label_values(&["gamma_gamma", k])
+                    .set(v);
+            }
+        }
+        self.model_log_likelihood.reset();
+        self.model_log_likelihood
+            .with_label_values(&[name])
+            .set(m.log_likelihood);
+        self.model_customers.set(m.customers as i64);
+        self.model_converged.set(i64::from(m.converged));
+        self.model_fitted_at
+            .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
     }
 
     /// Replaces the snapshots the windowed families are rendered from.
@@ -595,6 +687,12 @@ const WINDOWED: &[(&str, &str, Rows, Extract)] = &[
         |s| s.churn_rate,
     ),
     (
+        "engaged_churn_risk_crossings",
+        "Customers whose churn risk crossed risk_threshold upward in the window.",
+        Rows::All,
+        |s| s.risk_crossings.map(|v| v as f64),
+    ),
+    (
         "engaged_customers_retention_ratio",
         "1 - churn ratio.",
         Rows::All,
@@ -691,6 +789,48 @@ fn windowed_families(p: &Published) -> Vec<MetricFamily> {
         }
     }
     out.push(duration_histogram(&p.durations));
+    // Churn risk "now" (not windowed), from the `all` row of any window.
+    if let Some(s) = p.snapshots.iter().find(|s| s.dimension == "all") {
+        for (name, help, v) in [
+            (
+                "engaged_churn_at_risk_customers",
+                "Customers whose churn risk is at or above risk_threshold.",
+                s.at_risk_customers.map(|v| v as f64),
+            ),
+            (
+                "engaged_churn_expected_orders_30d",
+                "Sum over customers of the expected ORDERs in the next 30 days.",
+                s.expected_orders_30d,
+            ),
+            (
+                "engaged_churn_predicted_value_30d_minor",
+                "Sum over customers of the predicted value of the next 30 days (minor currency units).",
+                s.predicted_value_30d_minor,
+            ),
+        ] {
+            if let Some(v) = v {
+                out.push(family(
+                    name.into(),
+                    help,
+                    MetricType::GAUGE,
+                    vec![gauge(vec![], v)],
+                ));
+            }
+        }
+    }
+    if let Some(dist) = p.risk_distribution {
+        let metrics = RISK_BUCKETS
+            .iter()
+            .zip(dist)
+            .map(|(upper, n)| gauge(vec![label("risk_upper", &format!("{upper:.1}"))], n as f64))
+            .collect();
+        out.push(family(
+            "engaged_churn_risk_customers".into(),
+            "Customers per churn-risk bucket (risk <= risk_upper and above the previous bound), now.",
+            MetricType::GAUGE,
+            metrics,
+        ));
+    }
     out
 }
 

@@ -1,0 +1,418 @@
+//! Churn risk per customer (SPEC §3 "Churn risk (model)"): repeat-purchase histories and rescoring.
+//!
+//! Each task keeps, per customer with an ORDER, the history the Buy-'Til-You-Die
+//! models need — first and last ORDER time, number of ORDERs, spend — updated
+//! per event in O(1) and as a function of the set of ORDERs (first = earliest,
+//! last = latest, whatever the arrival order). Fitting happens elsewhere, in the
+//! background (`crate::model`); a *rescoring sweep* then evaluates every
+//! customer at the watermark `w`: `x` = ORDERs − 1, `t_x` = last − first,
+//! `T` = w − first, in days; `churn_risk = 1 − P(alive)`, the expected ORDERs in
+//! the next 30 days, and a predicted value (expected ORDERs × the Gamma-Gamma
+//! expected order value, which shrinks the customer's mean repeat order toward
+//! the population mean). Crossing `risk_threshold` upward is counted in the
+//! bucket of the sweep's watermark: the churn-spike signal.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Millis;
+use crate::model::{GammaGammaParams, Model, Params, Scorer};
+use crate::window::{BucketRing, WindowSpec};
+
+pub const DAY_MS: f64 = 86_400_000.0;
+/// The horizon of `expected_orders_30d` and the predicted value, in days.
+pub const HORIZON_DAYS: f64 = 30.0;
+/// Upper bounds of the churn-risk distribution published on `/metrics`.
+pub const RISK_BUCKETS: [f64; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+
+/// The repeat-purchase history of one customer, and what was last published about them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct History {
+    first: Millis,
+    first_amount: i64,
+    last: Millis,
+    orders: u32,
+    total_minor: i64,
+    /// Risk at the last sweep, whether it was at or above the threshold, and the
+    /// risk last published on the customer-risk topic.
+    risk: Option<f64>,
+    above: bool,
+    published: Option<f64>,
+}
+
+impl History {
+    /// `(x, t_x, T)` in days at watermark `at`.
+    fn rfm(&self, at: Millis) -> (u32, f64, f64) {
+        let x = self.orders.saturating_sub(1);
+        let t_x = (self.last - self.first) as f64 / DAY_MS;
+        let age = ((at - self.first) as f64 / DAY_MS).max(t_x);
+        (x, t_x, age)
+    }
+
+    /// Mean value of the repeat ORDERs (all but the first), if any.
+    fn repeat_mean(&self) -> Option<f64> {
+        let x = self.orders.saturating_sub(1);
+        (x > 0).then(|| (self.total_minor - self.first_amount) as f64 / x as f64)
+    }
+}
+
+/// A fitted population: the scorer and, where enough repeat buyers exist, the spend model.
+#[derive(Debug)]
+pub struct RiskModel {
+    pub model: Model,
+    pub params: Params,
+    pub log_likelihood: f64,
+    pub customers: usize,
+    pub converged: bool,
+    pub spend: Option<GammaGammaParams>,
+    scorer: Scorer,
+}
+
+impl RiskModel {
+    pub fn new(
+        model: Model,
+        params: Params,
+        log_likelihood: f64,
+        customers: usize,
+        converged: bool,
+        spend: Option<GammaGammaParams>,
+    ) -> RiskModel {
+        RiskModel {
+            model,
+            params,
+            log_likelihood,
+            customers,
+            converged,
+            spend,
+            scorer: Scorer::new(model, params),
+        }
+    }
+}
+
+/// What is published about one customer on the customer-risk topic (and by replay).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomerRisk {
+    pub customer_id: String,
+    pub churn_risk: f64,
+    pub p_alive: f64,
+    pub expected_orders_30d: f64,
+    pub predicted_value_minor: f64,
+    /// Repeat ORDERs, days between first and last ORDER, days since the first ORDER.
+    pub x: i64,
+    pub t_x_days: f64,
+    pub t_days: f64,
+    pub watermark: Millis,
+    pub model: String,
+    /// Whether the risk is at or above `risk_threshold`.
+    pub at_risk: bool,
+}
+
+/// Totals of one rescoring sweep.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sweep {
+    pub customers: u64,
+    pub at_risk: u64,
+    pub crossings: u64,
+    pub expected_orders_30d: f64,
+    pub predicted_value_minor: f64,
+    /// Customers per [`RISK_BUCKETS`] bucket (not cumulative).
+    pub distribution: [u64; RISK_BUCKETS.len()],
+    /// Customers whose risk crossed the threshold or moved by more than `risk_delta`.
+    pub changed: Vec<CustomerRisk>,
+}
+
+impl Sweep {
+    pub fn merge(&mut self, o: Sweep) {
+        self.customers += o.customers;
+        self.at_risk += o.at_risk;
+        self.crossings += o.crossings;
+        self.expected_orders_30d += o.expected_orders_30d;
+        self.predicted_value_minor += o.predicted_value_minor;
+        for (a, b) in self.distribution.iter_mut().zip(o.distribution) {
+            *a += b;
+        }
+        self.changed.extend(o.changed);
+    }
+}
+
+/// Histories and risk crossings of one task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RiskState {
+    customers: HashMap<Arc<str>, History>,
+    crossings: Vec<BucketRing<i64>>,
+}
+
+/// A stable 64-bit hash of a customer id, for uniform, deterministic sampling.
+fn sample_hash(customer: &str) -> u64 {
+    let mut h =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .build_hasher();
+    h.write(customer.as_bytes());
+    h.finish()
+}
+
+impl RiskState {
+    pub fn new(specs: &[WindowSpec]) -> RiskState {
+        RiskState {
+            customers: HashMap::new(),
+            crossings: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
+        }
+    }
+
+    /// An accepted ORDER.
+    pub fn on_order(&mut self, customer: &Arc<str>, t: Millis, amount_minor: i64) {
+        match self.customers.get_mut(customer) {
+            None => {
+                self.customers.insert(
+                    customer.clone(),
+                    History {
+                        first: t,
+                        first_amount: amount_minor,
+                        last: t,
+                        orders: 1,
+                        total_minor: amount_minor,
+                        risk: None,
+                        above: false,
+                        published: None,
+                    },
+                );
+            }
+            Some(h) => {
+                // The first ORDER is the earliest (ties: the smaller amount), whatever the arrival order.
+                if (t, amount_minor) < (h.first, h.first_amount) {
+                    h.first = t;
+                    h.first_amount = amount_minor;
+                }
+                h.last = h.last.max(t);
+                h.orders += 1;
+                h.total_minor += amount_minor;
+            }
+        }
+    }
+
+    /// Adds this task's histories at `at` for fitting: `(x, t_x, T)` and, for
+    /// repeat buyers, `(x, mean repeat value)`. With `keep_below`, only customers
+    /// whose id hashes below it (a uniform sample).
+    pub fn histories(
+        &self,
+        at: Millis,
+        keep_below: Option<u64>,
+        rfm: &mut Vec<crate::model::History>,
+        spend: &mut Vec<(u32, f64)>,
+    ) {
+        for (c, h) in &self.customers {
+            if keep_below.is_some_and(|k| sample_hash(c) >= k) || h.first > at {
+                continue;
+            }
+            let (x, t_x, age) = h.rfm(at);
+            rfm.push(crate::model::History::new(x, t_x, age));
+            if let Some(m) = h.repeat_mean().filter(|m| *m > 0.0) {
+                spend.push((x, m));
+            }
+        }
+    }
+
+    pub fn customers(&self) -> usize {
+        self.customers.len()
+    }
+
+    /// Rescores every customer at `at`; counts upward crossings in the bucket of `at`.
+    pub fn rescore(&mut self, at: Millis, m: &RiskModel, threshold: f64, delta: f64) -> Sweep {
+        let mut sweep = Sweep::default();
+        let population_value = m.spend.and_then(|s| s.population_mean());
+        for (c, h) in self.customers.iter_mut() {
+            if h.first > at {
+                continue;
+            }
+            let (x, t_x, age) = h.rfm(at);
+            let score = m.scorer.score(x, t_x, age, HORIZON_DAYS);
+            let risk = (1.0 - score.p_alive).clamp(0.0, 1.0);
+            let own_mean = h.total_minor as f64 / h.orders.max(1) as f64;
+            let value = match (m.spend, h.repeat_mean()) {
+                (Some(s), Some(mean)) if mean > 0.0 => s.expected_order_value(x, mean),
+                _ => population_value,
+            }
+            .unwrap_or(own_mean);
+            let predicted = score.expected_purchases * value;
+            let above = risk >= threshold;
+            let crossed_up = above && !h.above;
+            sweep.customers += 1;
+            sweep.at_risk += u64::from(above);
+            sweep.crossings += u64::from(crossed_up);
+            sweep.expected_orders_30d += score.expected_purchases;
+            sweep.predicted_value_minor += predicted;
+            let bucket = RISK_BUCKETS
+                .iter()
+                .position(|b| risk <= *b)
+                .unwrap_or(RISK_BUCKETS.len() - 1);
+            sweep.distribution[bucket] += 1;
+            let moved = h.published.is_none_or(|p| (risk - p).abs() > delta);
+            if above != h.above || moved {
+                h.published = Some(risk);
+                sweep.changed.push(CustomerRisk {
+                    customer_id: c.to_string(),
+                    churn_risk: risk,
+                    p_alive: score.p_alive,
+                    expected_orders_30d: score.expected_purchases,
+                    predicted_value_minor: predicted,
+                    x: i64::from(x),
+                    t_x_days: t_x,
+                    t_days: age,
+                    watermark: at,
+                    model: m.model.name().to_string(),
+                    at_risk: above,
+                });
+            }
+            h.risk = Some(risk);
+            h.above = above;
+        }
+        if sweep.crossings > 0 {
+            for ring in &mut self.crossings {
+                *ring.bucket_mut(at) += sweep.crossings as i64;
+            }
+        }
+        sweep
+    }
+
+    /// Final risks of every customer at `at` (replay), sorted by customer id.
+    pub fn risks(&self, at: Millis, m: &RiskModel, threshold: f64) -> Vec<CustomerRisk> {
+        let mut clone = self.clone();
+        for h in clone.customers.values_mut() {
+            h.published = None;
+        }
+        let mut out = clone.rescore(at, m, threshold, 0.0).changed;
+        out.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
+        out
+    }
+
+    /// Upward crossings in window `idx` over `[start, end)`.
+    pub fn collect(&self, idx: usize, start: Millis, end: Millis) -> i64 {
+        self.crossings[idx].range(start, end).map(|(_, n)| *n).sum()
+    }
+
+    pub fn evict(&mut self, idx: usize, before: Millis) {
+        self.crossings[idx].evict_before(before);
+    }
+}
+
+/// The `keep_below` threshold for a uniform sample of `sample` out of `total`.
+pub fn sample_threshold(sample: usize, total: usize) -> Option<u64> {
+    (sample > 0 && total > sample)
+        .then(|| ((sample as f64 / total as f64) * u64::MAX as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> RiskModel {
+        // Roughly the CDNOW fit, in days (alpha in weeks × 7).
+        let params = Params {
+            r: 0.525,
+            alpha: 6.18 * 7.0,
+            a: 0.891,
+            b: 1.614,
+        };
+        RiskModel::new(Model::MbgNbd, params, 0.0, 0, true, None)
+    }
+
+    #[test]
+    fn histories_are_a_function_of_the_set_of_orders() {
+        let mut a = RiskState::new(&[]);
+        let mut b = RiskState::new(&[]);
+        let c: Arc<str> = Arc::from("c");
+        let orders = [(10 * 86_400_000, 500), (0, 300), (30 * 86_400_000, 700)];
+        for (t, v) in orders {
+            a.on_order(&c, t, v);
+        }
+        for (t, v) in orders.iter().rev() {
+            b.on_order(&c, *t, *v);
+        }
+        let (ha, hb) = (&a.customers[&c], &b.customers[&c]);
+        assert_eq!(
+            (ha.first, ha.first_amount, ha.last, ha.orders),
+            (0, 300, 30 * 86_400_000, 3)
+        );
+        assert_eq!(
+            (hb.first, hb.first_amount, hb.last, hb.orders),
+            (ha.first, ha.first_amount, ha.last, ha.orders)
+        );
+        assert_eq!(ha.rfm(40 * 86_400_000), (2, 30.0, 40.0));
+        assert_eq!(ha.repeat_mean(), Some(600.0));
+    }
+
+    #[test]
+    fn risk_grows_with_silence_and_crossings_are_counted_once() {
+        let spec = [WindowSpec::with_default_buckets("30d", 30 * 86_400_000)];
+        let mut st = RiskState::new(&spec);
+        let c: Arc<str> = Arc::from("c");
+        for day in [0, 7, 14, 21] {
+            st.on_order(&c, day * 86_400_000, 1000);
+        }
+        let m = model();
+        let early = st.rescore(22 * 86_400_000, &m, 0.7, 0.1);
+        assert_eq!(
+            (early.at_risk, early.crossings, early.changed.len()),
+            (0, 0, 1)
+        );
+        // A year of silence after weekly orders: very likely gone.
+        let late = st.rescore(400 * 86_400_000, &m, 0.7, 0.1);
+        assert_eq!((late.at_risk, late.crossings), (1, 1));
+        assert!(late.changed[0].churn_risk > 0.7 && late.changed[0].at_risk);
+        let again = st.rescore(401 * 86_400_000, &m, 0.7, 0.1);
+        assert_eq!(
+            (again.at_risk, again.crossings, again.changed.len()),
+            (1, 0, 0)
+        );
+        assert_eq!(st.collect(0, 371 * 86_400_000, 401 * 86_400_000), 1);
+    }
+
+    #[test]
+    fn samples_are_uniform_and_deterministic() {
+        assert_eq!(sample_threshold(10, 5), None);
+        let k = sample_threshold(1_000, 10_000).unwrap();
+        let kept = (0..10_000)
+            .filter(|i| sample_hash(&format!("c{i}")) < k)
+            .count();
+        assert!((800..1200).contains(&kept), "{kept}");
+    }
+}
+
+/// Fits the population: the chosen model on `(x, t_x, T)` rows (warm-started
+/// from `previous`), and Gamma-Gamma on repeat buyers' mean order values when
+/// there are at least `MIN_SPEND_ROWS` of them.
+pub fn fit(
+    model: Model,
+    rfm: Vec<crate::model::History>,
+    spend: Vec<(u32, f64)>,
+    previous: Option<&RiskModel>,
+) -> Result<RiskModel, crate::model::ModelError> {
+    use crate::model::{FitData, FitOptions, SpendData, gamma_gamma};
+    const MIN_SPEND_ROWS: usize = 10;
+    let customers = rfm.len();
+    let data = FitData::new(rfm)?;
+    let options = FitOptions::default();
+    let start = previous.filter(|p| p.model == model).map(|p| p.params);
+    let fit = model.fit(&data, start, &options)?;
+    let spend = if spend.len() >= MIN_SPEND_ROWS {
+        let data = SpendData::new(spend)?;
+        let start = previous.and_then(|p| p.spend);
+        gamma_gamma::fit(&data, start, &options)
+            .ok()
+            .filter(|f| f.converged && f.params.is_valid())
+            .map(|f| f.params)
+    } else {
+        None
+    };
+    Ok(RiskModel::new(
+        model,
+        fit.params,
+        fit.log_likelihood,
+        customers,
+        fit.converged,
+        spend,
+    ))
+}
