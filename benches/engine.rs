@@ -94,5 +94,41 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Event-path cost of the churn state: one ORDER into the per-customer histories.
+fn orders(c: &mut Criterion) {
+    use engaged::metrics::churn_risk::RiskState;
+    let customers: Vec<std::sync::Arc<str>> = (0..100_000)
+        .map(|i| std::sync::Arc::from(format!("customer-{i:06}")))
+        .collect();
+    let n = 1_000_000usize;
+    let mut g = c.benchmark_group("churn_state");
+    g.throughput(Throughput::Elements(n as u64));
+    g.sample_size(10);
+    g.bench_function("on_order_1m_over_100k_customers", |b| {
+        b.iter_with_setup(
+            || {
+                // Every customer already known: the steady state of a running sidecar.
+                let mut st = RiskState::new(&[]);
+                for c in &customers {
+                    st.on_order(c, 0, 1_000);
+                }
+                st
+            },
+            |mut st| {
+                let mut x = 0x2545F4914F6CDD1Du64;
+                for i in 0..n {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let c = &customers[(x % customers.len() as u64) as usize];
+                    st.on_order(c, i as i64 * 1_000, 1_000 + (x % 10_000) as i64);
+                }
+                st
+            },
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, orders);
 criterion_main!(benches);

@@ -32,6 +32,7 @@ use engaged::event::{
     SurveyResponse,
 };
 use engaged::sink::decode_snapshot_record;
+use engaged::snapshot::WindowSnapshot;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -516,8 +517,8 @@ fn assert_no_differences(differences: &[String], compared: usize) {
 // ---------------------------------------------------------------------------
 // Snapshot topic
 
-/// The partition sets named by the snapshot rows at `watermark` (seconds).
-fn snapshot_partition_sets(bootstrap: &str, watermark: f64) -> BTreeSet<BTreeSet<(String, i32)>> {
+/// Every snapshot row from `from` to the current end of the snapshot topic, with its offset.
+fn read_snapshots(bootstrap: &str, from: Offset) -> Vec<(i64, WindowSnapshot)> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "scale-test-reader")
@@ -525,35 +526,45 @@ fn snapshot_partition_sets(bootstrap: &str, watermark: f64) -> BTreeSet<BTreeSet
         .set("enable.partition.eof", "true")
         .create()
         .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(SNAPSHOTS, 0, Offset::Beginning)
+    let (_, end) = c
+        .fetch_watermarks(SNAPSHOTS, 0, Duration::from_secs(10))
         .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(SNAPSHOTS, 0, from).unwrap();
     c.assign(&tpl).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut sets = BTreeSet::new();
-    let mut rows = 0;
+    let mut rows = vec![];
     loop {
         assert!(Instant::now() < deadline, "reading {SNAPSHOTS} timed out");
         match c.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 let s = decode_snapshot_record(m.payload().unwrap_or_default()).unwrap();
-                if (s.watermark as f64 / 1000.0 - watermark).abs() < 1e-3 {
-                    rows += 1;
-                    sets.insert(
-                        s.partitions
-                            .iter()
-                            .map(|p| (p.topic.clone(), p.partition))
-                            .collect(),
-                    );
-                }
+                rows.push((m.offset(), s));
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(KafkaError::PartitionEOF(_))) if rows.last().is_none_or(|(o, _)| o + 1 >= end) => break,
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => eprintln!("reading {SNAPSHOTS}: {e}"),
             None => {}
         }
     }
-    assert!(rows > 0, "no snapshot row at watermark {watermark}");
-    sets
+    rows
+}
+
+fn snapshot_end(bootstrap: &str) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    c.fetch_watermarks(SNAPSHOTS, 0, Duration::from_secs(10))
+        .unwrap()
+        .1
+}
+
+fn covered(s: &WindowSnapshot) -> BTreeSet<(String, i32)> {
+    s.partitions
+        .iter()
+        .map(|p| (p.topic.clone(), p.partition))
+        .collect()
 }
 
 fn restores(log: &str) -> Vec<String> {
@@ -578,15 +589,17 @@ async fn two_instances_sum_to_one_and_hand_over_through_checkpoints() {
         p.three.len()
     );
     let dir = tempfile::tempdir().unwrap();
+    let dir = dir.keep();
+    eprintln!("dir {}", dir.display());
     let reference = Cluster::new();
     let cluster = Cluster::new();
-    let r = Engaged::start("reference", &reference.bootstrap, GROUP, dir.path());
-    let mut a = Engaged::start("a", &cluster.bootstrap, GROUP, dir.path());
+    let r = Engaged::start("reference", &reference.bootstrap, GROUP, &dir);
+    let mut a = Engaged::start("a", &cluster.bootstrap, GROUP, &dir);
 
     // Phase 1: A alone.
     tokio::join!(reference.produce(&p.one), cluster.produce(&p.one));
     let n1 = p.one.len() as f64;
-    let mut a = tokio::task::spawn_blocking(move || {
+    let a = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let consumed = a
@@ -604,10 +617,10 @@ async fn two_instances_sum_to_one_and_hand_over_through_checkpoints() {
     eprintln!("{:?}: A consumed phase 1", started.elapsed());
 
     // Phase 2: B joins while the phase is produced.
-    let b = Engaged::start("b", &cluster.bootstrap, GROUP, dir.path());
+    let b = Engaged::start("b", &cluster.bootstrap, GROUP, &dir);
     tokio::join!(reference.produce(&p.two), cluster.produce(&p.two));
     let w2 = p.two_watermark;
-    let (r, mut a, mut b, want, got) = tokio::task::spawn_blocking(move || {
+    let (r, mut a, b, want, got) = tokio::task::spawn_blocking(move || {
         let (mut r, mut a, mut b) = (r, a, b);
         let want = settled(&mut [&mut r], w2, None).remove(0);
         let half = f64::from(PARTITIONS * TOPICS.len() as i32 / 2);
@@ -640,13 +653,35 @@ async fn two_instances_sum_to_one_and_hand_over_through_checkpoints() {
             want_sums[views]
         );
     }
-    // Snapshot rows at that watermark: two instances, disjoint partitions, all covered.
+    // Snapshot rows published while both run (after both settled): two instances,
+    // disjoint partition sets (whole tasks), together every partition.
     let bootstrap = cluster.bootstrap.clone();
-    let sets = tokio::task::spawn_blocking(move || snapshot_partition_sets(&bootstrap, w2))
-        .await
-        .unwrap();
-    let sets: Vec<_> = sets.into_iter().collect();
-    assert_eq!(sets.len(), 2, "snapshot partition sets at {w2}: {sets:?}");
+    let (steady, history) = tokio::task::spawn_blocking(move || {
+        let from = snapshot_end(&bootstrap);
+        // A few snapshot rounds of each instance.
+        std::thread::sleep(Duration::from_millis(1500));
+        (
+            read_snapshots(&bootstrap, Offset::Offset(from)),
+            read_snapshots(&bootstrap, Offset::Beginning),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(steady.len() > 10, "{} snapshot rows", steady.len());
+    for (o, s) in &steady {
+        assert!(
+            (s.watermark as f64 / 1000.0 - w2).abs() < 1e-3,
+            "snapshot row at offset {o} has watermark {} while both instances are at {w2}",
+            s.watermark
+        );
+    }
+    let sets: Vec<BTreeSet<(String, i32)>> = steady
+        .iter()
+        .map(|(_, s)| covered(s))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(sets.len(), 2, "snapshot partition sets while A and B run: {sets:?}");
     assert!(
         sets[0].is_disjoint(&sets[1]),
         "A's and B's snapshots overlap: {sets:?}"
@@ -667,6 +702,38 @@ async fn two_instances_sum_to_one_and_hand_over_through_checkpoints() {
             "a task is split: {s:?}"
         );
     }
+    // Every row names the partitions its numbers come from (SPEC §4), also during the
+    // rebalance: a row that names none has no numbers.
+    let unowned: Vec<String> = history
+        .iter()
+        .filter(|(_, s)| s.partitions.is_empty())
+        .filter(|(_, s)| {
+            s.page_views != 0
+                || s.sessions != 0
+                || s.emails_sent.is_some_and(|v| v != 0)
+                || s.orders.is_some_and(|v| v != 0)
+        })
+        .map(|(o, s)| {
+            format!(
+                "offset {o}: {}/{}{} at watermark {}: partitions [], page_views {}, sessions {}, emails_sent {:?}, orders {:?}",
+                s.window,
+                s.dimension,
+                s.dimension_value.as_deref().map(|v| format!("/{v}")).unwrap_or_default(),
+                s.watermark,
+                s.page_views,
+                s.sessions,
+                s.emails_sent,
+                s.orders
+            )
+        })
+        .collect();
+    assert!(
+        unowned.is_empty(),
+        "{} of {} snapshot rows name no partitions but carry numbers, e.g. {:#?}",
+        unowned.len(),
+        history.len(),
+        &unowned[..unowned.len().min(5)]
+    );
     assert!(
         !restores(&b.log()).is_empty(),
         "B did not restore A's checkpoints when it joined:\n{}",
@@ -681,6 +748,7 @@ async fn two_instances_sum_to_one_and_hand_over_through_checkpoints() {
     };
     tokio::join!(reference.produce(first), cluster.produce(first), leave);
     let status = tokio::task::spawn_blocking(move || {
+        let mut a = a;
         let s = a.wait_exit(Duration::from_secs(30));
         (s, a)
     })
