@@ -176,6 +176,21 @@ pub fn table(t: &Telemetry) -> String {
             fmt_opt(s.churn_rate, 100.0, "%"),
         ));
     }
+    let by = |w: &str| {
+        p.snapshots
+            .iter()
+            .find(|s| s.dimension == "all" && s.window == w)
+    };
+    if let Some(s) = by("24h").or_else(|| p.snapshots.iter().find(|s| s.dimension == "all")) {
+        out.push_str(&format!(
+            "churn model: at_risk_customers {} | risk_crossings({}) {} | expected orders 30d {} | predicted value 30d {}\n",
+            count(s.at_risk_customers),
+            s.window,
+            count(s.risk_crossings),
+            fmt_opt(s.expected_orders_30d, 1.0, ""),
+            fmt_opt(s.predicted_value_30d_minor, 0.01, ""),
+        ));
+    }
     out
 }
 
@@ -220,21 +235,32 @@ pub async fn run(
         idle_timeout: "10s".into(),
         // The demo covers two days of event time: a one-day horizon makes churn visible.
         churn_horizon: "1d".into(),
+        // Refit the churn model often, so the spike below shows within minutes.
+        model_refit_interval: "20s".into(),
         ..RawConfig::default()
     };
     let config = raw.validate()?;
     let sidecar = Sidecar::start(config, &demo_decoder_config()).await?;
+    let start = now_ms() - 4 * 24 * 3600 * 1000;
+    // The churn-spike scenario: half a day of event time after the warm-up (about
+    // a minute into the demo at the default speed), a fifth of the customers stop
+    // buying and engaging; at_risk_customers and risk_crossings climb after it.
+    let spike = start + WARMUP_MS + 12 * 3_600_000;
     println!(
         "engaged demo: in-process Kafka at {}, metrics at http://{}/metrics — Ctrl-C to stop\n\
          three days of history are produced at once, then event time runs {}x the wall clock\n\
-         (never past now); churn_horizon is 1d in the demo",
-        raw.bootstrap_servers, sidecar.http.addr, opts.speed
+         (never past now); churn_horizon is 1d in the demo; a churn spike starts at {}",
+        raw.bootstrap_servers,
+        sidecar.http.addr,
+        opts.speed,
+        chrono::DateTime::from_timestamp_millis(spike)
+            .map_or("-".into(), |d| d.format("%Y-%m-%d %H:%M UTC").to_string())
     );
 
-    let start = now_ms() - 4 * 24 * 3600 * 1000;
     let generator = Generator::new(GeneratorConfig {
         seed: opts.seed,
         start,
+        churn_spike_at: Some(spike),
         ..GeneratorConfig::default()
     });
     let stop = Arc::new(AtomicBool::new(false));

@@ -221,8 +221,17 @@ impl RiskState {
         self.customers.len()
     }
 
-    /// Rescores every customer at `at`; counts upward crossings in the bucket of `at`.
-    pub fn rescore(&mut self, at: Millis, m: &RiskModel, threshold: f64, delta: f64) -> Sweep {
+    /// Rescores every customer at `at`; counts upward crossings in the bucket of
+    /// `at` unless `count_crossings` is false (the first sweep with a new fit:
+    /// customers moved by a refit are not the churn-spike signal).
+    pub fn rescore(
+        &mut self,
+        at: Millis,
+        m: &RiskModel,
+        threshold: f64,
+        delta: f64,
+        count_crossings: bool,
+    ) -> Sweep {
         let mut sweep = Sweep::default();
         let population_value = m.spend.and_then(|s| s.population_mean());
         for (c, h) in self.customers.iter_mut() {
@@ -240,7 +249,7 @@ impl RiskState {
             .unwrap_or(own_mean);
             let predicted = score.expected_purchases * value;
             let above = risk >= threshold;
-            let crossed_up = above && !h.above;
+            let crossed_up = above && !h.above && count_crossings;
             sweep.customers += 1;
             sweep.at_risk += u64::from(above);
             sweep.crossings += u64::from(crossed_up);
@@ -285,7 +294,7 @@ impl RiskState {
         for h in clone.customers.values_mut() {
             h.published = None;
         }
-        let mut out = clone.rescore(at, m, threshold, 0.0).changed;
+        let mut out = clone.rescore(at, m, threshold, 0.0, false).changed;
         out.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
         out
     }
@@ -355,16 +364,16 @@ mod tests {
             st.on_order(&c, day * 86_400_000, 1000);
         }
         let m = model();
-        let early = st.rescore(22 * 86_400_000, &m, 0.7, 0.1);
+        let early = st.rescore(22 * 86_400_000, &m, 0.7, 0.1, true);
         assert_eq!(
             (early.at_risk, early.crossings, early.changed.len()),
             (0, 0, 1)
         );
         // A year of silence after weekly orders: very likely gone.
-        let late = st.rescore(400 * 86_400_000, &m, 0.7, 0.1);
+        let late = st.rescore(400 * 86_400_000, &m, 0.7, 0.1, true);
         assert_eq!((late.at_risk, late.crossings), (1, 1));
         assert!(late.changed[0].churn_risk > 0.7 && late.changed[0].at_risk);
-        let again = st.rescore(401 * 86_400_000, &m, 0.7, 0.1);
+        let again = st.rescore(401 * 86_400_000, &m, 0.7, 0.1, true);
         assert_eq!(
             (again.at_risk, again.crossings, again.changed.len()),
             (1, 0, 0)

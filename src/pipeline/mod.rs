@@ -45,6 +45,8 @@ pub struct Pipeline {
     /// Customer-risk records of the last sweeps, for the edge to publish.
     risk_changes: Mutex<Vec<CustomerRisk>>,
     last_sweep: Mutex<Option<Sweep>>,
+    /// The model the last sweep used (crossings are not counted on a new one's first sweep).
+    swept_with: Mutex<Option<Arc<RiskModel>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -73,6 +75,7 @@ impl Pipeline {
             risk: RwLock::new(None),
             risk_changes: Mutex::new(vec![]),
             last_sweep: Mutex::new(None),
+            swept_with: Mutex::new(None),
         }
     }
 
@@ -286,9 +289,16 @@ impl Pipeline {
         let covered = self.assigned();
         if let Some(m) = self.risk_model() {
             let cfg = self.engine.config();
-            let mut sweep = self
-                .engine
-                .rescore(watermark, &m, cfg.risk_threshold, cfg.risk_delta);
+            let same_model = lock(&self.swept_with)
+                .replace(m.clone())
+                .is_some_and(|previous| Arc::ptr_eq(&previous, &m));
+            let mut sweep = self.engine.rescore(
+                watermark,
+                &m,
+                cfg.risk_threshold,
+                cfg.risk_delta,
+                same_model,
+            );
             lock(&self.risk_changes).extend(std::mem::take(&mut sweep.changed));
             *lock(&self.last_sweep) = Some(sweep);
         }

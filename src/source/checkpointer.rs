@@ -41,6 +41,19 @@ pub enum CheckpointIoError {
     State(#[from] crate::state::StateError),
 }
 
+/// The restore consumer reads to the end on purpose: end-of-partition is not an error.
+struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(%error, reason, "checkpoint reader");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEof {}
+
 /// Counts failed deliveries, so a flush can tell whether everything was acknowledged.
 #[derive(Default)]
 pub struct DeliveryCounter {
@@ -250,7 +263,7 @@ impl Checkpointer {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest");
-        let consumer: BaseConsumer = c.create()?;
+        let consumer: BaseConsumer<QuietEof> = c.create_with_context(QuietEof)?;
         let md = consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(30))?;
         let partitions: Vec<i32> = md
             .topics()

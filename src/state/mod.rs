@@ -514,10 +514,20 @@ impl Engine {
     }
 
     /// Rescores every customer of every task at `at` with a fitted model.
-    pub fn rescore(&self, at: Millis, model: &RiskModel, threshold: f64, delta: f64) -> Sweep {
+    pub fn rescore(
+        &self,
+        at: Millis,
+        model: &RiskModel,
+        threshold: f64,
+        delta: f64,
+        count_crossings: bool,
+    ) -> Sweep {
         let mut sweep = Sweep::default();
         for mut task in self.tasks.iter_mut() {
-            sweep.merge(task.risk.rescore(at, model, threshold, delta));
+            sweep.merge(
+                task.risk
+                    .rescore(at, model, threshold, delta, count_crossings),
+            );
         }
         sweep
     }
