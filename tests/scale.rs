@@ -665,12 +665,10 @@ async fn two_instances_sum_to_one_and_hand_over_through_checkpoints() {
         p.three.len()
     );
     let dir = tempfile::tempdir().unwrap();
-    let dir = dir.keep();
-    eprintln!("dir {}", dir.display());
     let reference = Cluster::new();
     let cluster = Cluster::new();
-    let r = Engaged::start("reference", &reference.bootstrap, GROUP, &dir);
-    let mut a = Engaged::start("a", &cluster.bootstrap, GROUP, &dir);
+    let r = Engaged::start("reference", &reference.bootstrap, GROUP, dir.path());
+    let mut a = Engaged::start("a", &cluster.bootstrap, GROUP, dir.path());
 
     // Phase 1: A alone.
     tokio::join!(reference.produce(&p.one), cluster.produce(&p.one));
@@ -693,10 +691,10 @@ async fn two_instances_sum_to_one_and_hand_over_through_checkpoints() {
     eprintln!("{:?}: A consumed phase 1", started.elapsed());
 
     // Phase 2: B joins while the phase is produced.
-    let b = Engaged::start("b", &cluster.bootstrap, GROUP, &dir);
+    let b = Engaged::start("b", &cluster.bootstrap, GROUP, dir.path());
     tokio::join!(reference.produce(&p.two), cluster.produce(&p.two));
     let w2 = p.two_watermark;
-    let (r, mut a, b, want, got) = tokio::task::spawn_blocking(move || {
+    let (r, a, b, want, got) = tokio::task::spawn_blocking(move || {
         let (mut r, mut a, mut b) = (r, a, b);
         let want = settled(&mut [&mut r], w2, None).remove(0);
         eprintln!(

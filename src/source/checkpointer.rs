@@ -144,8 +144,8 @@ impl Checkpointer {
         self.progress().last_success.map(|t| t.elapsed())
     }
 
-    /// Checkpoints the given tasks (all dirty ones if `None`) and returns the
-    /// offsets to commit. Blocks until the broker acknowledged every record.
+    /// Checkpoints the given tasks (all if `None`) that handled records since their
+    /// last checkpoint, and returns the offsets to commit. Blocks until the broker acknowledged every record.
     pub fn checkpoint(
         &self,
         pipeline: &Pipeline,
@@ -154,8 +154,10 @@ impl Checkpointer {
         let started = Instant::now();
         let engine = pipeline.engine();
         let mut p = self.progress();
+        // Only tasks that handled records since their last checkpoint: the others'
+        // last checkpoint is still exact.
         let tasks: Vec<i32> = match tasks {
-            Some(t) => t.to_vec(),
+            Some(t) => t.iter().copied().filter(|t| p.dirty.contains(t)).collect(),
             None => p.dirty.iter().copied().collect(),
         };
         let mut manifests = vec![];
