@@ -21,12 +21,15 @@ use crate::telemetry::Telemetry;
 #[derive(Debug)]
 pub struct Health {
     not_ready: Mutex<Option<String>>,
+    /// Set from librdkafka's statistics and error callbacks: at least one broker is up.
+    brokers_up: std::sync::atomic::AtomicBool,
 }
 
 impl Health {
     pub fn new() -> Health {
         Health {
             not_ready: Mutex::new(Some("starting".into())),
+            brokers_up: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -38,8 +41,17 @@ impl Health {
         *self.not_ready.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.into());
     }
 
+    /// Whether any broker connection is up (from the Kafka client's callbacks).
+    pub fn set_brokers_up(&self, up: bool) {
+        self.brokers_up
+            .store(up, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// `None` when ready.
     pub fn not_ready(&self) -> Option<String> {
+        if !self.brokers_up.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some("no connection to any Kafka broker".into());
+        }
         self.not_ready
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -93,7 +93,16 @@ impl EngagedContext {
 }
 
 impl ClientContext for EngagedContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.health.set_brokers_up(false);
+        }
+        tracing::warn!(%error, reason, "Kafka client");
+    }
+
     fn stats(&self, stats: Statistics) {
+        let up = stats.brokers.values().any(|b| b.state == "UP");
+        self.health.set_brokers_up(up);
         let lag = &self.pipeline.telemetry().consumer_lag;
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
