@@ -2,7 +2,7 @@
 # End-to-end tests against a real broker (Tansu) and a real Prometheus (Debian).
 #
 # Installs what it needs (idempotent), starts Tansu on a free loopback port, checks the
-# Prometheus alert rules with promtool, builds the release binary and runs
+# Prometheus alert and recording rules with promtool, builds the release binary and runs
 # `tests/e2e.rs`. Everything listens on 127.0.0.1 only. Tansu, and every process the
 # tests started, are killed on exit, whatever happened.
 #
@@ -99,11 +99,13 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# --- Alert rules ------------------------------------------------------------------------
+# --- Alert and recording rules ----------------------------------------------------------
 log "promtool: checking deploy/prometheus"
 promtool check rules deploy/prometheus/alerts.yml
+promtool check rules deploy/prometheus/recording.yml
 promtool check config deploy/prometheus/prometheus.yml
 (cd deploy/prometheus && promtool test rules alerts_test.yml)
+(cd deploy/prometheus && promtool test rules recording_test.yml)
 
 # --- Build first, so that the broker does not sit idle during a long compile ----------
 log "building the release binary"

@@ -58,7 +58,7 @@ fn purchases(rows: &[Row]) -> Vec<Purchase> {
     for r in rows {
         let first = END - (r.t * WEEK_MS).round() as i64;
         let last = first + (r.t_x * WEEK_MS).round() as i64;
-        let mut order = |n: u32, t: i64, amount: i64| Purchase {
+        let order = |n: u32, t: i64, amount: i64| Purchase {
             event_id: format!("{}-{n}", r.id),
             event_time: t,
             customer_id: format!("cdnow-{}", r.id),

@@ -46,6 +46,7 @@ fn config() -> CoreConfig {
         input_topics: ["emails", "purchases", "surveys", "pageviews"]
             .map(String::from)
             .to_vec(),
+        ..CoreConfig::default()
     }
 }
 

@@ -212,8 +212,8 @@ fn phases() -> Phases {
     let mut g = Generator::new(GeneratorConfig {
         seed: 11,
         start,
-        customers: 300,
-        visitors_per_hour: 60.0,
+        customers: 250,
+        visitors_per_hour: 45.0,
         ..GeneratorConfig::default()
     });
     let t1 = start + 30 * HOUR;
@@ -254,8 +254,11 @@ impl Engaged {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let config = dir.join(format!("{name}.toml"));
         // With a clock event closing every phase, every partition ends a phase at the
-        // same watermark: idleness is not needed to reach it, so `idle_timeout` is long
-        // enough never to mark a partition idle while it is being handed over.
+        // same watermark: idleness is not needed to reach it. `idle_timeout` is longer
+        // than the test, so that no input is ever idle: after a pause longer than
+        // `idle_timeout`, the first input of a task to wake up moves the task's closing
+        // watermark alone, and where sessions close then depends on which topic the
+        // consumer happens to fetch first (see docs/operations.md, "Guarantees").
         std::fs::write(
             &config,
             format!(
@@ -265,7 +268,7 @@ impl Engaged {
                  windows = [\"1h\", \"24h\", \"7d\"]\n\
                  snapshot_interval = \"400ms\"\n\
                  checkpoint_interval = \"500ms\"\n\
-                 idle_timeout = \"30s\"\n\
+                 idle_timeout = \"10m\"\n\
                  statistics_interval = \"1s\"\n\
                  shutdown_timeout = \"20s\"\n\
                  [kafka_consumer]\n\
@@ -280,7 +283,14 @@ impl Engaged {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_engaged"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_engaged"));
+        // engaged reads `ENGAGED_*` variables as configuration: only the file counts here.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("ENGAGED_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")
@@ -354,6 +364,14 @@ impl Drop for Engaged {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // `KEEP_ENGAGED_LOGS=DIR` keeps the logs.
+        if let Some(keep) = std::env::var_os("KEEP_ENGAGED_LOGS") {
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = std::fs::copy(
+                &self.log,
+                Path::new(&keep).join(format!("{}.log", self.name)),
+            );
+        }
         if std::thread::panicking() {
             eprintln!("--- {} log tail:\n{}", self.name, self.log_tail());
         }
@@ -577,7 +595,12 @@ fn covered(s: &WindowSnapshot) -> BTreeSet<(String, i32)> {
 /// The stream has no undecodable, invalid, late or duplicated record: nothing may be
 /// dead-lettered, also not a record that is consumed again after a rebalance. Returns
 /// what went wrong (checked at the end, so that every other check runs too).
-async fn dead_letter_problems(reference: &Cluster, cluster: &Cluster, when: &str) -> Vec<String> {
+async fn dead_letter_problems(
+    reference: &Cluster,
+    cluster: &Cluster,
+    when: &str,
+    seen: &mut usize,
+) -> Vec<String> {
     let (r, c) = (reference.bootstrap.clone(), cluster.bootstrap.clone());
     let (r, c) = tokio::task::spawn_blocking(move || (dead_letters(&r), dead_letters(&c)))
         .await
@@ -586,13 +609,16 @@ async fn dead_letter_problems(reference: &Cluster, cluster: &Cluster, when: &str
         r.is_empty(),
         "the reference dead-lettered records of a clean stream: {r:?}"
     );
-    if c.is_empty() {
+    let total: usize = c.values().sum();
+    if total == *seen {
         return vec![];
     }
+    let new = total - *seen;
+    *seen = total;
     vec![format!(
-        "{when}: the scaled-out run dead-lettered {} records of a clean stream (the reference: \
-         none); (reason, source topic/partition) → count: {c:?}",
-        c.values().sum::<usize>()
+        "{when}: the scaled-out run dead-lettered {new} more records of a clean stream \
+         ({total} in all; the reference: none); (reason, source topic/partition) → count \
+         in all: {c:?}"
     )]
 }
 
@@ -708,7 +734,9 @@ async fn two_instances_sum_to_one_and_hand_over_through_checkpoints() {
     .await
     .unwrap();
     eprintln!("{:?}: A and B settled after phase 2", started.elapsed());
-    let mut problems = dead_letter_problems(&reference, &cluster, "after phase 2").await;
+    let mut dead_lettered = 0;
+    let mut problems =
+        dead_letter_problems(&reference, &cluster, "after phase 2", &mut dead_lettered).await;
     let want_sums = summed([&want]);
     let got_sums = summed(&got);
     assert_no_differences(
@@ -856,7 +884,8 @@ async fn two_instances_sum_to_one_and_hand_over_through_checkpoints() {
     .await
     .unwrap();
     eprintln!("{:?}: B settled after phase 3", started.elapsed());
-    problems.extend(dead_letter_problems(&reference, &cluster, "at the end").await);
+    problems
+        .extend(dead_letter_problems(&reference, &cluster, "at the end", &mut dead_lettered).await);
     assert_no_differences(&compare_exact("final", &want, &got), want.len());
     assert!(want.len() > 100, "compared only {} series", want.len());
     let b_restores = restores(&b.log());

@@ -315,6 +315,42 @@ pub fn sample_threshold(sample: usize, total: usize) -> Option<u64> {
         .then(|| ((sample as f64 / total as f64) * u64::MAX as f64) as u64)
 }
 
+/// Fits the population: the chosen model on `(x, t_x, T)` rows (warm-started
+/// from `previous`), and Gamma-Gamma on repeat buyers' mean order values when
+/// there are at least `MIN_SPEND_ROWS` of them.
+pub fn fit(
+    model: Model,
+    rfm: Vec<crate::model::History>,
+    spend: Vec<(u32, f64)>,
+    previous: Option<&RiskModel>,
+) -> Result<RiskModel, crate::model::ModelError> {
+    use crate::model::{FitData, FitOptions, SpendData, gamma_gamma};
+    const MIN_SPEND_ROWS: usize = 10;
+    let customers = rfm.len();
+    let data = FitData::new(rfm)?;
+    let options = FitOptions::default();
+    let start = previous.filter(|p| p.model == model).map(|p| p.params);
+    let fit = model.fit(&data, start, &options)?;
+    let spend = if spend.len() >= MIN_SPEND_ROWS {
+        let data = SpendData::new(spend)?;
+        let start = previous.and_then(|p| p.spend);
+        gamma_gamma::fit(&data, start, &options)
+            .ok()
+            .filter(|f| f.converged && f.params.is_valid())
+            .map(|f| f.params)
+    } else {
+        None
+    };
+    Ok(RiskModel::new(
+        model,
+        fit.params,
+        fit.log_likelihood,
+        customers,
+        fit.converged,
+        spend,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,40 +426,4 @@ mod tests {
             .count();
         assert!((800..1200).contains(&kept), "{kept}");
     }
-}
-
-/// Fits the population: the chosen model on `(x, t_x, T)` rows (warm-started
-/// from `previous`), and Gamma-Gamma on repeat buyers' mean order values when
-/// there are at least `MIN_SPEND_ROWS` of them.
-pub fn fit(
-    model: Model,
-    rfm: Vec<crate::model::History>,
-    spend: Vec<(u32, f64)>,
-    previous: Option<&RiskModel>,
-) -> Result<RiskModel, crate::model::ModelError> {
-    use crate::model::{FitData, FitOptions, SpendData, gamma_gamma};
-    const MIN_SPEND_ROWS: usize = 10;
-    let customers = rfm.len();
-    let data = FitData::new(rfm)?;
-    let options = FitOptions::default();
-    let start = previous.filter(|p| p.model == model).map(|p| p.params);
-    let fit = model.fit(&data, start, &options)?;
-    let spend = if spend.len() >= MIN_SPEND_ROWS {
-        let data = SpendData::new(spend)?;
-        let start = previous.and_then(|p| p.spend);
-        gamma_gamma::fit(&data, start, &options)
-            .ok()
-            .filter(|f| f.converged && f.params.is_valid())
-            .map(|f| f.params)
-    } else {
-        None
-    };
-    Ok(RiskModel::new(
-        model,
-        fit.params,
-        fit.log_likelihood,
-        customers,
-        fit.converged,
-        spend,
-    ))
 }

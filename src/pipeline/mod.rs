@@ -22,6 +22,10 @@ use crate::time::{IdleTracker, MonotoneWatermark, PartitionTime, instance_waterm
 
 struct Clock {
     idle: IdleTracker<TopicPartition>,
+    /// Partitions whose applied offset reached the broker's high watermark.
+    caught_up: std::collections::HashSet<TopicPartition>,
+    /// Whether lag information exists (Kafka); without it idleness is silence alone.
+    track_lag: bool,
     assigned: BTreeSet<TopicPartition>,
     published: MonotoneWatermark,
 }
@@ -68,6 +72,8 @@ impl Pipeline {
             max_clock_skew_ms,
             clock: Mutex::new(Clock {
                 idle: IdleTracker::new(idle_timeout_ms),
+                caught_up: std::collections::HashSet::new(),
+                track_lag: false,
                 assigned: BTreeSet::new(),
                 published: MonotoneWatermark::default(),
             }),
@@ -220,6 +226,17 @@ impl Pipeline {
         }
     }
 
+    /// From the Kafka client's statistics: whether `tp` is caught up with its high watermark.
+    pub fn set_caught_up(&self, tp: &TopicPartition, caught_up: bool) {
+        let mut c = lock(&self.clock);
+        c.track_lag = true;
+        if caught_up {
+            c.caught_up.insert(tp.clone());
+        } else {
+            c.caught_up.remove(tp);
+        }
+    }
+
     /// Partitions were assigned at wall time `now` (they count as active until idle).
     pub fn assign(&self, tps: &[TopicPartition], now: Millis) {
         let mut c = lock(&self.clock);
@@ -271,7 +288,9 @@ impl Pipeline {
             .assigned
             .iter()
             .map(|tp| {
-                let idle = c.idle.is_idle(tp, now);
+                // Silent for `idle_timeout` and caught up with the broker (where known:
+                // replay has no broker and no idleness).
+                let idle = c.idle.is_idle(tp, now) && (!c.track_lag || c.caught_up.contains(tp));
                 self.engine.set_idle(tp, idle);
                 PartitionTime {
                     watermark: wms.get(tp).copied().flatten(),

@@ -46,7 +46,9 @@ struct QuietEof;
 
 impl ClientContext for QuietEof {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+        if !eof {
             tracing::warn!(%error, reason, "checkpoint reader");
         }
     }
@@ -220,6 +222,16 @@ impl Checkpointer {
             t.checkpoint_state_bytes.set(state_bytes as i64);
         }
         Ok(commit)
+    }
+
+    /// Partitions of tasks kept through a rebalance: skip what was already applied.
+    pub fn keep(&self, tps: &[TopicPartition]) {
+        let mut p = self.progress();
+        for tp in tps {
+            if let Some(a) = p.applied.get(tp).copied() {
+                p.restored.insert(tp.clone(), a);
+            }
+        }
     }
 
     /// Tasks revoked: forget their progress (the next owner restores them).

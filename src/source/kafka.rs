@@ -116,6 +116,11 @@ impl ClientContext for EngagedContext {
                     Some(applied) if p.hi_offset >= 0 => (p.hi_offset - applied).max(0),
                     _ => p.consumer_lag,
                 };
+                // Idle means silent *and* caught up: a stalled consumer is not idle.
+                if p.hi_offset >= 0 {
+                    let applied = self.checkpointer.applied_offset(&tp).unwrap_or(0);
+                    self.pipeline.set_caught_up(&tp, applied >= p.hi_offset);
+                }
                 if v >= 0 {
                     lag.with_label_values(&[topic, &partition.to_string()])
                         .set(v);
@@ -161,15 +166,25 @@ impl ConsumerContext for EngagedContext {
                 .copied()
                 .filter(|t| !held.contains(t))
                 .collect();
+            // Kept tasks resume where they are: the group's committed offset may lag behind
+            // (a commit refused during the rebalance), so records below the applied
+            // offsets are skipped rather than applied twice or dead-lettered as duplicates.
+            let kept: Vec<TopicPartition> = assigned
+                .iter()
+                .filter(|tp| held.contains(&tp.partition))
+                .cloned()
+                .collect();
+            self.checkpointer.keep(&kept);
             self.pipeline.assign(&assigned, now_ms());
             if !new.is_empty() {
                 self.health
                     .set_not_ready(format!("restoring tasks {new:?}"));
-                if let Err(e) =
-                    self.checkpointer
-                        .restore(&self.pipeline, &new, self.restore_timeout)
+                match self
+                    .checkpointer
+                    .restore(&self.pipeline, &new, self.restore_timeout)
                 {
-                    self.fail(format!("restoring tasks {new:?} failed: {e}"));
+                    Ok(_) => self.health.set_ready(),
+                    Err(e) => self.fail(format!("restoring tasks {new:?} failed: {e}")),
                 }
             }
         }
@@ -187,7 +202,9 @@ fn commit_offsets<C: ConsumerContext>(consumer: &impl Consumer<C>, offsets: &Top
     if offsets.count() == 0 {
         return;
     }
-    if let Err(e) = consumer.commit(offsets, CommitMode::Sync) {
+    // Asynchronous: a coordinator that is moving must not stall the consumer loop, and
+    // the checkpoint, not the group commit, is what restore relies on.
+    if let Err(e) = consumer.commit(offsets, CommitMode::Async) {
         // The checkpoint holds the offsets that matter; the group commit only saves re-reading.
         tracing::warn!(error = %e, "committing checkpointed offsets");
     }
@@ -239,11 +256,27 @@ pub fn consumer(
     })
 }
 
-pub fn producer(cfg: &Config) -> Result<FutureProducer, KafkaError> {
+/// The output producer's context: its view of the brokers feeds readiness too (it
+/// notices an outage at once, the consumer only at its next fetch).
+pub struct ProducerHealth(Arc<Health>);
+
+impl ClientContext for ProducerHealth {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.0.set_brokers_up(false);
+        }
+        tracing::warn!(%error, reason, "Kafka producer");
+    }
+}
+
+/// The producer of snapshots, dead letters and customer risks.
+pub type OutputProducer = FutureProducer<ProducerHealth>;
+
+pub fn producer(cfg: &Config, health: Arc<Health>) -> Result<OutputProducer, KafkaError> {
     let mut c = client_config(cfg);
     c.set("linger.ms", "5");
     apply_user_settings(&mut c, &cfg.kafka, &cfg.kafka_producer);
-    c.create()
+    c.create_with_context(ProducerHealth(health))
 }
 
 /// SPEC §1 co-partitioning: every input topic exists with one partition count.
@@ -339,7 +372,7 @@ async fn ensure_checkpoint_topic<C: ConsumerContext>(
 
 /// Writes a rejected record to the dead-letter topic, retrying until delivered or shut down.
 async fn dead_letter(
-    producer: &FutureProducer,
+    producer: &OutputProducer,
     topic: &str,
     msg: &BorrowedMessage<'_>,
     tp: &TopicPartition,
@@ -423,7 +456,7 @@ fn spawn_refits(pipeline: Arc<Pipeline>, interval: Duration) -> tokio::task::Joi
 }
 
 /// Publishes the customer-risk records of the last sweeps (at-least-once).
-async fn publish_customer_risks(pipeline: &Pipeline, producer: &FutureProducer, topic: &str) {
+async fn publish_customer_risks(pipeline: &Pipeline, producer: &OutputProducer, topic: &str) {
     let changes = pipeline.take_risk_changes();
     let mut deliveries = vec![];
     for r in &changes {
@@ -438,21 +471,29 @@ async fn publish_customer_risks(pipeline: &Pipeline, producer: &FutureProducer, 
             Err(e) => tracing::error!(error = %e, "customer-risk record not encodable"),
         }
     }
-    for d in deliveries {
-        if let Ok(Err((e, _))) = d.await {
-            tracing::warn!(error = %e, "customer-risk delivery failed");
+    tokio::spawn(async move {
+        for d in deliveries {
+            if let Ok(Err((e, _))) = d.await {
+                tracing::warn!(error = %e, "customer-risk delivery failed");
+            }
         }
-    }
+    });
 }
 
 /// Publishes a snapshot round: Prometheus (via telemetry) and the snapshot topic.
 async fn publish_snapshots(
     pipeline: &Pipeline,
-    producer: &FutureProducer,
+    producer: &OutputProducer,
     topic: &str,
     health: &Health,
 ) {
     let now = now_ms();
+    if pipeline.assigned().is_empty() {
+        // Between a revoke and an assignment (or before the first): nothing is owned,
+        // so nothing may be published, although task state may still be in memory.
+        health.set_not_ready("no partitions assigned");
+        return;
+    }
     let Some(snaps) = pipeline.snapshot(now) else {
         if pipeline.assigned().is_empty() {
             health.set_not_ready("no partitions assigned");
@@ -480,13 +521,17 @@ async fn publish_snapshots(
             Err(e) => tracing::error!(error = %e, "snapshot not encodable"),
         }
     }
-    for d in deliveries {
-        match d.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => tracing::warn!(error = %e, "snapshot delivery failed"),
-            Err(_) => tracing::warn!("snapshot delivery cancelled"),
+    // Not awaited in the consumer loop: while brokers are away deliveries wait for
+    // `message.timeout.ms`, and the loop must keep polling (callbacks, readiness).
+    tokio::spawn(async move {
+        for d in deliveries {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => tracing::warn!(error = %e, "snapshot delivery failed"),
+                Err(_) => tracing::warn!("snapshot delivery cancelled"),
+            }
         }
-    }
+    });
 }
 
 /// Runs the sidecar until `shutdown` resolves, then shuts down gracefully (SPEC §5).
@@ -496,7 +541,7 @@ pub async fn run(
     health: Arc<Health>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SourceError> {
-    let producer = producer(cfg)?;
+    let producer = producer(cfg, health.clone())?;
     let mut base = client_config(cfg);
     apply_user_settings(&mut base, &cfg.kafka, &BTreeMap::new());
     let checkpointer = Arc::new(Checkpointer::new(
