@@ -39,6 +39,9 @@ pub struct SlidingDistinct<K> {
     /// Sum of the differences at positions `<= folded_to`.
     base: i64,
     folded_to: Millis,
+    /// Lower bound of the last pass over the keys (see [`SlidingDistinct::forget_before`]).
+    #[serde(default)]
+    forgot_at: Option<Millis>,
 }
 
 impl<K: Hash + Eq + Clone> SlidingDistinct<K> {
@@ -52,6 +55,7 @@ impl<K: Hash + Eq + Clone> SlidingDistinct<K> {
             diff: BTreeMap::new(),
             base: 0,
             folded_to: Millis::MIN,
+            forgot_at: None,
         }
     }
 
@@ -117,7 +121,18 @@ impl<K: Hash + Eq + Clone> SlidingDistinct<K> {
 
     /// Forgets event buckets that no event at or after `lower_bound` can merge with
     /// (their runs ended before it). Keys left without buckets are dropped.
+    ///
+    /// A pass over the keys happens at most once per half window of progress of
+    /// `lower_bound`, so its cost is amortised instead of paid at every snapshot;
+    /// forgetting later only keeps memory a little longer, never changes a count.
     pub fn forget_before(&mut self, lower_bound: Millis) {
+        if self
+            .forgot_at
+            .is_some_and(|f| lower_bound - f < (self.len_ms / 2).max(self.bucket_ms))
+        {
+            return;
+        }
+        self.forgot_at = Some(lower_bound);
         let horizon = lower_bound - self.len_ms - self.bucket_ms;
         self.keys.retain(|_, set| {
             while let Some(&first) = set.first() {
