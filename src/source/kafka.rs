@@ -78,6 +78,8 @@ pub struct EngagedContext {
     restore_timeout: Duration,
     /// A failure the consumer loop must stop on (restore or checkpoint on revoke).
     fatal: Mutex<Option<String>>,
+    /// Tasks of the last assignment: only those can be kept through a rebalance.
+    owned: Mutex<Vec<i32>>,
 }
 
 impl EngagedContext {
@@ -151,7 +153,29 @@ impl ConsumerContext for EngagedContext {
             let assigned = tps(list);
             tracing::info!(partitions = ?assigned.iter().map(|t| t.to_string()).collect::<Vec<_>>(), "assigned");
             let owned: Vec<i32> = task_numbers(&assigned);
-            let held = self.pipeline.engine().tasks();
+            // Kept: tasks this member owned in its last assignment and still holds; any
+            // other state in memory is dropped and restored from its checkpoint.
+            let previous =
+                std::mem::take(&mut *self.owned.lock().unwrap_or_else(|e| e.into_inner()));
+            let held: Vec<i32> = self
+                .pipeline
+                .engine()
+                .tasks()
+                .into_iter()
+                .filter(|t| previous.contains(t) && owned.contains(t))
+                .collect();
+            let dropped: Vec<i32> = self
+                .pipeline
+                .engine()
+                .tasks()
+                .into_iter()
+                .filter(|t| !held.contains(t))
+                .collect();
+            for t in &dropped {
+                self.pipeline.engine().drop_task(*t);
+            }
+            self.checkpointer.forget(&dropped);
+            *self.owned.lock().unwrap_or_else(|e| e.into_inner()) = owned.clone();
             let gone: Vec<i32> = held
                 .iter()
                 .copied()
@@ -175,6 +199,7 @@ impl ConsumerContext for EngagedContext {
                 .cloned()
                 .collect();
             self.checkpointer.keep(&kept);
+            tracing::info!(owned = ?owned, held = ?held, new = ?new, gone = ?gone, "tasks after assignment");
             self.pipeline.assign(&assigned, now_ms());
             if !new.is_empty() {
                 self.health
@@ -253,6 +278,7 @@ pub fn consumer(
         health,
         restore_timeout: cfg.restore_timeout,
         fatal: Mutex::new(None),
+        owned: Mutex::new(vec![]),
     })
 }
 
