@@ -296,7 +296,14 @@ impl Checkpointer {
         let mut log = CheckpointLog::default();
         let mut at_end: BTreeSet<i32> = BTreeSet::new();
         let deadline = Instant::now() + timeout;
-        while at_end.len() < partitions.len() {
+        // librdkafka does not always hand end-of-partition to `poll` (on Tansu it
+        // sometimes arrives only as a global error event, without the partition), so a
+        // quiet spell after the last record also ends the read. Reading less than the
+        // whole topic is still exact: an older complete checkpoint has older offsets,
+        // and the records after them are consumed again.
+        const QUIET: Duration = Duration::from_secs(2);
+        let mut last_progress = Instant::now();
+        while at_end.len() < partitions.len() && last_progress.elapsed() < QUIET {
             if Instant::now() > deadline {
                 return Err(CheckpointIoError::RestoreTimeout {
                     topic: self.topic.clone(),
@@ -305,11 +312,13 @@ impl Checkpointer {
             }
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
+                    last_progress = Instant::now();
                     if let Some(k) = m.key() {
                         log.record(k, m.payload());
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
+                    last_progress = Instant::now();
                     at_end.insert(p);
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "reading the checkpoint topic"),
