@@ -1207,6 +1207,127 @@ async fn a_restarted_member_resumes_after_the_applied_offsets() {
     }
 }
 
+/// Regression: a restored task used to start at the group's committed offsets and
+/// skip the records below the checkpoint's. When the committed offset is ahead of
+/// the checkpoint (an older checkpoint, or a commit by something else), records in
+/// between were never applied. A restored task must start exactly at its
+/// checkpoint's offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_task_starts_at_its_checkpoint_not_at_the_committed_offset() {
+    init_tracing();
+    let cluster = Cluster::new(&[
+        (PV, 1),
+        ("emails", 1),
+        ("purchases", 1),
+        ("surveys", 1),
+        ("engagement.snapshots", 1),
+        ("engagement.dlq", 1),
+        ("engagement.checkpoints", 1),
+    ]);
+    let t0 = recent_t0();
+    let so = encode::single_object;
+    let view = |id: &str, t, visitor: &str| page_view(id, t, visitor, "shop", None);
+    for (i, v) in ["v1", "v2", "v3"].iter().enumerate() {
+        cluster
+            .send(
+                PV,
+                0,
+                v,
+                so(&view(&format!("a{i}"), t0 + i as i64 * MIN, v)),
+            )
+            .await;
+    }
+    let mut raw = raw_config(&cluster.bootstrap, "seek");
+    // Only pageviews has records: the other inputs must not hold the watermark long.
+    raw.idle_timeout = "2s".into();
+    raw.kafka.insert("session.timeout.ms".into(), "2500".into());
+    raw.kafka
+        .insert("heartbeat.interval.ms".into(), "500".into());
+    let first = Running::start(raw.clone(), &DecoderConfig::default()).await;
+    settle(first.addr, "first run consumed the three views", |m| {
+        m.sum("engaged_events_consumed_total") == 3.0
+    })
+    .await;
+    if let Err(e) = first.stop().await {
+        panic!("first run stops with Ok, not: {e}");
+    }
+    // Two more views at offsets 3 and 4, and a later one (offset 5) that moves the
+    // watermark past them all; then the group's committed offset is moved to 5, as
+    // if a later commit had landed without its checkpoint.
+    for (i, v) in ["v4", "v5"].iter().enumerate() {
+        cluster
+            .send(
+                PV,
+                0,
+                v,
+                so(&view(&format!("b{i}"), t0 + (3 + i as i64) * MIN, v)),
+            )
+            .await;
+    }
+    cluster
+        .send(PV, 0, "v6", so(&view("clock", t0 + 20 * MIN, "v6")))
+        .await;
+    let bootstrap = cluster.bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        // The mock refuses commits from outside the group: join it, then commit.
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "seek")
+            .set("session.timeout.ms", "2500")
+            .set("heartbeat.interval.ms", "500")
+            .set("enable.auto.commit", "false")
+            .set("partition.assignment.strategy", "range")
+            .create()
+            .expect("consumer");
+        c.subscribe(&[PV]).expect("subscribe");
+        let joined = Instant::now() + Duration::from_secs(30);
+        while c.assignment().map_or(0, |a| a.count()) == 0 {
+            assert!(
+                Instant::now() < joined,
+                "the committer never joined the group"
+            );
+            let _ = c.poll(Duration::from_millis(100));
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(PV, 0, Offset::Offset(5)).unwrap();
+        c.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+            .expect("commit offset 5");
+        let committed = c.committed(Duration::from_secs(10)).expect("committed");
+        assert_eq!(
+            committed.find_partition(PV, 0).map(|e| e.offset()),
+            Some(Offset::Offset(5))
+        );
+        c.unsubscribe();
+    })
+    .await
+    .expect("commit thread");
+
+    let second = Running::start(raw, &DecoderConfig::default()).await;
+    // The 1h window at watermark t0 + 15 min holds the five views before the clock.
+    let settled = settle(second.addr, "the second run's views", |m| {
+        m.sum("engaged_events_consumed_total") >= 1.0
+            && m.get("engaged_web_page_views", &[("window", "1h")])
+                .is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let m = scrape(second.addr).await;
+    assert_eq!(
+        (
+            m.sum("engaged_events_consumed_total"),
+            m.get("engaged_web_page_views", &[("window", "1h")])
+        ),
+        (3.0, Some(5.0)),
+        "the restored task must read offsets 3, 4 and 5:\n{}\n{}",
+        m.relevant("engaged_events"),
+        m.relevant("engaged_web_page_views")
+    );
+    assert_accounting(&settled);
+    if let Err(e) = second.stop().await {
+        panic!("second run stops with Ok, not: {e}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 4. Co-partitioning is checked at start-up
 

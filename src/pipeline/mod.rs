@@ -269,7 +269,12 @@ impl Pipeline {
         partition: i32,
         bytes: &[u8],
     ) -> Result<(), crate::state::StateError> {
-        self.engine.restore_task(partition, bytes)?;
+        self.restore_tasks(&[(partition, bytes)])
+    }
+
+    /// Installs several restored tasks, decoding them in parallel.
+    pub fn restore_tasks(&self, saved: &[(i32, &[u8])]) -> Result<(), crate::state::StateError> {
+        self.engine.restore_tasks(saved, state_threads())?;
         let floor = self.engine.evicted_at();
         lock(&self.clock).published.update(floor);
         Ok(())
@@ -358,4 +363,10 @@ impl Pipeline {
         let w = self.instance_watermark(now)?;
         Some(self.snapshot_at(w, Some(now)))
     }
+}
+
+/// Threads for saving and restoring task state: one per core. Checkpoints and
+/// restores run while the consumer loop waits for them, so they may use every core.
+pub fn state_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -165,11 +165,9 @@ impl Checkpointer {
         let mut manifests = vec![];
         let mut written_bytes = 0u64;
         let mut state_bytes = 0u64;
-        for &task in &tasks {
-            let state = match engine.save_task(task) {
-                Some(s) => s?,
-                None => continue,
-            };
+        let saved = engine.save_tasks(&tasks, crate::pipeline::state_threads());
+        for (task, state) in saved {
+            let state = state?;
             let generation = p.generation.get(&task).copied().unwrap_or(0) + 1;
             let slot = (generation % 2) as u8;
             let chunks = checkpoint::chunk_values(generation, &state, CHUNK_BYTES);
@@ -225,13 +223,17 @@ impl Checkpointer {
     }
 
     /// Partitions of tasks kept through a rebalance: skip what was already applied.
-    pub fn keep(&self, tps: &[TopicPartition]) {
+    /// Returns where to resume them: the next offset after what was applied.
+    pub fn keep(&self, tps: &[TopicPartition]) -> BTreeMap<TopicPartition, Offset> {
         let mut p = self.progress();
+        let mut start = BTreeMap::new();
         for tp in tps {
             if let Some(a) = p.applied.get(tp).copied() {
                 p.restored.insert(tp.clone(), a);
+                start.insert(tp.clone(), Offset::Offset(a));
             }
         }
+        start
     }
 
     /// Tasks revoked: forget their progress (the next owner restores them).
@@ -271,6 +273,12 @@ impl Checkpointer {
     }
 
     /// Reads the checkpoint topic to its end (last value per key wins).
+    ///
+    /// "The end" is the high watermark each partition's fetch responses report
+    /// (exact on every broker; Tansu's ListOffsets is not), or end-of-partition
+    /// where librdkafka reports it. Reading exactly to the end matters: a
+    /// manifest older than the last one would restore older state while the
+    /// group's committed offsets point past it.
     fn read_log(&self, timeout: Duration) -> Result<CheckpointLog, CheckpointIoError> {
         let mut c = self.base.clone();
         c.set("group.id", format!("{}-restore", self.group))
@@ -294,77 +302,134 @@ impl Checkpointer {
         }
         consumer.assign(&tpl)?;
         let mut log = CheckpointLog::default();
+        // Per partition: the next offset after the last record read.
+        let mut next: HashMap<i32, i64> = HashMap::new();
         let mut at_end: BTreeSet<i32> = BTreeSet::new();
         let deadline = Instant::now() + timeout;
-        // librdkafka does not always hand end-of-partition to `poll` (on Tansu it
-        // sometimes arrives only as a global error event, without the partition), so a
-        // quiet spell after the last record also ends the read. Reading less than the
-        // whole topic is still exact: an older complete checkpoint has older offsets,
-        // and the records after them are consumed again.
-        const QUIET: Duration = Duration::from_secs(2);
-        let mut last_progress = Instant::now();
-        while at_end.len() < partitions.len() && last_progress.elapsed() < QUIET {
+        let mut last_check = Instant::now();
+        while at_end.len() < partitions.len() {
             if Instant::now() > deadline {
                 return Err(CheckpointIoError::RestoreTimeout {
                     topic: self.topic.clone(),
                     timeout,
                 });
             }
-            match consumer.poll(Duration::from_millis(200)) {
+            match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
-                    last_progress = Instant::now();
+                    next.insert(m.partition(), m.offset() + 1);
                     if let Some(k) = m.key() {
                         log.record(k, m.payload());
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
-                    last_progress = Instant::now();
                     at_end.insert(p);
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "reading the checkpoint topic"),
                 None => {}
             }
+            // librdkafka does not always hand end-of-partition to `poll` (on Tansu it
+            // sometimes arrives only as a global error event, without the partition):
+            // compare with the fetched high watermark too, every few records.
+            if last_check.elapsed() >= Duration::from_millis(50) {
+                last_check = Instant::now();
+                for &p in &partitions {
+                    if at_end.contains(&p) {
+                        continue;
+                    }
+                    if let Some((low, high)) = cached_watermarks(&consumer, &self.topic, p)
+                        && high >= 0
+                        && next.get(&p).copied().unwrap_or(0).max(low) >= high
+                    {
+                        at_end.insert(p);
+                    }
+                }
+            }
         }
         Ok(log)
     }
 
-    /// Restores the given tasks from their last complete checkpoint, if any.
-    /// Returns how many tasks had one.
+    /// Restores the given tasks from their last complete checkpoint, if any, and
+    /// returns the offsets to start consuming at: the checkpointed next offset of
+    /// every input topic-partition of a restored task ([`Offset::Beginning`] for an
+    /// input it had never read). Tasks without a checkpoint start empty and are not
+    /// in the result (the group's committed offsets, or `auto.offset.reset`).
     pub fn restore(
         &self,
         pipeline: &Pipeline,
         tasks: &[i32],
         timeout: Duration,
-    ) -> Result<usize, CheckpointIoError> {
+    ) -> Result<BTreeMap<TopicPartition, Offset>, CheckpointIoError> {
+        let mut start = BTreeMap::new();
         if tasks.is_empty() {
-            return Ok(0);
+            return Ok(start);
         }
         let started = Instant::now();
         let log = self.read_log(timeout)?;
-        let mut restored = 0;
-        let mut p = self.progress();
+        let read = started.elapsed();
+        let mut found = vec![];
         for &task in tasks {
             let Some(m) = log.manifest(&self.group, task) else {
                 continue;
             };
             let m = m?;
             let state = log.state(&self.group, task, &m)?;
-            pipeline.restore_task(task, &state)?;
-            for (topic, offset) in &m.offsets {
-                let tp = TopicPartition::new(topic, task);
-                p.restored.insert(tp.clone(), *offset);
-                p.applied.insert(tp, *offset);
+            found.push((task, m, state));
+        }
+        let states: Vec<(i32, &[u8])> = found.iter().map(|(t, _, s)| (*t, &s[..])).collect();
+        pipeline.restore_tasks(&states)?;
+        let mut p = self.progress();
+        for (task, m, _) in &found {
+            for topic in &self.input_topics {
+                let tp = TopicPartition::new(topic, *task);
+                match m.offsets.get(topic) {
+                    Some(offset) => {
+                        p.restored.insert(tp.clone(), *offset);
+                        p.applied.insert(tp.clone(), *offset);
+                        start.insert(tp, Offset::Offset(*offset));
+                    }
+                    None => {
+                        start.insert(tp, Offset::Beginning);
+                    }
+                }
             }
-            p.generation.insert(task, m.generation);
-            restored += 1;
+            p.generation.insert(*task, m.generation);
         }
         pipeline
             .telemetry()
             .restore_duration
             .set(started.elapsed().as_secs_f64());
-        tracing::info!(tasks = ?tasks, restored, elapsed = ?started.elapsed(), "restored from checkpoints");
-        Ok(restored)
+        tracing::info!(tasks = ?tasks, restored = found.len(), read = ?read, elapsed = ?started.elapsed(), "restored from checkpoints");
+        Ok(start)
     }
+}
+
+/// The low and high watermarks of `topic`/`partition` that the consumer's last fetch
+/// response reported, without asking the broker; `None` before the first fetch.
+#[allow(unsafe_code)]
+fn cached_watermarks<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<(i64, i64)> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` lives, `topic` is a
+    // NUL-terminated string that outlives the call, and `low`/`high` are valid for
+    // writes. The call only reads librdkafka's cached partition state.
+    let err = unsafe {
+        rdkafka_sys::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    if err != rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
+        return None;
+    }
+    // An unknown low watermark (not yet reported) counts as 0.
+    Some((low.max(0), high))
 }
 
 /// Shared handle for the consumer context and the loop.

@@ -134,83 +134,90 @@ impl ClientContext for EngagedContext {
 
 impl ConsumerContext for EngagedContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(list) = rebalance {
-            let revoked = tps(list);
-            tracing::info!(partitions = ?revoked.iter().map(|t| t.to_string()).collect::<Vec<_>>(), "revoked");
-            // Checkpoint and commit before another member takes over; the state stays
-            // in memory in case the same tasks come back in this rebalance.
-            let tasks: Vec<i32> = task_numbers(&revoked);
-            match self.checkpointer.checkpoint(&self.pipeline, Some(&tasks)) {
-                Ok(commit) => commit_offsets(consumer, &commit),
-                Err(e) => self.fail(format!("checkpoint on revoke failed: {e}")),
-            }
-            self.pipeline.revoke(&revoked);
+        match rebalance {
+            Rebalance::Revoke(list) => self.on_revoke(consumer, list),
+            // Before librdkafka applies the assignment: the tasks are restored and every
+            // partition's start offset is set in the list it is about to assign.
+            Rebalance::Assign(list) => self.on_assign(list),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
+}
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(list) = rebalance {
-            let assigned = tps(list);
-            tracing::info!(partitions = ?assigned.iter().map(|t| t.to_string()).collect::<Vec<_>>(), "assigned");
-            let owned: Vec<i32> = task_numbers(&assigned);
-            // Kept: tasks this member owned in its last assignment and still holds; any
-            // other state in memory is dropped and restored from its checkpoint.
-            let previous =
-                std::mem::take(&mut *self.owned.lock().unwrap_or_else(|e| e.into_inner()));
-            let held: Vec<i32> = self
-                .pipeline
-                .engine()
-                .tasks()
-                .into_iter()
-                .filter(|t| previous.contains(t) && owned.contains(t))
-                .collect();
-            let dropped: Vec<i32> = self
-                .pipeline
-                .engine()
-                .tasks()
-                .into_iter()
-                .filter(|t| !held.contains(t))
-                .collect();
-            for t in &dropped {
-                self.pipeline.engine().drop_task(*t);
-            }
-            self.checkpointer.forget(&dropped);
-            *self.owned.lock().unwrap_or_else(|e| e.into_inner()) = owned.clone();
-            let gone: Vec<i32> = held
-                .iter()
-                .copied()
-                .filter(|t| !owned.contains(t))
-                .collect();
-            for t in &gone {
-                self.pipeline.engine().drop_task(*t);
-            }
-            self.checkpointer.forget(&gone);
-            let new: Vec<i32> = owned
-                .iter()
-                .copied()
-                .filter(|t| !held.contains(t))
-                .collect();
-            // Kept tasks resume where they are: the group's committed offset may lag behind
-            // (a commit refused during the rebalance), so records below the applied
-            // offsets are skipped rather than applied twice or dead-lettered as duplicates.
-            let kept: Vec<TopicPartition> = assigned
-                .iter()
-                .filter(|tp| held.contains(&tp.partition))
-                .cloned()
-                .collect();
-            self.checkpointer.keep(&kept);
-            tracing::info!(owned = ?owned, held = ?held, new = ?new, gone = ?gone, "tasks after assignment");
-            self.pipeline.assign(&assigned, now_ms());
-            if !new.is_empty() {
-                self.health
-                    .set_not_ready(format!("restoring tasks {new:?}"));
-                match self
-                    .checkpointer
-                    .restore(&self.pipeline, &new, self.restore_timeout)
-                {
-                    Ok(_) => self.health.set_ready(),
-                    Err(e) => self.fail(format!("restoring tasks {new:?} failed: {e}")),
+impl EngagedContext {
+    fn on_revoke(&self, consumer: &BaseConsumer<Self>, list: &TopicPartitionList) {
+        let revoked = tps(list);
+        tracing::info!(partitions = ?revoked.iter().map(|t| t.to_string()).collect::<Vec<_>>(), "revoked");
+        // Checkpoint and commit before another member takes over; the state stays
+        // in memory in case the same tasks come back in this rebalance.
+        let tasks: Vec<i32> = task_numbers(&revoked);
+        match self.checkpointer.checkpoint(&self.pipeline, Some(&tasks)) {
+            Ok(commit) => commit_offsets(consumer, &commit),
+            Err(e) => self.fail(format!("checkpoint on revoke failed: {e}")),
+        }
+        self.pipeline.revoke(&revoked);
+    }
+
+    fn on_assign(&self, list: &TopicPartitionList) {
+        let assigned = tps(list);
+        tracing::info!(partitions = ?assigned.iter().map(|t| t.to_string()).collect::<Vec<_>>(), "assigned");
+        let owned: Vec<i32> = task_numbers(&assigned);
+        // Kept: tasks this member owned in its last assignment and still holds; any
+        // other state in memory is dropped and restored from its checkpoint.
+        let previous = std::mem::take(&mut *self.owned.lock().unwrap_or_else(|e| e.into_inner()));
+        let in_memory = self.pipeline.engine().tasks();
+        let held: Vec<i32> = in_memory
+            .iter()
+            .copied()
+            .filter(|t| previous.contains(t) && owned.contains(t))
+            .collect();
+        let dropped: Vec<i32> = in_memory
+            .iter()
+            .copied()
+            .filter(|t| !held.contains(t))
+            .collect();
+        for t in &dropped {
+            self.pipeline.engine().drop_task(*t);
+        }
+        self.checkpointer.forget(&dropped);
+        *self.owned.lock().unwrap_or_else(|e| e.into_inner()) = owned.clone();
+        let new: Vec<i32> = owned
+            .iter()
+            .copied()
+            .filter(|t| !held.contains(t))
+            .collect();
+        // Kept tasks resume after what they applied (the group's committed offset may
+        // lag behind: a commit refused during the rebalance).
+        let kept: Vec<TopicPartition> = assigned
+            .iter()
+            .filter(|tp| held.contains(&tp.partition))
+            .cloned()
+            .collect();
+        let mut start = self.checkpointer.keep(&kept);
+        tracing::info!(owned = ?owned, held = ?held, new = ?new, "tasks after assignment");
+        self.pipeline.assign(&assigned, now_ms());
+        if !new.is_empty() {
+            self.health
+                .set_not_ready(format!("restoring tasks {new:?}"));
+            match self
+                .checkpointer
+                .restore(&self.pipeline, &new, self.restore_timeout)
+            {
+                Ok(restored) => {
+                    start.extend(restored);
+                    self.health.set_ready();
                 }
+                Err(e) => self.fail(format!("restoring tasks {new:?} failed: {e}")),
+            }
+        }
+        // Seek to the checkpoints' offsets: whatever the group committed, a restored
+        // task continues exactly after the last record its state contains.
+        for mut e in list.elements() {
+            let tp = TopicPartition::new(e.topic(), e.partition());
+            if let Some(offset) = start.get(&tp)
+                && let Err(err) = e.set_offset(*offset)
+            {
+                self.fail(format!("cannot start {tp} at {offset:?}: {err}"));
             }
         }
     }

@@ -339,6 +339,39 @@ pub struct Engine {
     tasks: DashMap<i32, TaskState>,
 }
 
+/// `f` over `items` on up to `threads` scoped threads, results in input order.
+fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.clamp(1, items.len().max(1));
+    if threads == 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<(usize, R)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = vec![];
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break done };
+                        done.push((i, f(item)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a state worker panicked"))
+            .collect()
+    });
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
 /// Window aggregates of the whole instance for one window.
 #[derive(Debug, Clone, Default)]
 pub struct WindowAggregates {
@@ -461,11 +494,36 @@ impl Engine {
         Some(postcard::to_stdvec(&*task).map_err(|e| StateError::Encode(e.to_string())))
     }
 
+    /// Serialises several tasks' whole state, on up to `threads` threads (tasks
+    /// are independent); tasks without state are left out.
+    pub fn save_tasks(
+        &self,
+        partitions: &[i32],
+        threads: usize,
+    ) -> Vec<(i32, Result<Vec<u8>, StateError>)> {
+        parallel_map(partitions, threads, |&p| self.save_task(p).map(|r| (p, r)))
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// Replaces one task's state with a saved one.
     pub fn restore_task(&self, partition: i32, bytes: &[u8]) -> Result<(), StateError> {
-        let task: TaskState =
-            postcard::from_bytes(bytes).map_err(|e| StateError::Decode(e.to_string()))?;
-        self.tasks.insert(partition, task);
+        self.restore_tasks(&[(partition, bytes)], 1)
+    }
+
+    /// Replaces several tasks' state with saved ones, decoding on up to `threads`
+    /// threads. Nothing is installed unless every task decodes.
+    pub fn restore_tasks(&self, saved: &[(i32, &[u8])], threads: usize) -> Result<(), StateError> {
+        let decoded = parallel_map(saved, threads, |(p, bytes)| {
+            postcard::from_bytes::<TaskState>(bytes)
+                .map(|t| (*p, t))
+                .map_err(|e| StateError::Decode(e.to_string()))
+        });
+        let decoded: Vec<(i32, TaskState)> = decoded.into_iter().collect::<Result<_, _>>()?;
+        for (p, task) in decoded {
+            self.tasks.insert(p, task);
+        }
         Ok(())
     }
 
