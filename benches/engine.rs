@@ -130,5 +130,66 @@ fn orders(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, orders);
+/// Checkpoint and restore cost of a large state: one ORDER each for
+/// `ENGAGED_BENCH_STATE_CUSTOMERS` (default 1,000,000) customers over 4 tasks,
+/// saved (`Engine::save_tasks`) and restored (`Engine::restore_tasks`) on one thread
+/// per core, as a checkpoint round and a restore do.
+fn state(c: &mut Criterion) {
+    use engaged::event::{Purchase, PurchaseType};
+    let customers: usize = std::env::var("ENGAGED_BENCH_STATE_CUSTOMERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let engine = Engine::new(CoreConfig::default());
+    let start = DEFAULT_START;
+    for i in 0..customers {
+        let customer_id = format!("cust-{i:07}");
+        let p = (customer_id.bytes().map(u32::from).sum::<u32>() % PARTITIONS as u32) as i32;
+        let e = Event::Purchase(Purchase {
+            event_id: format!("ord-evt-{i:07}"),
+            event_time: start + i as i64 * 20,
+            customer_id,
+            order_id: format!("ord-{i:07}"),
+            kind: PurchaseType::Order,
+            amount_minor: 1_000 + (i % 20_000) as i64,
+            currency: "EUR".into(),
+            cost_minor: Some(600),
+            items: 1 + (i % 3) as i32,
+            campaign_id: None,
+        });
+        engine
+            .apply(&TopicPartition::new("purchases", p), &e)
+            .expect("valid order");
+    }
+    let tasks = engine.tasks();
+    let threads = engaged::pipeline::state_threads();
+    let saved: Vec<(i32, Vec<u8>)> = engine
+        .save_tasks(&tasks, threads)
+        .into_iter()
+        .map(|(t, r)| (t, r.expect("saves")))
+        .collect();
+    let bytes: usize = saved.iter().map(|(_, s)| s.len()).sum();
+    eprintln!(
+        "state: {customers} customers, {} tasks, {bytes} bytes saved ({} B/customer), {threads} threads",
+        tasks.len(),
+        bytes / customers.max(1)
+    );
+    let mut g = c.benchmark_group("state");
+    g.throughput(Throughput::Elements(customers as u64));
+    g.sample_size(10);
+    g.bench_function("save_all_tasks", |b| {
+        b.iter(|| black_box(engine.save_tasks(&tasks, threads)))
+    });
+    let views: Vec<(i32, &[u8])> = saved.iter().map(|(t, s)| (*t, &s[..])).collect();
+    g.bench_function("restore_all_tasks", |b| {
+        b.iter_with_large_drop(|| {
+            let fresh = Engine::new(CoreConfig::default());
+            fresh.restore_tasks(&views, threads).expect("restores");
+            fresh
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, orders, state);
 criterion_main!(benches);

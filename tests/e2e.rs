@@ -16,11 +16,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use engaged::decode::encode;
+use engaged::demo::generator::{Generator, GeneratorConfig, partition_key, topic_of};
 use engaged::event::{
     EmailEvent, EmailEventType, Event, PageView, Purchase, PurchaseType, SurveyKind, SurveyResponse,
 };
 use engaged::sink::decode_snapshot_record;
-use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use support::{Delivered, Engaged, Prometheus, Rec};
 
@@ -1396,4 +1399,477 @@ fn email_commerce_survey_and_churn_through_tansu_reach_metrics_and_snapshots() {
     // Both rejected records were dead-lettered.
     support::consume(&dlq, 0, Duration::from_secs(30), |m| m.len() >= 2);
     engaged.proc.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------
+// Scale-out through Tansu (SPEC §5): the small version of tests/scale.rs, with two
+// `engaged run` processes in one consumer group and a third, single-instance reference
+// group reading the same topics.
+
+/// Partitions per input topic in the scale-out test: two tasks per instance.
+const SCALE_PARTITIONS: i32 = 4;
+
+/// Co-partitioning (SPEC §1): one hash of the customer (or visitor) key on every topic.
+fn scale_partition(key: &str) -> i32 {
+    (key.bytes()
+        .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619))
+        % SCALE_PARTITIONS as u32) as i32
+}
+
+/// A "clock" event at `t` in every partition of every input topic: every partition,
+/// hence every instance, ends the phase at the watermark `t - allowed_lateness`.
+fn scale_clocks(tag: &str, t: i64) -> Vec<(i32, Event)> {
+    let mut out = vec![];
+    for p in 0..SCALE_PARTITIONS {
+        let id = |family: &str| format!("clock-{tag}-{family}-{p}");
+        let customer = format!("clock-{p}");
+        out.push((
+            p,
+            Event::PageView(PageView {
+                event_id: id("pv"),
+                event_time: t,
+                visitor_id: customer.clone(),
+                customer_id: None,
+                site: "shop.example".into(),
+                page: "/".into(),
+                referrer: None,
+                channel: None,
+            }),
+        ));
+        out.push((
+            p,
+            Event::Email(EmailEvent {
+                event_id: id("email"),
+                event_time: t,
+                customer_id: customer.clone(),
+                campaign_id: "clock".into(),
+                message_id: id("msg"),
+                kind: EmailEventType::Sent,
+                url: None,
+            }),
+        ));
+        out.push((
+            p,
+            Event::Purchase(Purchase {
+                event_id: id("purchase"),
+                event_time: t,
+                customer_id: customer.clone(),
+                order_id: id("order"),
+                kind: PurchaseType::Refund,
+                amount_minor: 0,
+                currency: "EUR".into(),
+                cost_minor: None,
+                items: 0,
+                campaign_id: None,
+            }),
+        ));
+        out.push((
+            p,
+            Event::Survey(SurveyResponse {
+                event_id: id("survey"),
+                event_time: t,
+                customer_id: None,
+                survey_id: "clock".into(),
+                kind: SurveyKind::Nps,
+                score: 9,
+                comment: None,
+            }),
+        ));
+    }
+    out
+}
+
+/// The windowed series of a `/metrics` page (`name{labels}` → value as printed).
+fn scale_windowed(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            [
+                "engaged_web_",
+                "engaged_email_",
+                "engaged_commerce_",
+                "engaged_survey_",
+                "engaged_customers_",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
+        })
+        // The duration histogram counts since the process started.
+        .filter(|l| !l.starts_with("engaged_web_session_duration_seconds_"))
+        .filter_map(|l| {
+            l.rsplit_once(' ')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// The additive windowed series (counts and sums: numerators and denominators, not
+/// ratios, averages, percentiles or scores), summed over instances.
+fn scale_summed(instances: &[&BTreeMap<String, String>]) -> BTreeMap<String, f64> {
+    let additive = |series: &str| {
+        let name = series.split('{').next().unwrap_or(series);
+        let name = ["_by_site", "_by_channel", "_by_campaign"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        !(name.ends_with("_ratio")
+            || name.contains("_avg_")
+            || name.contains("_p50_")
+            || name.contains("_p90_")
+            || [
+                "engaged_commerce_average_order_value_minor",
+                "engaged_commerce_orders_per_customer",
+                "engaged_commerce_profit_per_customer_minor",
+                "engaged_survey_nps",
+                "engaged_survey_csat",
+                "engaged_survey_ces",
+            ]
+            .contains(&name))
+    };
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for m in instances {
+        for (k, v) in m.iter().filter(|(k, _)| additive(k)) {
+            *out.entry(k.clone()).or_default() += v.parse::<f64>().expect("a number");
+        }
+    }
+    out
+}
+
+/// Waits until every instance is at `watermark` (seconds), owns `partitions`
+/// topic-partitions (if given) and its windowed numbers stopped changing.
+fn scale_settled(
+    instances: &mut [&mut Engaged],
+    watermark: f64,
+    partitions: Option<f64>,
+) -> Vec<BTreeMap<String, String>> {
+    let mut last: Vec<Option<BTreeMap<String, String>>> = vec![None; instances.len()];
+    support::eventually(
+        &format!("every instance to settle at the watermark {watermark}"),
+        Duration::from_secs(90),
+        || {
+            let mut state = vec![];
+            let mut done = true;
+            for (e, last) in instances.iter_mut().zip(last.iter_mut()) {
+                let m = e.scrape()?;
+                let w = m.get("engaged_watermark_timestamp_seconds", &[]);
+                let assigned = m.get("engaged_assigned_partitions", &[]);
+                state.push(format!(
+                    "{}: watermark {w:?}, assigned {assigned:?}",
+                    e.proc.name()
+                ));
+                let now = scale_windowed(&m.text);
+                done &= w == Some(watermark)
+                    && partitions.is_none_or(|n| assigned == Some(n))
+                    && !now.is_empty()
+                    && last.as_ref() == Some(&now);
+                *last = Some(now);
+            }
+            if done {
+                Ok(last.iter().map(|l| l.clone().expect("scraped")).collect())
+            } else {
+                std::thread::sleep(Duration::from_millis(500));
+                Err(state.join("; "))
+            }
+        },
+    )
+}
+
+/// Every record of `topic` (all partitions) that arrives within `quiet` of the previous
+/// one (or of the start): the whole topic, without relying on ListOffsets.
+fn scale_read_all(topic: &str, partitions: i32, quiet: Duration) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &support::env().bootstrap)
+        .set("group.id", support::unique("e2e-scale-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("create the consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("valid offset");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = vec![];
+    let mut last = Instant::now();
+    while last.elapsed() < quiet {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(m.detach());
+            last = Instant::now();
+        }
+    }
+    out
+}
+
+#[test]
+fn two_instances_in_one_group_sum_to_a_single_instance_through_tansu() {
+    let started = Instant::now();
+    let run = support::unique("e2e-scale");
+    let topic = |name: &str| format!("{run}-{name}");
+    let families = ["pageviews", "emails", "purchases", "surveys"];
+    let inputs: Vec<String> = families.iter().map(|f| topic(f)).collect();
+    for t in &inputs {
+        support::create_topic(t, SCALE_PARTITIONS);
+    }
+    let (snapshots, dlq, checkpoints) = (topic("snapshots"), topic("dlq"), topic("checkpoints"));
+    let (ref_snapshots, ref_dlq) = (topic("ref-snapshots"), topic("ref-dlq"));
+    for t in [&snapshots, &dlq, &checkpoints, &ref_snapshots, &ref_dlq] {
+        support::create_topic(t, 1);
+    }
+
+    // A day of generated traffic in three phases, each closed by clock events.
+    let end = floor(support::now_ms() - HOUR, MIN);
+    let start = end - 24 * HOUR;
+    let mut g = Generator::new(GeneratorConfig {
+        seed: 5,
+        start,
+        customers: 120,
+        visitors_per_hour: 30.0,
+        ..GeneratorConfig::default()
+    });
+    let routed = |events: Vec<Event>| -> Vec<(i32, Event)> {
+        events
+            .into_iter()
+            .map(|e| (scale_partition(partition_key(&e)), e))
+            .collect()
+    };
+    let (t1, t2) = (start + 10 * HOUR, start + 18 * HOUR);
+    let one = routed(g.advance_to(t1));
+    let mut two = routed(g.advance_to(t2));
+    two.extend(scale_clocks("two", t2));
+    let mut three = routed(g.advance_to(end));
+    three.extend(scale_clocks("end", end));
+    let recs = |events: &[(i32, Event)]| -> Vec<Rec> {
+        events
+            .iter()
+            .map(|(p, e)| Rec {
+                topic: topic(topic_of(e)),
+                partition: *p,
+                key: partition_key(e).to_string(),
+                payload: encode::single_object(e),
+                headers: vec![],
+            })
+            .collect()
+    };
+    let (one, two, three) = (recs(&one), recs(&two), recs(&three));
+    let (w2, wend) = (
+        (t2 - ALLOWED_LATENESS) as f64 / 1000.0,
+        (end - ALLOWED_LATENESS) as f64 / 1000.0,
+    );
+    eprintln!(
+        "e2e scale: {} + {} + {} records",
+        one.len(),
+        two.len(),
+        three.len()
+    );
+
+    let toml = "# Written by tests/e2e.rs.\n[kafka]\n\"session.timeout.ms\" = \"6000\"\n";
+    let vars = |group: &str, snapshots: &str, dlq: &str| {
+        vec![
+            (
+                "ENGAGED_BOOTSTRAP_SERVERS",
+                support::env().bootstrap.clone(),
+            ),
+            ("ENGAGED_GROUP_ID", group.to_string()),
+            ("ENGAGED_INPUT_TOPICS", inputs.join(",")),
+            ("ENGAGED_SNAPSHOT_TOPIC", snapshots.to_string()),
+            ("ENGAGED_DEAD_LETTER_TOPIC", dlq.to_string()),
+            ("ENGAGED_CHECKPOINT_TOPIC", checkpoints.clone()),
+            ("ENGAGED_SNAPSHOT_INTERVAL", "500ms".into()),
+            ("ENGAGED_CHECKPOINT_INTERVAL", "1s".into()),
+            ("ENGAGED_STATISTICS_INTERVAL", "1s".into()),
+            // Clock events close every phase: idleness is never needed, and a
+            // partition being handed over must not count as idle.
+            ("ENGAGED_IDLE_TIMEOUT", "60s".into()),
+            ("ENGAGED_WINDOWS", "1h,24h".into()),
+            (
+                "ENGAGED_SHUTDOWN_TIMEOUT",
+                format!("{}s", SHUTDOWN_TIMEOUT.as_secs()),
+            ),
+        ]
+    };
+    let group = format!("{run}-group");
+    let all_partitions = f64::from(SCALE_PARTITIONS * families.len() as i32);
+
+    // Phase 1: A alone (and the reference, in its own group).
+    support::produce(&one);
+    let mut reference = Engaged::start(
+        "scale-reference",
+        toml,
+        &vars(&format!("{run}-reference"), &ref_snapshots, &ref_dlq),
+    );
+    let mut a = Engaged::start("scale-a", toml, &vars(&group, &snapshots, &dlq));
+    support::eventually("A to consume phase 1", Duration::from_secs(60), || {
+        let m = a.scrape()?;
+        let got = m.sum("engaged_events_consumed_total");
+        if got == one.len() as f64 {
+            Ok(())
+        } else {
+            std::thread::sleep(Duration::from_millis(300));
+            Err(format!("consumed {got} of {}", one.len()))
+        }
+    });
+    eprintln!("e2e scale: {:?}: A consumed phase 1", started.elapsed());
+
+    // Phase 2: B joins; the tasks are split, B restores its half from A's checkpoints.
+    let mut b = Engaged::start("scale-b", toml, &vars(&group, &snapshots, &dlq));
+    support::eventually(
+        "the group to split the partitions",
+        Duration::from_secs(60),
+        || {
+            let (ma, mb) = (a.scrape()?, b.scrape()?);
+            let n = |m: &support::Metrics| m.get("engaged_assigned_partitions", &[]);
+            if n(&ma) == Some(all_partitions / 2.0) && n(&mb) == Some(all_partitions / 2.0) {
+                Ok(())
+            } else {
+                std::thread::sleep(Duration::from_millis(300));
+                Err(format!("A owns {:?}, B owns {:?}", n(&ma), n(&mb)))
+            }
+        },
+    );
+    support::produce(&two);
+    let want = scale_settled(&mut [&mut reference], w2, None).remove(0);
+    let got = scale_settled(&mut [&mut a, &mut b], w2, Some(all_partitions / 2.0));
+    let settled_at = support::now_ms();
+    eprintln!("e2e scale: {:?}: phase 2 settled", started.elapsed());
+    let (want_sums, got_sums) = (scale_summed(&[&want]), scale_summed(&[&got[0], &got[1]]));
+    let keys: BTreeSet<&String> = want_sums.keys().chain(got_sums.keys()).collect();
+    let differences: Vec<String> = keys
+        .into_iter()
+        .filter_map(|k| {
+            let (w, g) = (
+                want_sums.get(k).copied().unwrap_or(0.0),
+                got_sums.get(k).copied().unwrap_or(0.0),
+            );
+            ((w - g).abs() > 1e-9 * w.abs().max(1.0))
+                .then(|| format!("{k}: reference {w}, A + B {g}"))
+        })
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "A + B differ from one instance in {} of {} series: {:#?}",
+        differences.len(),
+        want_sums.len(),
+        &differences[..differences.len().min(20)]
+    );
+    assert!(want_sums.len() > 50, "compared {} series", want_sums.len());
+
+    // Snapshot rows published while both run: disjoint partition sets, whole tasks,
+    // together every partition.
+    let mut problems = vec![];
+    let rows: Vec<(i64, engaged::snapshot::WindowSnapshot)> =
+        support::consume(&snapshots, 0, Duration::from_secs(60), |m| {
+            m.last()
+                .and_then(|m| m.timestamp().to_millis())
+                .is_some_and(|t| t > settled_at + 2_000)
+        })
+        .iter()
+        .map(|m| {
+            let s = decode_snapshot_record(m.payload().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("snapshot record at offset {}: {e}", m.offset()));
+            (m.timestamp().to_millis().unwrap_or(0), s)
+        })
+        .collect();
+    let covered = |s: &engaged::snapshot::WindowSnapshot| -> BTreeSet<(String, i32)> {
+        s.partitions
+            .iter()
+            .map(|p| (p.topic.clone(), p.partition))
+            .collect()
+    };
+    let sets: Vec<BTreeSet<(String, i32)>> = rows
+        .iter()
+        .filter(|(t, _)| *t > settled_at)
+        .map(|(_, s)| covered(s))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        sets.len(),
+        2,
+        "partition sets of A's and B's snapshots: {sets:?}"
+    );
+    assert!(sets[0].is_disjoint(&sets[1]), "overlapping: {sets:?}");
+    let every: BTreeSet<(String, i32)> = inputs
+        .iter()
+        .flat_map(|t| (0..SCALE_PARTITIONS).map(move |p| (t.clone(), p)))
+        .collect();
+    assert_eq!(&sets[0] | &sets[1], every);
+    for s in &sets {
+        let tasks: BTreeSet<i32> = s.iter().map(|(_, p)| *p).collect();
+        assert_eq!(
+            s.len(),
+            tasks.len() * inputs.len(),
+            "a task is split: {s:?}"
+        );
+    }
+    let unowned = rows
+        .iter()
+        .filter(|(_, s)| s.partitions.is_empty() && (s.page_views != 0 || s.sessions != 0))
+        .count();
+    if unowned > 0 {
+        problems.push(format!(
+            "{unowned} of {} snapshot rows name no partitions but carry numbers",
+            rows.len()
+        ));
+    }
+
+    // Phase 3: A leaves with SIGTERM mid-phase; B takes every task.
+    let (first, rest) = three.split_at(three.len() / 2);
+    support::produce(first);
+    a.proc.sigterm();
+    let status = a
+        .proc
+        .wait_timeout(SHUTDOWN_TIMEOUT + Duration::from_secs(5))
+        .expect("A exits after SIGTERM");
+    assert!(
+        status.success(),
+        "A exited with {status}:\n{}",
+        a.proc.log_tail(40)
+    );
+    support::produce(rest);
+    let want = scale_settled(&mut [&mut reference], wend, None).remove(0);
+    let got = scale_settled(&mut [&mut b], wend, Some(all_partitions)).remove(0);
+    eprintln!("e2e scale: {:?}: phase 3 settled", started.elapsed());
+    let differences: Vec<String> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}: reference {v}, B {:?}", got.get(k)))
+        .chain(
+            got.keys()
+                .filter(|k| !want.contains_key(*k))
+                .map(|k| format!("{k}: only in B")),
+        )
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "B differs from one instance in {} of {} series: {:#?}",
+        differences.len(),
+        want.len(),
+        &differences[..differences.len().min(20)]
+    );
+    let restores = b
+        .proc
+        .log()
+        .lines()
+        .filter(|l| l.contains("restored from checkpoints") && !l.contains("restored=0"))
+        .count();
+    assert!(
+        restores >= 2,
+        "B restored A's checkpoints {restores} time(s), expected on joining and when A left"
+    );
+
+    // A clean stream: nothing is dead-lettered, also not a record re-read after a rebalance.
+    for (name, t) in [("the reference", &ref_dlq), ("A and B", &dlq)] {
+        let n = scale_read_all(t, 1, Duration::from_secs(2)).len();
+        if n > 0 {
+            problems.push(format!(
+                "{name} dead-lettered {n} records of a clean stream"
+            ));
+        }
+    }
+    eprintln!(
+        "e2e scale: {} series equal, {:?} in all",
+        want.len(),
+        started.elapsed()
+    );
+    assert!(problems.is_empty(), "{problems:#?}");
 }

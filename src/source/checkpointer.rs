@@ -35,6 +35,8 @@ pub enum CheckpointIoError {
     MissingTopic(String),
     #[error("reading checkpoint topic `{topic}` did not reach its end within {timeout:?}")]
     RestoreTimeout { topic: String, timeout: Duration },
+    #[error("checkpoint writer: {0}")]
+    Writer(String),
     #[error(transparent)]
     Record(#[from] checkpoint::CheckpointError),
     #[error(transparent)]
@@ -86,6 +88,35 @@ struct Progress {
     last_success: Option<Instant>,
 }
 
+/// How a checkpoint round is written (see [`Checkpointer::checkpoint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// On a writer thread; the offsets come back from a later call.
+    Background,
+    /// Now, waiting for the broker's acknowledgement (revoke, shutdown).
+    Wait,
+}
+
+/// Serialised tasks on their way to the checkpoint topic.
+struct Round {
+    manifests: Vec<(i32, Manifest)>,
+    chunks: Vec<(String, Vec<u8>)>,
+    state_bytes: u64,
+    started: Instant,
+    serialised: Duration,
+}
+
+/// A round the broker acknowledged.
+struct Written {
+    commit: Vec<(String, i32, i64)>,
+    written_bytes: u64,
+    state_bytes: u64,
+    serialised: Duration,
+    duration: Duration,
+}
+
+type WriteResult = Result<Written, CheckpointIoError>;
+
 /// Checkpoints of one consumer group member.
 pub struct Checkpointer {
     group: String,
@@ -94,6 +125,8 @@ pub struct Checkpointer {
     base: ClientConfig,
     producer: ThreadedProducer<DeliveryCounter>,
     progress: Mutex<Progress>,
+    /// The round being written in the background, if any.
+    writer: Mutex<Option<std::thread::JoinHandle<WriteResult>>>,
 }
 
 impl Checkpointer {
@@ -114,6 +147,7 @@ impl Checkpointer {
             base,
             producer,
             progress: Mutex::new(Progress::default()),
+            writer: Mutex::new(None),
         })
     }
 
@@ -147,14 +181,91 @@ impl Checkpointer {
     }
 
     /// Checkpoints the given tasks (all if `None`) that handled records since their
-    /// last checkpoint, and returns the offsets to commit. Blocks until the broker acknowledged every record.
+    /// last checkpoint, and returns the offsets to commit: those of every round
+    /// the broker has acknowledged since the last call.
+    ///
+    /// The tasks are serialised here, in the consumer loop (the state must not
+    /// change meanwhile), on one thread per core. Writing them — chunks, the
+    /// broker's acknowledgement, manifests, acknowledgement again — is what takes
+    /// long with a large state: with [`Write::Background`] it runs on a writer
+    /// thread while the loop goes on (one round at a time: while one is in flight
+    /// the call only collects), with [`Write::Wait`] (revoke, shutdown) this call
+    /// first waits for a round in flight, then writes and waits for its own.
     pub fn checkpoint(
+        self: &Arc<Self>,
+        pipeline: &Pipeline,
+        tasks: Option<&[i32]>,
+        write: Write,
+    ) -> Result<Vec<(String, i32, i64)>, CheckpointIoError> {
+        let mut commit = self.collect(pipeline, write == Write::Wait)?;
+        if write == Write::Background && self.in_flight() {
+            return Ok(commit);
+        }
+        let started = Instant::now();
+        let round = self.serialise(pipeline, tasks, started)?;
+        if round.manifests.is_empty() {
+            // Nothing changed (and nothing is in flight): every last checkpoint is exact.
+            self.progress().last_success = Some(Instant::now());
+            return Ok(commit);
+        }
+        match write {
+            Write::Wait => {
+                let written = self.write(round)?;
+                self.finished(pipeline, &written);
+                commit.extend(written.commit);
+            }
+            Write::Background => {
+                let this = Arc::clone(self);
+                let handle = std::thread::Builder::new()
+                    .name("checkpoint-writer".into())
+                    .spawn(move || this.write(round))
+                    .map_err(|e| CheckpointIoError::Writer(e.to_string()))?;
+                *self.writer() = Some(handle);
+            }
+        }
+        Ok(commit)
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Option<std::thread::JoinHandle<WriteResult>>> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn in_flight(&self) -> bool {
+        self.writer().is_some()
+    }
+
+    /// The offsets of a round written in the background, once it is acknowledged
+    /// (with `wait`, waits for it). A failed round is an error: the caller stops,
+    /// and the next owner restores the last complete checkpoint.
+    pub fn collect(
+        &self,
+        pipeline: &Pipeline,
+        wait: bool,
+    ) -> Result<Vec<(String, i32, i64)>, CheckpointIoError> {
+        let mut slot = self.writer();
+        let done = slot.as_ref().is_some_and(|h| h.is_finished());
+        if !(done || wait) {
+            return Ok(vec![]);
+        }
+        let Some(handle) = slot.take() else {
+            return Ok(vec![]);
+        };
+        drop(slot);
+        let written = handle
+            .join()
+            .map_err(|_| CheckpointIoError::Writer("the checkpoint writer panicked".into()))??;
+        self.finished(pipeline, &written);
+        Ok(written.commit)
+    }
+
+    /// Serialises the dirty tasks into a round and hands them over: they count as
+    /// clean from now on (records applied later make them dirty again).
+    fn serialise(
         &self,
         pipeline: &Pipeline,
         tasks: Option<&[i32]>,
-    ) -> Result<TopicPartitionList, CheckpointIoError> {
-        let started = Instant::now();
-        let engine = pipeline.engine();
+        started: Instant,
+    ) -> Result<Round, CheckpointIoError> {
         let mut p = self.progress();
         // Only tasks that handled records since their last checkpoint: the others'
         // last checkpoint is still exact.
@@ -162,20 +273,21 @@ impl Checkpointer {
             Some(t) => t.iter().copied().filter(|t| p.dirty.contains(t)).collect(),
             None => p.dirty.iter().copied().collect(),
         };
-        let mut manifests = vec![];
-        let mut written_bytes = 0u64;
-        let mut state_bytes = 0u64;
-        let saved = engine.save_tasks(&tasks, crate::pipeline::state_threads());
+        let mut round = Round {
+            manifests: vec![],
+            chunks: vec![],
+            state_bytes: 0,
+            started,
+            serialised: Duration::ZERO,
+        };
+        let saved = pipeline
+            .engine()
+            .save_tasks(&tasks, crate::pipeline::state_threads());
         for (task, state) in saved {
             let state = state?;
             let generation = p.generation.get(&task).copied().unwrap_or(0) + 1;
             let slot = (generation % 2) as u8;
             let chunks = checkpoint::chunk_values(generation, &state, CHUNK_BYTES);
-            for (i, value) in chunks.iter().enumerate() {
-                let key = checkpoint::chunk_key(&self.group, task, slot, i as u32);
-                self.send(&key, value)?;
-                written_bytes += value.len() as u64;
-            }
             let offsets: BTreeMap<String, i64> = self
                 .input_topics
                 .iter()
@@ -184,7 +296,7 @@ impl Checkpointer {
                     p.applied.get(&tp).map(|o| (t.clone(), *o))
                 })
                 .collect();
-            manifests.push((
+            round.manifests.push((
                 task,
                 Manifest {
                     generation,
@@ -195,31 +307,54 @@ impl Checkpointer {
                     written_at: chrono::Utc::now().timestamp_millis(),
                 },
             ));
-            state_bytes += state.len() as u64;
+            round.state_bytes += state.len() as u64;
+            for (i, value) in chunks.into_iter().enumerate() {
+                round.chunks.push((
+                    checkpoint::chunk_key(&self.group, task, slot, i as u32),
+                    value,
+                ));
+            }
+            p.generation.insert(task, generation);
+            p.dirty.remove(&task);
         }
+        round.serialised = started.elapsed();
+        Ok(round)
+    }
+
+    /// Writes a round: chunks, acknowledgement, manifests, acknowledgement.
+    fn write(&self, round: Round) -> WriteResult {
+        let mut written_bytes = 0u64;
+        for (key, value) in &round.chunks {
+            self.send(key, value)?;
+            written_bytes += value.len() as u64;
+        }
+        drop(round.chunks);
         self.flush()?;
-        let mut commit = TopicPartitionList::new();
-        for (task, m) in &manifests {
+        let mut commit = vec![];
+        for (task, m) in &round.manifests {
             let value = checkpoint::encode_manifest(m);
             self.send(&checkpoint::manifest_key(&self.group, *task), &value)?;
             for (topic, offset) in &m.offsets {
-                commit.add_partition_offset(topic, *task, Offset::Offset(*offset))?;
+                commit.push((topic.clone(), *task, *offset));
             }
         }
         self.flush()?;
-        for (task, m) in manifests {
-            p.generation.insert(task, m.generation);
-            p.dirty.remove(&task);
-        }
-        p.last_success = Some(Instant::now());
+        Ok(Written {
+            commit,
+            written_bytes,
+            state_bytes: round.state_bytes,
+            serialised: round.serialised,
+            duration: round.started.elapsed(),
+        })
+    }
+
+    fn finished(&self, pipeline: &Pipeline, w: &Written) {
+        self.progress().last_success = Some(Instant::now());
         let t = pipeline.telemetry();
-        t.checkpoint_duration
-            .observe(started.elapsed().as_secs_f64());
-        t.checkpoint_bytes_written.inc_by(written_bytes);
-        if !tasks.is_empty() {
-            t.checkpoint_state_bytes.set(state_bytes as i64);
-        }
-        Ok(commit)
+        t.checkpoint_duration.observe(w.duration.as_secs_f64());
+        t.checkpoint_bytes_written.inc_by(w.written_bytes);
+        t.checkpoint_state_bytes.set(w.state_bytes as i64);
+        tracing::debug!(bytes = w.state_bytes, serialised = ?w.serialised, duration = ?w.duration, "checkpoint written");
     }
 
     /// Partitions of tasks kept through a rebalance: skip what was already applied.

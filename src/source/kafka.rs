@@ -27,7 +27,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, TopicPartitionList};
 
-use super::checkpointer::Checkpointer;
+use super::checkpointer::{Checkpointer, Write};
 use crate::config::Config;
 use crate::event::Millis;
 use crate::http::Health;
@@ -151,7 +151,10 @@ impl EngagedContext {
         // Checkpoint and commit before another member takes over; the state stays
         // in memory in case the same tasks come back in this rebalance.
         let tasks: Vec<i32> = task_numbers(&revoked);
-        match self.checkpointer.checkpoint(&self.pipeline, Some(&tasks)) {
+        match self
+            .checkpointer
+            .checkpoint(&self.pipeline, Some(&tasks), Write::Wait)
+        {
             Ok(commit) => commit_offsets(consumer, &commit),
             Err(e) => self.fail(format!("checkpoint on revoke failed: {e}")),
         }
@@ -230,10 +233,19 @@ fn task_numbers(tps: &[TopicPartition]) -> Vec<i32> {
     v
 }
 
-fn commit_offsets<C: ConsumerContext>(consumer: &impl Consumer<C>, offsets: &TopicPartitionList) {
-    if offsets.count() == 0 {
+fn commit_offsets<C: ConsumerContext>(consumer: &impl Consumer<C>, offsets: &[(String, i32, i64)]) {
+    if offsets.is_empty() {
         return;
     }
+    let mut list = TopicPartitionList::new();
+    for (topic, partition, offset) in offsets {
+        if let Err(e) =
+            list.add_partition_offset(topic, *partition, rdkafka::Offset::Offset(*offset))
+        {
+            tracing::warn!(error = %e, %topic, partition, offset, "cannot commit");
+        }
+    }
+    let offsets = &list;
     // Asynchronous: a coordinator that is moving must not stall the consumer loop, and
     // the checkpoint, not the group commit, is what restore relies on.
     if let Err(e) = consumer.commit(offsets, CommitMode::Async) {
@@ -608,13 +620,18 @@ pub async fn run(
             _ = tick.tick() => {
                 publish_snapshots(&pipeline, &producer, &cfg.snapshot_topic, &health).await;
                 publish_customer_risks(&pipeline, &producer, &cfg.customer_risk_topic).await;
+                // A round written in the background: commit its offsets once acknowledged.
+                let commit = checkpointer
+                    .collect(&pipeline, false)
+                    .map_err(|e| SourceError::Checkpoint(e.to_string()))?;
+                commit_offsets(&consumer, &commit);
                 if let Some(age) = checkpointer.age() {
                     pipeline.telemetry().checkpoint_age.set(age.as_secs_f64());
                 }
             }
             _ = checkpoint_tick.tick() => {
                 let commit = checkpointer
-                    .checkpoint(&pipeline, None)
+                    .checkpoint(&pipeline, None, Write::Background)
                     .map_err(|e| SourceError::Checkpoint(e.to_string()))?;
                 commit_offsets(&consumer, &commit);
             }
@@ -645,7 +662,7 @@ pub async fn run(
         publish_snapshots(&pipeline, &producer, &cfg.snapshot_topic, &health).await;
         health.set_not_ready("shutting down");
         let commit = checkpointer
-            .checkpoint(&pipeline, None)
+            .checkpoint(&pipeline, None, Write::Wait)
             .map_err(|e| SourceError::Checkpoint(e.to_string()))?;
         commit_offsets(&consumer, &commit);
         consumer.unsubscribe();
