@@ -97,8 +97,9 @@ fn bench(c: &mut Criterion) {
 /// Event-path cost of the churn state: one ORDER into the per-customer histories.
 fn orders(c: &mut Criterion) {
     use engaged::metrics::churn_risk::RiskState;
-    let customers: Vec<std::sync::Arc<str>> = (0..100_000)
-        .map(|i| std::sync::Arc::from(format!("customer-{i:06}")))
+    let mut ids = engaged::metrics::CustomerIds::default();
+    let customers: Vec<engaged::metrics::CustomerId> = (0..100_000)
+        .map(|i| ids.get(&format!("customer-{i:06}")))
         .collect();
     let n = 1_000_000usize;
     let mut g = c.benchmark_group("churn_state");
@@ -110,7 +111,7 @@ fn orders(c: &mut Criterion) {
                 // Every customer already known: the steady state of a running sidecar.
                 let mut st = RiskState::new(&[]);
                 for c in &customers {
-                    st.on_order(c, 0, 1_000);
+                    st.on_order(*c, 0, 1_000);
                 }
                 st
             },
@@ -121,7 +122,7 @@ fn orders(c: &mut Criterion) {
                     x ^= x >> 7;
                     x ^= x << 17;
                     let c = &customers[(x % customers.len() as u64) as usize];
-                    st.on_order(c, i as i64 * 1_000, 1_000 + (x % 10_000) as i64);
+                    st.on_order(*c, i as i64 * 1_000, 1_000 + (x % 10_000) as i64);
                 }
                 st
             },

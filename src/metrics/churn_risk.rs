@@ -14,10 +14,10 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::{CustomerId, CustomerIds};
 use crate::event::Millis;
 use crate::model::{GammaGammaParams, Model, Params, Scorer};
 use crate::window::{BucketRing, WindowSpec};
@@ -143,7 +143,7 @@ impl Sweep {
 pub struct RiskState {
     /// foldhash: this map is on the ORDER path (target ≤ 100 ns per ORDER) and
     /// SipHash alone took a fifth of that; foldhash keeps per-process seeds.
-    customers: HashMap<Arc<str>, History, foldhash::fast::RandomState>,
+    customers: HashMap<CustomerId, History, foldhash::fast::RandomState>,
     crossings: Vec<BucketRing<i64>>,
 }
 
@@ -165,11 +165,11 @@ impl RiskState {
     }
 
     /// An accepted ORDER.
-    pub fn on_order(&mut self, customer: &Arc<str>, t: Millis, amount_minor: i64) {
-        match self.customers.get_mut(customer) {
+    pub fn on_order(&mut self, customer: CustomerId, t: Millis, amount_minor: i64) {
+        match self.customers.get_mut(&customer) {
             None => {
                 self.customers.insert(
-                    customer.clone(),
+                    customer,
                     History {
                         first: t,
                         first_amount: amount_minor,
@@ -200,13 +200,14 @@ impl RiskState {
     /// whose id hashes below it (a uniform sample).
     pub fn histories(
         &self,
+        names: &CustomerIds,
         at: Millis,
         keep_below: Option<u64>,
         rfm: &mut Vec<crate::model::History>,
         spend: &mut Vec<(u32, f64)>,
     ) {
         for (c, h) in &self.customers {
-            if keep_below.is_some_and(|k| sample_hash(c) >= k) || h.first > at {
+            if keep_below.is_some_and(|k| sample_hash(names.name(*c)) >= k) || h.first > at {
                 continue;
             }
             let (x, t_x, age) = h.rfm(at);
@@ -226,6 +227,7 @@ impl RiskState {
     /// customers moved by a refit are not the churn-spike signal).
     pub fn rescore(
         &mut self,
+        names: &CustomerIds,
         at: Millis,
         m: &RiskModel,
         threshold: f64,
@@ -264,7 +266,7 @@ impl RiskState {
             if above != h.above || moved {
                 h.published = Some(risk);
                 sweep.changed.push(CustomerRisk {
-                    customer_id: c.to_string(),
+                    customer_id: names.name(*c).to_string(),
                     churn_risk: risk,
                     p_alive: score.p_alive,
                     expected_orders_30d: score.expected_purchases,
@@ -289,12 +291,18 @@ impl RiskState {
     }
 
     /// Final risks of every customer at `at` (replay), sorted by customer id.
-    pub fn risks(&self, at: Millis, m: &RiskModel, threshold: f64) -> Vec<CustomerRisk> {
+    pub fn risks(
+        &self,
+        names: &CustomerIds,
+        at: Millis,
+        m: &RiskModel,
+        threshold: f64,
+    ) -> Vec<CustomerRisk> {
         let mut clone = self.clone();
         for h in clone.customers.values_mut() {
             h.published = None;
         }
-        let mut out = clone.rescore(at, m, threshold, 0.0, false).changed;
+        let mut out = clone.rescore(names, at, m, threshold, 0.0, false).changed;
         out.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
         out
     }
@@ -370,13 +378,14 @@ mod tests {
     fn histories_are_a_function_of_the_set_of_orders() {
         let mut a = RiskState::new(&[]);
         let mut b = RiskState::new(&[]);
-        let c: Arc<str> = Arc::from("c");
+        let mut ids = crate::metrics::CustomerIds::default();
+        let c = ids.get("c");
         let orders = [(10 * 86_400_000, 500), (0, 300), (30 * 86_400_000, 700)];
         for (t, v) in orders {
-            a.on_order(&c, t, v);
+            a.on_order(c, t, v);
         }
         for (t, v) in orders.iter().rev() {
-            b.on_order(&c, *t, *v);
+            b.on_order(c, *t, *v);
         }
         let (ha, hb) = (&a.customers[&c], &b.customers[&c]);
         assert_eq!(
@@ -395,21 +404,22 @@ mod tests {
     fn risk_grows_with_silence_and_crossings_are_counted_once() {
         let spec = [WindowSpec::with_default_buckets("30d", 30 * 86_400_000)];
         let mut st = RiskState::new(&spec);
-        let c: Arc<str> = Arc::from("c");
+        let mut ids = crate::metrics::CustomerIds::default();
+        let c = ids.get("c");
         for day in [0, 7, 14, 21] {
-            st.on_order(&c, day * 86_400_000, 1000);
+            st.on_order(c, day * 86_400_000, 1000);
         }
         let m = model();
-        let early = st.rescore(22 * 86_400_000, &m, 0.7, 0.1, true);
+        let early = st.rescore(&ids, 22 * 86_400_000, &m, 0.7, 0.1, true);
         assert_eq!(
             (early.at_risk, early.crossings, early.changed.len()),
             (0, 0, 1)
         );
         // A year of silence after weekly orders: very likely gone.
-        let late = st.rescore(400 * 86_400_000, &m, 0.7, 0.1, true);
+        let late = st.rescore(&ids, 400 * 86_400_000, &m, 0.7, 0.1, true);
         assert_eq!((late.at_risk, late.crossings), (1, 1));
         assert!(late.changed[0].churn_risk > 0.7 && late.changed[0].at_risk);
-        let again = st.rescore(401 * 86_400_000, &m, 0.7, 0.1, true);
+        let again = st.rescore(&ids, 401 * 86_400_000, &m, 0.7, 0.1, true);
         assert_eq!(
             (again.at_risk, again.crossings, again.changed.len()),
             (1, 0, 0)

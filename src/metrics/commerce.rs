@@ -9,8 +9,8 @@
 //! it (new), so `returning = purchasing_customers - new_customers`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
+use super::CustomerId;
 use crate::event::{Millis, Purchase, PurchaseType};
 use crate::window::distinct::SlidingDistinct;
 use crate::window::{BucketRing, WindowSpec};
@@ -49,8 +49,8 @@ impl CommerceCounts {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CommerceState {
     windows: Vec<BucketRing<CommerceCounts>>,
-    purchasing: Vec<SlidingDistinct<Arc<str>>>,
-    first_order: HashMap<Arc<str>, Millis>,
+    purchasing: Vec<SlidingDistinct<CustomerId>>,
+    first_order: HashMap<CustomerId, Millis, foldhash::fast::RandomState>,
 }
 
 impl CommerceState {
@@ -61,7 +61,7 @@ impl CommerceState {
                 .iter()
                 .map(|s| SlidingDistinct::new(s.length_ms, s.bucket_ms))
                 .collect(),
-            first_order: HashMap::new(),
+            first_order: HashMap::default(),
         }
     }
 
@@ -72,7 +72,7 @@ impl CommerceState {
     }
 
     /// An accepted purchase event of `customer` (interned by the task).
-    pub fn on_event(&mut self, p: &Purchase, customer: &Arc<str>) {
+    pub fn on_event(&mut self, p: &Purchase, customer: CustomerId) {
         let t = p.event_time;
         let amount = p.amount_minor;
         match p.kind {
@@ -86,17 +86,17 @@ impl CommerceState {
                     }
                 });
                 for d in &mut self.purchasing {
-                    d.insert(customer, t);
+                    d.insert(&customer, t);
                 }
-                match self.first_order.get(customer).copied() {
+                match self.first_order.get(&customer).copied() {
                     Some(first) if first <= t => {}
                     Some(first) => {
-                        self.first_order.insert(customer.clone(), t);
+                        self.first_order.insert(customer, t);
                         self.add(first, |c| c.new_customers -= 1);
                         self.add(t, |c| c.new_customers += 1);
                     }
                     None => {
-                        self.first_order.insert(customer.clone(), t);
+                        self.first_order.insert(customer, t);
                         self.add(t, |c| c.new_customers += 1);
                     }
                 }
@@ -174,11 +174,11 @@ mod tests {
     fn an_earlier_first_order_arriving_later_moves_the_new_customer() {
         let spec = [WindowSpec::with_default_buckets("10m", 10 * MIN)];
         let mut st = CommerceState::new(&spec);
-        let c: Arc<str> = Arc::from("c");
+        let c = crate::metrics::CustomerIds::default().get("c");
         // First seen at 12:00 (bucket [10m, 20m)), then an order at 09:59 arrives late.
-        st.on_event(&order("c", 12 * MIN, 500, Some(200)), &c);
+        st.on_event(&order("c", 12 * MIN, 500, Some(200)), c);
         assert_eq!(window(&st, 10 * MIN, 20 * MIN).0.new_customers, 1);
-        st.on_event(&order("c", 10 * MIN - 1, 300, None), &c);
+        st.on_event(&order("c", 10 * MIN - 1, 300, None), c);
         assert_eq!(window(&st, 10 * MIN, 20 * MIN).0.new_customers, 0);
         assert_eq!(window(&st, 0, 10 * MIN).0.new_customers, 1);
         // Both orders in [0, 20m): one purchasing customer, two orders, margin only where cost is known.

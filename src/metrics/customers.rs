@@ -16,8 +16,8 @@
 //! the number of customers.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
+use super::CustomerId;
 use crate::event::Millis;
 use crate::window::distinct::SlidingDistinct;
 use crate::window::{BucketRing, WindowSpec};
@@ -40,12 +40,12 @@ pub struct CustomerCounts {
 pub struct CustomerState {
     horizon_ms: i64,
     churned: Vec<BucketRing<i64>>,
-    active: Vec<SlidingDistinct<Arc<str>>>,
-    alive: Vec<SlidingDistinct<Arc<str>>>,
+    active: Vec<SlidingDistinct<CustomerId>>,
+    alive: Vec<SlidingDistinct<CustomerId>>,
     /// Open activity runs per customer: (first, last).
-    runs: HashMap<Arc<str>, Vec<(Millis, Millis)>>,
+    runs: HashMap<CustomerId, Vec<(Millis, Millis)>, foldhash::fast::RandomState>,
     /// (churn instant, customer, run start) of every open run.
-    queue: BTreeSet<(Millis, Arc<str>, Millis)>,
+    queue: BTreeSet<(Millis, CustomerId, Millis)>,
 }
 
 impl CustomerState {
@@ -62,27 +62,27 @@ impl CustomerState {
                 // Queried at window starts (multiples of b) over [s - H, s): buckets of gcd(b, H) align with both.
                 .map(|s| SlidingDistinct::new(horizon_ms, gcd(s.bucket_ms, horizon_ms)))
                 .collect(),
-            runs: HashMap::new(),
+            runs: HashMap::default(),
             queue: BTreeSet::new(),
         }
     }
 
     /// An activity of `customer` at `t`.
-    pub fn on_activity(&mut self, customer: &Arc<str>, t: Millis) {
+    pub fn on_activity(&mut self, customer: CustomerId, t: Millis) {
         for d in self.active.iter_mut().chain(self.alive.iter_mut()) {
-            d.insert(customer, t);
+            d.insert(&customer, t);
         }
         let h = self.horizon_ms;
-        let runs = match self.runs.get_mut(customer) {
+        let runs = match self.runs.get_mut(&customer) {
             Some(r) => r,
-            None => self.runs.entry(customer.clone()).or_default(),
+            None => self.runs.entry(customer).or_default(),
         };
         let (mut first, mut last) = (t, t);
         let mut i = 0;
         while i < runs.len() {
             let (f, l) = runs[i];
             if t > f - h && t < l + h {
-                self.queue.remove(&(l + h, customer.clone(), f));
+                self.queue.remove(&(l + h, customer, f));
                 first = first.min(f);
                 last = last.max(l);
                 runs.swap_remove(i);
@@ -91,7 +91,7 @@ impl CustomerState {
             }
         }
         runs.push((first, last));
-        self.queue.insert((last + h, customer.clone(), first));
+        self.queue.insert((last + h, customer, first));
     }
 
     /// The watermark of the task's activity inputs reached `watermark`: runs that ended churn.
@@ -154,14 +154,14 @@ mod tests {
     fn a_customer_churns_a_horizon_after_the_last_activity_and_can_return() {
         let spec = [WindowSpec::with_default_buckets("10h", 10 * H)];
         let mut st = CustomerState::new(&spec, 2 * H);
-        let c: Arc<str> = Arc::from("c");
-        st.on_activity(&c, 0);
-        st.on_activity(&c, 2 * H - 1); // less than the horizon apart: same run
+        let c = crate::metrics::CustomerIds::default().get("c");
+        st.on_activity(c, 0);
+        st.on_activity(c, 2 * H - 1); // less than the horizon apart: same run
         st.on_watermark(4 * H - 2);
         assert_eq!(st.collect(0, 0, 10 * H).churned_customers, 0);
         st.on_watermark(4 * H - 1); // churns at last + horizon
         assert_eq!(st.collect(0, 0, 10 * H).churned_customers, 1);
-        st.on_activity(&c, 5 * H); // back: active again, churns again later
+        st.on_activity(c, 5 * H); // back: active again, churns again later
         st.on_watermark(7 * H);
         let w = st.collect(0, 0, 10 * H);
         assert_eq!((w.churned_customers, w.active_customers), (2, 1));

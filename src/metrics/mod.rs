@@ -28,6 +28,79 @@ impl Labels {
     }
 }
 
+/// A customer of one task, as a dense number (see [`CustomerIds`]).
+///
+/// Per-customer state (distinct counters, activity runs, order histories) is
+/// keyed by this rather than by the id string: hashing and comparing a `u32`
+/// is cheaper on every event, and a checkpoint writes 1–3 bytes per reference
+/// instead of chasing a pointer to a string (which made saving a million
+/// customers' state memory-latency bound) and restore allocates nothing per
+/// reference.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct CustomerId(u32);
+
+/// The customer ids of one task: id string ↔ [`CustomerId`]. Serialised as the
+/// list of id strings in number order (each once); the lookup map is rebuilt.
+#[derive(Debug, Clone, Default)]
+pub struct CustomerIds {
+    ids: HashMap<Arc<str>, CustomerId, foldhash::fast::RandomState>,
+    names: Vec<Arc<str>>,
+}
+
+impl CustomerIds {
+    /// The number of `name`, given on first sight.
+    pub fn get(&mut self, name: &str) -> CustomerId {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = CustomerId(u32::try_from(self.names.len()).expect("fewer than 2^32 customers"));
+        let name: Arc<str> = Arc::from(name);
+        self.names.push(name.clone());
+        self.ids.insert(name, id);
+        id
+    }
+
+    /// The id string of a number given by [`CustomerIds::get`].
+    pub fn name(&self, id: CustomerId) -> &str {
+        &self.names[id.0 as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+impl serde::Serialize for CustomerIds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.names.iter().map(|n| &**n))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CustomerIds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let names: Vec<Box<str>> = serde::Deserialize::deserialize(d)?;
+        let mut out = CustomerIds {
+            ids: HashMap::with_capacity_and_hasher(names.len(), Default::default()),
+            names: Vec::with_capacity(names.len()),
+        };
+        for n in names {
+            let before = out.names.len();
+            if out.get(&n).0 as usize != before {
+                return Err(serde::de::Error::custom(format!(
+                    "customer id {n:?} appears twice"
+                )));
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// A breakdown of a metric: the whole stream, or one value of a bounded dimension.
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,

@@ -28,7 +28,7 @@ use crate::metrics::customers::{CustomerCounts, CustomerState};
 use crate::metrics::email::{EmailCounts, EmailState};
 use crate::metrics::survey::{SurveyCounts, SurveyState};
 use crate::metrics::web::{DurationHistogram, WebCounts, WebState};
-use crate::metrics::{Dim, Labels};
+use crate::metrics::{CustomerIds, Dim};
 use crate::time::PartitionClock;
 use crate::window::WindowSpec;
 use dedup::Dedup;
@@ -208,7 +208,7 @@ pub struct TaskState {
     survey: SurveyState,
     customers: CustomerState,
     risk: RiskState,
-    customer_ids: Labels,
+    customer_ids: CustomerIds,
 }
 
 impl TaskState {
@@ -226,7 +226,7 @@ impl TaskState {
             survey: SurveyState::new(&cfg.windows),
             customers: CustomerState::new(&cfg.windows, cfg.churn_horizon_ms),
             risk: RiskState::new(&cfg.windows),
-            customer_ids: Labels::default(),
+            customer_ids: CustomerIds::default(),
         }
     }
 
@@ -301,10 +301,10 @@ impl TaskState {
             }
             Event::Purchase(p) => {
                 let customer = self.customer_ids.get(&p.customer_id);
-                self.commerce.on_event(p, &customer);
+                self.commerce.on_event(p, customer);
                 if p.kind == PurchaseType::Order {
                     self.email.on_order(&p.customer_id, t);
-                    self.risk.on_order(&customer, t, p.amount_minor);
+                    self.risk.on_order(customer, t, p.amount_minor);
                 }
                 Some(&p.customer_id)
             }
@@ -315,7 +315,7 @@ impl TaskState {
         };
         if let Some(c) = activity {
             let customer = self.customer_ids.get(c);
-            self.customers.on_activity(&customer, t);
+            self.customers.on_activity(customer, t);
         }
         self.on_watermark(cfg);
         Ok(())
@@ -338,6 +338,11 @@ pub struct Engine {
     cfg: Arc<CoreConfig>,
     tasks: DashMap<i32, TaskState>,
 }
+
+/// Leads every saved task state: postcard is not self-describing, so a state
+/// written by another layout must be refused, not misread. Bump on any change
+/// of `TaskState`'s serialised form (2: customers as numbers, `CustomerIds`).
+const STATE_FORMAT: &[u8] = b"engaged-task-state/2\n";
 
 /// `f` over `items` on up to `threads` scoped threads, results in input order.
 fn parallel_map<T: Sync, R: Send>(
@@ -491,7 +496,11 @@ impl Engine {
     /// Serialises one task's whole state (for a checkpoint); `None` if it has none.
     pub fn save_task(&self, partition: i32) -> Option<Result<Vec<u8>, StateError>> {
         let task = self.tasks.get(&partition)?;
-        Some(postcard::to_stdvec(&*task).map_err(|e| StateError::Encode(e.to_string())))
+        let mut out = STATE_FORMAT.to_vec();
+        Some(match postcard::to_io(&*task, &mut out) {
+            Ok(_) => Ok(out),
+            Err(e) => Err(StateError::Encode(e.to_string())),
+        })
     }
 
     /// Serialises several tasks' whole state, on up to `threads` threads (tasks
@@ -516,7 +525,13 @@ impl Engine {
     /// threads. Nothing is installed unless every task decodes.
     pub fn restore_tasks(&self, saved: &[(i32, &[u8])], threads: usize) -> Result<(), StateError> {
         let decoded = parallel_map(saved, threads, |(p, bytes)| {
-            postcard::from_bytes::<TaskState>(bytes)
+            let Some(body) = bytes.strip_prefix(STATE_FORMAT) else {
+                return Err(StateError::Decode(format!(
+                    "task {p}: the state does not start with {:?}",
+                    String::from_utf8_lossy(STATE_FORMAT)
+                )));
+            };
+            postcard::from_bytes::<TaskState>(body)
                 .map(|t| (*p, t))
                 .map_err(|e| StateError::Decode(e.to_string()))
         });
@@ -566,7 +581,8 @@ impl Engine {
         let keep_below = crate::metrics::churn_risk::sample_threshold(sample, total);
         let (mut rfm, mut spend) = (vec![], vec![]);
         for task in self.tasks.iter() {
-            task.risk.histories(at, keep_below, &mut rfm, &mut spend);
+            task.risk
+                .histories(&task.customer_ids, at, keep_below, &mut rfm, &mut spend);
         }
         (rfm, spend)
     }
@@ -582,10 +598,15 @@ impl Engine {
     ) -> Sweep {
         let mut sweep = Sweep::default();
         for mut task in self.tasks.iter_mut() {
-            sweep.merge(
-                task.risk
-                    .rescore(at, model, threshold, delta, count_crossings),
-            );
+            let task = &mut *task;
+            sweep.merge(task.risk.rescore(
+                &task.customer_ids,
+                at,
+                model,
+                threshold,
+                delta,
+                count_crossings,
+            ));
         }
         sweep
     }
@@ -600,7 +621,7 @@ impl Engine {
         let mut out = vec![];
         for p in self.tasks() {
             if let Some(task) = self.tasks.get(&p) {
-                out.extend(task.risk.risks(at, model, threshold));
+                out.extend(task.risk.risks(&task.customer_ids, at, model, threshold));
             }
         }
         out
@@ -645,5 +666,45 @@ impl Engine {
                     + t.inputs.values().map(|i| i.dedup.len()).sum::<usize>()
             })
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_of_another_format_is_refused_not_misread() {
+        let e = Engine::new(CoreConfig::default());
+        let err = e.restore_task(0, b"\x00\x01\x02 older layout").unwrap_err();
+        assert!(err.to_string().contains("engaged-task-state/2"), "{err}");
+        assert!(e.tasks().is_empty());
+        // A header with a truncated body is refused too, and nothing is installed.
+        let mut bytes = STATE_FORMAT.to_vec();
+        bytes.push(0xff);
+        assert!(matches!(
+            e.restore_tasks(&[(0, b"")], 1),
+            Err(StateError::Decode(_))
+        ));
+        assert!(matches!(
+            e.restore_tasks(&[(1, &bytes)], 2),
+            Err(StateError::Decode(_))
+        ));
+        assert!(e.tasks().is_empty());
+    }
+
+    #[test]
+    fn customer_ids_survive_a_save_and_restore() {
+        let mut ids = crate::metrics::CustomerIds::default();
+        let (a, b) = (ids.get("alice"), ids.get("bob"));
+        assert_eq!(ids.get("alice"), a);
+        let bytes = postcard::to_stdvec(&ids).unwrap();
+        let mut back: crate::metrics::CustomerIds = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!((back.name(a), back.name(b)), ("alice", "bob"));
+        assert_eq!(back.get("bob"), b);
+        assert_eq!(back.len(), 2);
+        // A list naming a customer twice is corrupt.
+        let twice = postcard::to_stdvec(&["x", "x"]).unwrap();
+        assert!(postcard::from_bytes::<crate::metrics::CustomerIds>(&twice).is_err());
     }
 }
