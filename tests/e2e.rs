@@ -9,6 +9,8 @@
 //! numbers computed by hand below, on `/metrics`, in the snapshot topic, in the
 //! dead-letter topic, in the consumer group's committed offsets and in Prometheus.
 
+#[path = "e2e/kill.rs"]
+mod kill;
 #[path = "e2e/support.rs"]
 mod support;
 
