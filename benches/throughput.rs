@@ -258,16 +258,24 @@ fn generated_traffic(n: usize) -> Records {
 
 /// One ORDER for each of `customers` distinct customers, event times ending now.
 fn orders(customers: usize) -> Records {
+    repeat_orders(customers, 1)
+}
+
+/// `rounds` ORDERs for each of `customers` distinct customers (customer 0 to the last,
+/// then again), event times ending now.
+fn repeat_orders(customers: usize, rounds: usize) -> Records {
     let step_ms = 20;
-    let start = chrono::Utc::now().timestamp_millis() - (customers as i64 + 1) * step_ms;
+    let n = customers * rounds;
+    let start = chrono::Utc::now().timestamp_millis() - (n as i64 + 1) * step_ms;
     let mut out = Records::default();
-    for i in 0..customers {
+    for j in 0..n {
+        let i = j % customers;
         let customer_id = format!("cust-{i:07}");
         let e = Event::Purchase(Purchase {
-            event_id: format!("ord-evt-{i:07}"),
-            event_time: start + i as i64 * step_ms,
+            event_id: format!("ord-evt-{j:08}"),
+            event_time: start + j as i64 * step_ms,
             customer_id: customer_id.clone(),
-            order_id: format!("ord-{i:07}"),
+            order_id: format!("ord-{j:08}"),
             kind: PurchaseType::Order,
             amount_minor: 1_000 + (fnv1a(&customer_id) % 20_000) as i64,
             currency: "EUR".into(),
@@ -504,6 +512,7 @@ fn read_to_end(env: &Env, topic: &str) -> Res<(u64, u64, f64)> {
 // ---------------------------------------------------------------------------------------
 // Phases 3 and 4: engaged in-process
 
+#[derive(Clone)]
 struct Topics {
     inputs: Vec<String>,
     checkpoints: String,
@@ -640,8 +649,9 @@ async fn engaged_run(
         consumed,
         accepted: t.accepted.collect_total(),
         rejected: t.rejected.collect_total(),
-        checkpoint_rounds: t.checkpoint_duration.get_sample_count(),
-        checkpoint_seconds: t.checkpoint_duration.get_sample_sum(),
+        // The consumer loop's share: serialising (the write runs in the background).
+        checkpoint_rounds: t.checkpoint_pause.get_sample_count(),
+        checkpoint_seconds: t.checkpoint_pause.get_sample_sum(),
         checkpoint_written_bytes: t.checkpoint_bytes_written.get(),
         snapshot_rounds: t.snapshot_duration.get_sample_count(),
         snapshot_seconds: t.snapshot_duration.get_sample_sum(),
@@ -783,6 +793,82 @@ async fn restore(env: &Env, customers: usize) -> Res<Restore> {
         checkpoint_read,
     })
 }
+
+/// Checkpoints of a large state: two ORDERs each of `customers` customers (all of
+/// them, then all again), consumed by a fresh group per configuration. The rate is
+/// measured over the second pass only, when the state holds every customer and every
+/// checkpoint round serialises all of it (every task changes between rounds).
+struct LargeState {
+    customers: usize,
+    /// Per configuration (label, `checkpoint_interval`): second-pass rate (msg/s),
+    /// checkpoint rounds and their total pause of the consumer loop in that pass,
+    /// last round's state bytes.
+    runs: Vec<(String, String, f64, u64, f64, i64)>,
+}
+
+async fn large_state(env: &Env, customers: usize) -> Res<LargeState> {
+    let topics = Topics {
+        inputs: vec![env.topic(&format!("repeat{customers}"))],
+        checkpoints: String::new(),
+        snapshots: env.topic("snapshots"),
+        dead_letters: env.topic("dlq"),
+        customer_risk: env.topic("customer-risk"),
+    };
+    env.create_topic(&topics.inputs[0], PARTITIONS)?;
+    let records = repeat_orders(customers, 2);
+    let produced = produce(env, &topics.inputs, &records)?;
+    drop(records);
+    println!(
+        "large state: produced 2 x {customers} orders at {:.0} msg/s",
+        produced.records as f64 / produced.seconds
+    );
+    let mut runs = vec![];
+    for (label, interval) in LARGE_STATE_CONFIGS {
+        let name = format!("large-{label}");
+        let topics = Topics {
+            checkpoints: env.topic(&format!("{name}.checkpoints")),
+            ..topics.clone()
+        };
+        env.create_topic(&topics.checkpoints, PARTITIONS)?;
+        let group = format!("{}-{name}", env.prefix);
+        let running = start(engaged_config(env, &group, &topics, interval)).await?;
+        until_consumed(&running, customers as u64, &name).await?;
+        let t = running.telemetry.clone();
+        let (rounds0, pause0) = (
+            t.checkpoint_pause.get_sample_count(),
+            t.checkpoint_pause.get_sample_sum(),
+        );
+        let t0 = Instant::now();
+        until_consumed(&running, 2 * customers as u64, &name).await?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let rate = customers as f64 / seconds;
+        let rounds = t.checkpoint_pause.get_sample_count() - rounds0;
+        let pause = t.checkpoint_pause.get_sample_sum() - pause0;
+        let state = t.checkpoint_state_bytes.get();
+        println!(
+            "large state {label}: second pass {rate:.0} msg/s over {seconds:.1}s; {rounds} \
+             checkpoint rounds paused the loop {pause:.2}s; last round {:.1} MiB",
+            mib(state as f64)
+        );
+        running.stop().await?;
+        runs.push((
+            label.to_string(),
+            interval.to_string(),
+            rate,
+            rounds,
+            pause,
+            state,
+        ));
+    }
+    Ok(LargeState { customers, runs })
+}
+
+/// The configurations of the large-state phase: label, `checkpoint_interval`.
+const LARGE_STATE_CONFIGS: [(&str, &str); 3] = [
+    ("checkpoints-off", "1h"),
+    ("checkpoints-10s", "10s"),
+    ("checkpoints-2s", "2s"),
+];
 
 // ---------------------------------------------------------------------------------------
 // Report
@@ -961,6 +1047,8 @@ fn main() -> Res<()> {
 
     // Phase 4: restore.
     let restored = rt.block_on(restore(&env, customers))?;
+    // Phase 5: checkpoints of a large state.
+    let large = rt.block_on(large_state(&env, customers))?;
     let broker_rss = env.broker_rss_mib();
 
     // Table.
@@ -1064,6 +1152,21 @@ fn main() -> Res<()> {
         restored.state_entries_before,
         restored.state_entries_after,
     );
+    println!();
+    let large_off = large.runs.first().map_or(f64::NAN, |r| r.2);
+    println!(
+        "checkpoints of a large state: 2 ORDERs each of {} customers; rate over the second \
+         pass (every customer in the state)",
+        large.customers
+    );
+    for (label, interval, rate, rounds, pause, state) in &large.runs {
+        println!(
+            "  {label:<18} checkpoint_interval {interval:<4} {rate:>9.0} msg/s {:>7.1}% of off; \
+             {rounds} rounds paused the loop {pause:.2}s in all; last round {:.1} MiB",
+            100.0 * rate / large_off,
+            mib(*state as f64)
+        );
+    }
     let fmt_mib = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} MiB"));
     println!(
         "resident memory: bench process (engaged) {} after consuming the orders, {} after the \
@@ -1106,6 +1209,15 @@ fn main() -> Res<()> {
             "median_msgs_per_s": reference,
             "runs": raw_runs.iter().map(|c| json!({
                 "msgs_per_s": c.rate(), "seconds": c.seconds, "startup_seconds": c.startup_s,
+            })).collect::<Vec<_>>(),
+        },
+        "large_state": {
+            "customers": large.customers,
+            "runs": large.runs.iter().map(|(label, interval, rate, rounds, pause, state)| json!({
+                "label": label, "checkpoint_interval": interval,
+                "second_pass_msgs_per_s": rate, "ratio_to_checkpoints_off": rate / large_off,
+                "checkpoint_rounds": rounds, "loop_pause_seconds": pause,
+                "last_round_state_bytes": state,
             })).collect::<Vec<_>>(),
         },
         "raw_stream_consumer": {

@@ -318,6 +318,10 @@ impl Checkpointer {
             p.dirty.remove(&task);
         }
         round.serialised = started.elapsed();
+        pipeline
+            .telemetry()
+            .checkpoint_pause
+            .observe(round.serialised.as_secs_f64());
         Ok(round)
     }
 

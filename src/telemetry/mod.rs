@@ -46,6 +46,7 @@ pub struct Telemetry {
     pub snapshots_published: IntCounter,
     pub checkpoint_age: prometheus::Gauge,
     pub checkpoint_duration: Histogram,
+    pub checkpoint_pause: Histogram,
     pub checkpoint_bytes_written: IntCounter,
     pub checkpoint_state_bytes: IntGauge,
     pub restore_duration: prometheus::Gauge,
@@ -198,6 +199,18 @@ impl Telemetry {
                         "Time to write one checkpoint round (state, manifest, acknowledgements).",
                     )
                     .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0]),
+                )
+                .expect("valid"),
+            ),
+            checkpoint_pause: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "engaged_checkpoint_pause_seconds",
+                        "Time a checkpoint round held the consumer loop: serialising the changed tasks (a periodic \
+                         round is written and acknowledged in the background).",
+                    )
+                    .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
                 )
                 .expect("valid"),
             ),
