@@ -277,6 +277,10 @@ impl Pipeline {
         self.engine.restore_tasks(saved, state_threads())?;
         let floor = self.engine.evicted_at();
         lock(&self.clock).published.update(floor);
+        // At once, not at the next snapshot: a restore is when state size jumps.
+        self.telemetry
+            .state_entries
+            .set(self.engine.state_entries() as i64);
         Ok(())
     }
 

@@ -663,6 +663,8 @@ impl Engine {
                     + t.commerce.size()
                     + t.survey.size()
                     + t.customers.size()
+                    + t.risk.customers()
+                    + t.customer_ids.len()
                     + t.inputs.values().map(|i| i.dedup.len()).sum::<usize>()
             })
             .sum()

@@ -160,7 +160,7 @@ impl Telemetry {
                 &r,
                 IntGauge::new(
                     "engaged_state_entries",
-                    "Entries held in state: open sessions, window buckets, remembered event ids.",
+                    "Entries held in state: open sessions, window buckets, remembered event ids, per-customer entries (distinct counters, activity runs, order histories, customer ids).",
                 )
                 .expect("valid"),
             ),
