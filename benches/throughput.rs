@@ -801,17 +801,22 @@ async fn restore(env: &Env, customers: usize) -> Res<Restore> {
 /// of them, then all again, ...), consumed by a fresh group per configuration. The
 /// rate is measured from the end of the first pass to the end, when the state holds
 /// every customer and a checkpoint round serialises all of it (every task changes
-/// between rounds).
+/// between rounds). Each configuration runs `repeats` times, interleaved.
 struct LargeState {
     customers: usize,
     passes: usize,
-    /// Per configuration (label, `checkpoint_interval`): second-pass rate (msg/s),
-    /// checkpoint rounds and their total pause of the consumer loop in that pass,
-    /// last round's state bytes.
+    /// Per run (label, `checkpoint_interval`): rate after the first pass (msg/s),
+    /// checkpoint rounds and their total pause of the consumer loop meanwhile, last
+    /// round's state bytes.
     runs: Vec<(String, String, f64, u64, f64, i64)>,
 }
 
-async fn large_state(env: &Env, customers: usize, passes: usize) -> Res<LargeState> {
+async fn large_state(
+    env: &Env,
+    customers: usize,
+    passes: usize,
+    repeats: usize,
+) -> Res<LargeState> {
     let topics = Topics {
         inputs: vec![env.topic(&format!("repeat{customers}"))],
         checkpoints: String::new(),
@@ -828,15 +833,23 @@ async fn large_state(env: &Env, customers: usize, passes: usize) -> Res<LargeSta
         produced.records as f64 / produced.seconds
     );
     let mut runs = vec![];
-    for (label, interval) in LARGE_STATE_CONFIGS {
-        let name = format!("large-{label}");
+    for (rep, (label, interval, compression)) in
+        (0..repeats).flat_map(|rep| LARGE_STATE_CONFIGS.iter().map(move |c| (rep, *c)))
+    {
+        let name = format!("large-{label}-{rep}");
         let topics = Topics {
             checkpoints: env.topic(&format!("{name}.checkpoints")),
             ..topics.clone()
         };
         env.create_topic(&topics.checkpoints, PARTITIONS)?;
         let group = format!("{}-{name}", env.prefix);
-        let running = start(engaged_config(env, &group, &topics, interval)).await?;
+        let mut config = engaged_config(env, &group, &topics, interval);
+        if let Some(c) = compression {
+            config
+                .kafka_producer
+                .insert("compression.type".into(), c.into());
+        }
+        let running = start(config).await?;
         until_consumed(&running, customers as u64, &name).await?;
         let t = running.telemetry.clone();
         let (rounds0, pause0) = (
@@ -851,7 +864,7 @@ async fn large_state(env: &Env, customers: usize, passes: usize) -> Res<LargeSta
         let pause = t.checkpoint_pause.get_sample_sum() - pause0;
         let state = t.checkpoint_state_bytes.get();
         println!(
-            "large state {label}: passes 2-{passes} {rate:.0} msg/s over {seconds:.1}s; {rounds} \
+            "large state {label} ({rep}): passes 2-{passes} {rate:.0} msg/s over {seconds:.1}s; {rounds} \
              checkpoint rounds paused the loop {pause:.2}s; last round {:.1} MiB",
             mib(state as f64)
         );
@@ -872,11 +885,12 @@ async fn large_state(env: &Env, customers: usize, passes: usize) -> Res<LargeSta
     })
 }
 
-/// The configurations of the large-state phase: label, `checkpoint_interval`.
-const LARGE_STATE_CONFIGS: [(&str, &str); 3] = [
-    ("checkpoints-off", "1h"),
-    ("checkpoints-10s", "10s"),
-    ("checkpoints-2s", "2s"),
+/// The configurations of the large-state phase: label, `checkpoint_interval`, and the
+/// producers' `compression.type` (checkpoint writer included).
+const LARGE_STATE_CONFIGS: [(&str, &str, Option<&str>); 3] = [
+    ("checkpoints-off", "1h", None),
+    ("checkpoints-10s", "10s", None),
+    ("checkpoints-2s", "2s", None),
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -1058,7 +1072,7 @@ fn main() -> Res<()> {
     let restored = rt.block_on(restore(&env, customers))?;
     // Phase 5: checkpoints of a large state.
     let passes = env_usize("ENGAGED_BENCH_LARGE_PASSES", 4).max(2);
-    let large = rt.block_on(large_state(&env, customers, passes))?;
+    let large = rt.block_on(large_state(&env, customers, passes, repeats))?;
     let broker_rss = env.broker_rss_mib();
 
     // Table.
@@ -1163,18 +1177,33 @@ fn main() -> Res<()> {
         restored.state_entries_after,
     );
     println!();
-    let large_off = large.runs.first().map_or(f64::NAN, |r| r.2);
+    let large_rates = |label: &str| -> Vec<f64> {
+        large
+            .runs
+            .iter()
+            .filter(|r| r.0 == label)
+            .map(|r| r.2)
+            .collect()
+    };
+    let large_off = median(&large_rates(LARGE_STATE_CONFIGS[0].0));
     println!(
         "checkpoints of a large state: {} ORDERs each of {} customers; rate over passes 2-{} \
-         (every customer in the state)",
+         (every customer in the state); median of {repeats}",
         large.passes, large.customers, large.passes
     );
-    for (label, interval, rate, rounds, pause, state) in &large.runs {
+    for (label, interval, _) in LARGE_STATE_CONFIGS {
+        let rates = large_rates(label);
+        let of_label: Vec<_> = large.runs.iter().filter(|r| r.0 == label).collect();
+        let rounds: u64 = of_label.iter().map(|r| r.3).sum();
+        let pause: f64 = of_label.iter().map(|r| r.4).sum();
+        let state = of_label.last().map_or(0, |r| r.5);
         println!(
-            "  {label:<18} checkpoint_interval {interval:<4} {rate:>9.0} msg/s {:>7.1}% of off; \
+            "  {label:<18} checkpoint_interval {interval:<4} {:>9.0} msg/s ({}) {:>7.1}% of off; \
              {rounds} rounds paused the loop {pause:.2}s in all; last round {:.1} MiB",
-            100.0 * rate / large_off,
-            mib(*state as f64)
+            median(&rates),
+            range(&rates),
+            100.0 * median(&rates) / large_off,
+            mib(state as f64)
         );
     }
     let fmt_mib = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} MiB"));
@@ -1224,9 +1253,10 @@ fn main() -> Res<()> {
         "large_state": {
             "customers": large.customers,
             "passes": large.passes,
+            "median_msgs_per_s_checkpoints_off": large_off,
             "runs": large.runs.iter().map(|(label, interval, rate, rounds, pause, state)| json!({
                 "label": label, "checkpoint_interval": interval,
-                "later_passes_msgs_per_s": rate, "ratio_to_checkpoints_off": rate / large_off,
+                "later_passes_msgs_per_s": rate, "ratio_to_median_off": rate / large_off,
                 "checkpoint_rounds": rounds, "loop_pause_seconds": pause,
                 "last_round_state_bytes": state,
             })).collect::<Vec<_>>(),

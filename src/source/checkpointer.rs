@@ -130,15 +130,21 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// `base` carries the bootstrap servers and the operator's common settings.
+    /// `base` carries the bootstrap servers and the operator's common settings (the
+    /// restore reader uses it), `producer` the same plus the operator's producer
+    /// settings, which win over ours.
     pub fn new(
         base: ClientConfig,
+        producer: &BTreeMap<String, String>,
         group: &str,
         topic: &str,
         input_topics: &[String],
     ) -> Result<Checkpointer, KafkaError> {
         let mut pc = base.clone();
         pc.set("linger.ms", "5").set("message.max.bytes", "1000000");
+        for (k, v) in producer {
+            pc.set(k, v);
+        }
         let producer = pc.create_with_context(DeliveryCounter::default())?;
         Ok(Checkpointer {
             group: group.to_string(),

@@ -591,6 +591,7 @@ pub async fn run(
     apply_user_settings(&mut base, &cfg.kafka, &BTreeMap::new());
     let checkpointer = Arc::new(Checkpointer::new(
         base,
+        &cfg.kafka_producer,
         &cfg.group_id,
         &cfg.checkpoint_topic,
         &cfg.input_topics,
