@@ -1411,76 +1411,6 @@ fn email_commerce_survey_and_churn_through_tansu_reach_metrics_and_snapshots() {
 /// Partitions per input topic in the scale-out test: two tasks per instance.
 const SCALE_PARTITIONS: i32 = 4;
 
-/// Co-partitioning (SPEC §1): one hash of the customer (or visitor) key on every topic.
-fn scale_partition(key: &str) -> i32 {
-    (key.bytes()
-        .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619))
-        % SCALE_PARTITIONS as u32) as i32
-}
-
-/// A "clock" event at `t` in every partition of every input topic: every partition,
-/// hence every instance, ends the phase at the watermark `t - allowed_lateness`.
-fn scale_clocks(tag: &str, t: i64) -> Vec<(i32, Event)> {
-    let mut out = vec![];
-    for p in 0..SCALE_PARTITIONS {
-        let id = |family: &str| format!("clock-{tag}-{family}-{p}");
-        let customer = format!("clock-{p}");
-        out.push((
-            p,
-            Event::PageView(PageView {
-                event_id: id("pv"),
-                event_time: t,
-                visitor_id: customer.clone(),
-                customer_id: None,
-                site: "shop.example".into(),
-                page: "/".into(),
-                referrer: None,
-                channel: None,
-            }),
-        ));
-        out.push((
-            p,
-            Event::Email(EmailEvent {
-                event_id: id("email"),
-                event_time: t,
-                customer_id: customer.clone(),
-                campaign_id: "clock".into(),
-                message_id: id("msg"),
-                kind: EmailEventType::Sent,
-                url: None,
-            }),
-        ));
-        out.push((
-            p,
-            Event::Purchase(Purchase {
-                event_id: id("purchase"),
-                event_time: t,
-                customer_id: customer.clone(),
-                order_id: id("order"),
-                kind: PurchaseType::Refund,
-                amount_minor: 0,
-                currency: "EUR".into(),
-                cost_minor: None,
-                items: 0,
-                campaign_id: None,
-            }),
-        ));
-        out.push((
-            p,
-            Event::Survey(SurveyResponse {
-                event_id: id("survey"),
-                event_time: t,
-                customer_id: None,
-                survey_id: "clock".into(),
-                kind: SurveyKind::Nps,
-                score: 9,
-                comment: None,
-            }),
-        ));
-    }
-    out
-}
-
 /// The windowed series of a `/metrics` page (`name{labels}` → value as printed).
 fn scale_windowed(text: &str) -> BTreeMap<String, String> {
     text.lines()
@@ -1631,15 +1561,20 @@ fn two_instances_in_one_group_sum_to_a_single_instance_through_tansu() {
     let routed = |events: Vec<Event>| -> Vec<(i32, Event)> {
         events
             .into_iter()
-            .map(|e| (scale_partition(partition_key(&e)), e))
+            .map(|e| {
+                (
+                    support::partition_of(partition_key(&e), SCALE_PARTITIONS),
+                    e,
+                )
+            })
             .collect()
     };
     let (t1, t2) = (start + 10 * HOUR, start + 18 * HOUR);
     let one = routed(g.advance_to(t1));
     let mut two = routed(g.advance_to(t2));
-    two.extend(scale_clocks("two", t2));
+    two.extend(support::clock_events("two", t2, SCALE_PARTITIONS));
     let mut three = routed(g.advance_to(end));
-    three.extend(scale_clocks("end", end));
+    three.extend(support::clock_events("end", end, SCALE_PARTITIONS));
     let recs = |events: &[(i32, Event)]| -> Vec<Rec> {
         events
             .iter()

@@ -370,7 +370,8 @@ fn parallel_map<T: Sync, R: Send>(
             .collect();
         workers
             .into_iter()
-            .flat_map(|w| w.join().expect("a state worker panicked"))
+            // A worker's panic is a bug, not bad input: re-raise it with its own message.
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
     out.sort_by_key(|(i, _)| *i);

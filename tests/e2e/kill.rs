@@ -45,10 +45,7 @@ use engaged::decode::encode;
 use engaged::demo::generator::{
     DEFAULT_START, Generator, GeneratorConfig, partition_key, topic_of,
 };
-use engaged::event::{
-    EmailEvent, EmailEventType, Event, Millis, PageView, Purchase, PurchaseType, SurveyKind,
-    SurveyResponse,
-};
+use engaged::event::Millis;
 
 use super::support::{self, Engaged, Metrics, Rec};
 
@@ -86,78 +83,6 @@ fn final_watermark() -> f64 {
     (END - LATENESS) as f64 / 1000.0
 }
 
-/// Co-partitioning (SPEC §1): one hash of the customer (or visitor) key on every topic.
-fn partition_of(key: &str) -> i32 {
-    (key.bytes()
-        .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619))
-        % PARTITIONS as u32) as i32
-}
-
-/// One event at `t` in every partition of every input topic: afterwards every partition
-/// watermark is `t - allowed_lateness`. Customer `clock-P` lives in partition P of every
-/// topic only, so co-partitioning holds for it too; the purchase is a zero refund and
-/// the survey answer anonymous, so the clocks add no ORDER history to the churn model.
-fn clocks(t: Millis) -> Vec<(i32, Event)> {
-    let mut out = vec![];
-    for p in 0..PARTITIONS {
-        let id = |family: &str| format!("clock-end-{family}-{p}");
-        let customer = format!("clock-{p}");
-        out.push((
-            p,
-            Event::PageView(PageView {
-                event_id: id("pv"),
-                event_time: t,
-                visitor_id: customer.clone(),
-                customer_id: None,
-                site: "shop.example".into(),
-                page: "/".into(),
-                referrer: None,
-                channel: None,
-            }),
-        ));
-        out.push((
-            p,
-            Event::Email(EmailEvent {
-                event_id: id("email"),
-                event_time: t,
-                customer_id: customer.clone(),
-                campaign_id: "clock".into(),
-                message_id: id("msg"),
-                kind: EmailEventType::Sent,
-                url: None,
-            }),
-        ));
-        out.push((
-            p,
-            Event::Purchase(Purchase {
-                event_id: id("purchase"),
-                event_time: t,
-                customer_id: customer.clone(),
-                order_id: id("order"),
-                kind: PurchaseType::Refund,
-                amount_minor: 0,
-                currency: "EUR".into(),
-                cost_minor: None,
-                items: 0,
-                campaign_id: None,
-            }),
-        ));
-        out.push((
-            p,
-            Event::Survey(SurveyResponse {
-                event_id: id("survey"),
-                event_time: t,
-                customer_id: None,
-                survey_id: "clock".into(),
-                kind: SurveyKind::Nps,
-                score: 9,
-                comment: None,
-            }),
-        ));
-    }
-    out
-}
-
 /// The whole input, in production order: the generated stream, then the clocks.
 fn stream(run: &str) -> Vec<Rec> {
     let mut g = Generator::new(GeneratorConfig {
@@ -174,8 +99,8 @@ fn stream(run: &str) -> Vec<Rec> {
     );
     generated
         .into_iter()
-        .map(|e| (partition_of(partition_key(&e)), e))
-        .chain(clocks(END))
+        .map(|e| (support::partition_of(partition_key(&e), PARTITIONS), e))
+        .chain(support::clock_events("end", END, PARTITIONS))
         .map(|(p, e)| Rec {
             topic: format!("{run}-{}", topic_of(&e)),
             partition: p,

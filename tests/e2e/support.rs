@@ -762,3 +762,84 @@ pub fn promtool(args: &[&str], stdin: &str) -> (bool, String) {
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
+
+// ---------------------------------------------------------------------------------------
+// Generated streams
+
+/// Co-partitioning (SPEC §1): one hash (FNV-1a) of the customer (or visitor) key on every
+/// topic, modulo `partitions`.
+pub fn partition_of(key: &str, partitions: i32) -> i32 {
+    (key.bytes()
+        .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619))
+        % partitions as u32) as i32
+}
+
+/// One "clock" event at `t` in every partition of every input topic: afterwards every
+/// partition (hence every instance) is at the watermark `t - allowed_lateness`. Customer
+/// `clock-P` lives in partition P of every topic only, so co-partitioning holds for it
+/// too; the purchase is a zero refund and the survey answer anonymous, so the clocks add
+/// no ORDER history to the churn model. `tag` keeps event ids unique per phase.
+pub fn clock_events(tag: &str, t: i64, partitions: i32) -> Vec<(i32, engaged::event::Event)> {
+    use engaged::event::{
+        EmailEvent, EmailEventType, Event, PageView, Purchase, PurchaseType, SurveyKind,
+        SurveyResponse,
+    };
+    let mut out = vec![];
+    for p in 0..partitions {
+        let id = |family: &str| format!("clock-{tag}-{family}-{p}");
+        let customer = format!("clock-{p}");
+        out.push((
+            p,
+            Event::PageView(PageView {
+                event_id: id("pv"),
+                event_time: t,
+                visitor_id: customer.clone(),
+                customer_id: None,
+                site: "shop.example".into(),
+                page: "/".into(),
+                referrer: None,
+                channel: None,
+            }),
+        ));
+        out.push((
+            p,
+            Event::Email(EmailEvent {
+                event_id: id("email"),
+                event_time: t,
+                customer_id: customer.clone(),
+                campaign_id: "clock".into(),
+                message_id: id("msg"),
+                kind: EmailEventType::Sent,
+                url: None,
+            }),
+        ));
+        out.push((
+            p,
+            Event::Purchase(Purchase {
+                event_id: id("purchase"),
+                event_time: t,
+                customer_id: customer.clone(),
+                order_id: id("order"),
+                kind: PurchaseType::Refund,
+                amount_minor: 0,
+                currency: "EUR".into(),
+                cost_minor: None,
+                items: 0,
+                campaign_id: None,
+            }),
+        ));
+        out.push((
+            p,
+            Event::Survey(SurveyResponse {
+                event_id: id("survey"),
+                event_time: t,
+                customer_id: None,
+                survey_id: "clock".into(),
+                kind: SurveyKind::Nps,
+                score: 9,
+                comment: None,
+            }),
+        ));
+    }
+    out
+}
