@@ -13,7 +13,8 @@ use engaged::demo::generator::{DEFAULT_START, Generator, GeneratorConfig};
 use engaged::demo::runner::demo_decoder_config;
 use engaged::event::Event;
 use engaged::pipeline::Pipeline;
-use engaged::state::{CoreConfig, Engine, TopicPartition};
+use engaged::state::delta::Form;
+use engaged::state::{CoreConfig, Engine, SavedTask, TopicPartition};
 use engaged::telemetry::Telemetry;
 
 const PARTITIONS: i32 = 4;
@@ -143,14 +144,14 @@ fn state(c: &mut Criterion) {
         .unwrap_or(1_000_000);
     let engine = Engine::new(CoreConfig::default());
     let start = DEFAULT_START;
-    for i in 0..customers {
+    let order = |i: usize, n: usize| {
         let customer_id = format!("cust-{i:07}");
         let p = (customer_id.bytes().map(u32::from).sum::<u32>() % PARTITIONS as u32) as i32;
         let e = Event::Purchase(Purchase {
-            event_id: format!("ord-evt-{i:07}"),
-            event_time: start + i as i64 * 20,
+            event_id: format!("ord-evt-{n:08}"),
+            event_time: start + n as i64 * 20,
             customer_id,
-            order_id: format!("ord-{i:07}"),
+            order_id: format!("ord-{n:08}"),
             kind: PurchaseType::Order,
             amount_minor: 1_000 + (i % 20_000) as i64,
             currency: "EUR".into(),
@@ -158,14 +159,18 @@ fn state(c: &mut Criterion) {
             items: 1 + (i % 3) as i32,
             campaign_id: None,
         });
-        engine
-            .apply(&TopicPartition::new("purchases", p), &e)
-            .expect("valid order");
+        (TopicPartition::new("purchases", p), e)
+    };
+    for i in 0..customers {
+        let (tp, e) = order(i, i);
+        engine.apply(&tp, &e).expect("valid order");
     }
     let tasks = engine.tasks();
+    let bases: Vec<(i32, Form)> = tasks.iter().map(|t| (*t, Form::Base)).collect();
+    let deltas: Vec<(i32, Form)> = tasks.iter().map(|t| (*t, Form::Delta)).collect();
     let threads = engaged::pipeline::state_threads();
     let saved: Vec<(i32, Vec<u8>)> = engine
-        .save_tasks(&tasks, threads)
+        .save_tasks(&bases, threads)
         .into_iter()
         .map(|(t, r)| (t, r.expect("saves")))
         .collect();
@@ -179,9 +184,38 @@ fn state(c: &mut Criterion) {
     g.throughput(Throughput::Elements(customers as u64));
     g.sample_size(10);
     g.bench_function("save_all_tasks", |b| {
-        b.iter(|| black_box(engine.save_tasks(&tasks, threads)))
+        b.iter(|| black_box(engine.save_tasks(&bases, threads)))
     });
-    let views: Vec<(i32, &[u8])> = saved.iter().map(|(t, s)| (*t, &s[..])).collect();
+    // A delta after a tenth of the customers ordered again (the next tenth each time).
+    let tenth = customers / 10;
+    let mut n = customers;
+    let mut delta_bytes = 0;
+    g.bench_function("save_delta_after_a_tenth_changed", |b| {
+        b.iter_batched(
+            || {
+                for _ in 0..tenth {
+                    let (tp, e) = order(n % customers, n);
+                    engine.apply(&tp, &e).expect("valid order");
+                    n += 1;
+                }
+            },
+            |()| {
+                let d = engine.save_tasks(&deltas, threads);
+                delta_bytes = d.iter().map(|(_, r)| r.as_ref().map_or(0, Vec::len)).sum();
+                d
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    eprintln!("state: a delta after {tenth} customers changed: {delta_bytes} bytes");
+    let views: Vec<SavedTask<'_>> = saved
+        .iter()
+        .map(|(t, s)| SavedTask {
+            partition: *t,
+            base: s,
+            deltas: vec![],
+        })
+        .collect();
     g.bench_function("restore_all_tasks", |b| {
         b.iter_with_large_drop(|| {
             let fresh = Engine::new(CoreConfig::default());

@@ -12,7 +12,8 @@ use engaged::event::{
     SurveyResponse,
 };
 use engaged::snapshot::{self, WindowSnapshot};
-use engaged::state::{CoreConfig, Engine, TopicPartition};
+use engaged::state::delta::Form;
+use engaged::state::{CoreConfig, Engine, SavedTask, TopicPartition};
 use engaged::window::WindowSpec;
 use proptest::prelude::*;
 
@@ -692,13 +693,85 @@ proptest! {
         let mut accepted = run(&first, &recs[..cut]);
         let second = Engine::new(config());
         for p in first.tasks() {
-            let bytes = first.save_task(p).unwrap().unwrap();
+            let bytes = first.save_task(p, Form::Base).unwrap().unwrap();
             second.restore_task(p, &bytes).unwrap();
         }
         accepted.extend(run(&second, &recs[cut..]));
         prop_assert_eq!(accepted, whole_accepted);
         prop_assert_eq!(whole.watermarks(), second.watermarks());
         let Some(w) = instance_watermark(&whole) else { return Ok(()) };
+        prop_assert_eq!(
+            snapshot::build(&whole, w, &partitions(&whole)),
+            snapshot::build(&second, w, &partitions(&second))
+        );
+    }
+}
+
+/// The histories the churn model would fit on, in a comparable order.
+fn histories(engine: &Engine, at: Millis) -> Vec<String> {
+    let (rfm, spend) = engine.risk_histories(at, 0);
+    let mut out: Vec<String> = rfm.iter().map(|h| format!("{h:?}")).collect();
+    out.extend(spend.iter().map(|s| format!("{s:?}")));
+    out.sort();
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    /// Saved at several points — a base, then deltas, sometimes a new base — and
+    /// restored from the last base and the deltas after it, a task continues
+    /// exactly like the engine that never stopped.
+    #[test]
+    fn a_base_and_its_deltas_restore_the_state_exactly(
+        recs in stream(),
+        cuts in proptest::collection::vec((0usize..300, any::<bool>()), 1..5),
+    ) {
+        let mut cuts: Vec<(usize, bool)> = cuts.into_iter().map(|(c, b)| (c.min(recs.len()), b)).collect();
+        cuts.sort();
+        // A short churn horizon, so that runs opened before a save churn after it.
+        let config = || CoreConfig { churn_horizon_ms: 20 * MIN, ..config() };
+        let whole = Engine::new(config());
+        let whole_accepted = run(&whole, &recs);
+        let first = Engine::new(config());
+        let mut accepted = vec![];
+        // Per task: its last base and the deltas saved after it.
+        let mut chains: BTreeMap<i32, (Vec<u8>, Vec<Vec<u8>>)> = BTreeMap::new();
+        let mut at = 0;
+        for (cut, new_base) in cuts {
+            accepted.extend(run(&first, &recs[at..cut]));
+            at = cut;
+            for p in first.tasks() {
+                let form = match chains.get(&p) {
+                    Some(_) if !new_base => Form::Delta,
+                    _ => Form::Base,
+                };
+                let bytes = first.save_task(p, form).unwrap().unwrap();
+                match form {
+                    Form::Base => {
+                        chains.insert(p, (bytes, vec![]));
+                    }
+                    Form::Delta => chains.get_mut(&p).unwrap().1.push(bytes),
+                }
+            }
+        }
+        let second = Engine::new(config());
+        let saved: Vec<SavedTask<'_>> = chains
+            .iter()
+            .map(|(p, (base, deltas))| SavedTask {
+                partition: *p,
+                base,
+                deltas: deltas.iter().map(Vec::as_slice).collect(),
+            })
+            .collect();
+        second.restore_tasks(&saved, 2).unwrap();
+        prop_assert_eq!(second.state_entries(), first.state_entries());
+        accepted.extend(run(&second, &recs[at..]));
+        prop_assert_eq!(accepted, whole_accepted);
+        prop_assert_eq!(whole.watermarks(), second.watermarks());
+        prop_assert_eq!(whole.state_entries(), second.state_entries());
+        let Some(w) = instance_watermark(&whole) else { return Ok(()) };
+        prop_assert_eq!(histories(&whole, w), histories(&second, w));
         prop_assert_eq!(
             snapshot::build(&whole, w, &partitions(&whole)),
             snapshot::build(&second, w, &partitions(&second))

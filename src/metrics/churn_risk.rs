@@ -12,7 +12,6 @@
 //! the population mean). Crossing `risk_threshold` upward is counted in the
 //! bucket of the sweep's watermark: the churn-spike signal.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::{CustomerId, CustomerIds};
 use crate::event::Millis;
 use crate::model::{GammaGammaParams, Model, Params, Scorer};
+use crate::state::delta::{Kept, Merge, Tracked};
 use crate::window::{BucketRing, WindowSpec};
 
 pub const DAY_MS: f64 = 86_400_000.0;
@@ -36,9 +36,8 @@ struct History {
     last: Millis,
     orders: u32,
     total_minor: i64,
-    /// Risk at the last sweep, whether it was at or above the threshold, and the
+    /// Whether the risk at the last sweep was at or above the threshold, and the
     /// risk last published on the customer-risk topic.
-    risk: Option<f64>,
     above: bool,
     published: Option<f64>,
 }
@@ -143,8 +142,19 @@ impl Sweep {
 pub struct RiskState {
     /// foldhash: this map is on the ORDER path (target ≤ 100 ns per ORDER) and
     /// SipHash alone took a fifth of that; foldhash keeps per-process seeds.
-    customers: HashMap<CustomerId, History, foldhash::fast::RandomState>,
+    customers: Tracked<CustomerId, History>,
     crossings: Vec<BucketRing<i64>>,
+}
+
+impl Merge for RiskState {
+    fn merge(&mut self, newer: Self) -> Result<(), String> {
+        self.crossings = newer.crossings;
+        self.customers.merge(newer.customers)
+    }
+
+    fn saved(&mut self) {
+        self.customers.saved();
+    }
 }
 
 /// A stable 64-bit hash of a customer id, for uniform, deterministic sampling.
@@ -159,7 +169,7 @@ fn sample_hash(customer: &str) -> u64 {
 impl RiskState {
     pub fn new(specs: &[WindowSpec]) -> RiskState {
         RiskState {
-            customers: HashMap::default(),
+            customers: Tracked::default(),
             crossings: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
         }
     }
@@ -176,7 +186,6 @@ impl RiskState {
                         last: t,
                         orders: 1,
                         total_minor: amount_minor,
-                        risk: None,
                         above: false,
                         published: None,
                     },
@@ -206,7 +215,7 @@ impl RiskState {
         rfm: &mut Vec<crate::model::History>,
         spend: &mut Vec<(u32, f64)>,
     ) {
-        for (c, h) in &self.customers {
+        for (c, h) in self.customers.iter() {
             if keep_below.is_some_and(|k| sample_hash(names.name(*c)) >= k) || h.first > at {
                 continue;
             }
@@ -236,9 +245,11 @@ impl RiskState {
     ) -> Sweep {
         let mut sweep = Sweep::default();
         let population_value = m.spend.and_then(|s| s.population_mean());
-        for (c, h) in self.customers.iter_mut() {
+        // A sweep rescores everybody but changes a history only where `above` or
+        // `published` moves: only those go into the next checkpoint delta.
+        self.customers.retain(|c, h| {
             if h.first > at {
-                continue;
+                return Kept::Unchanged;
             }
             let (x, t_x, age) = h.rfm(at);
             let score = m.scorer.score(x, t_x, age, HORIZON_DAYS);
@@ -263,7 +274,8 @@ impl RiskState {
                 .unwrap_or(RISK_BUCKETS.len() - 1);
             sweep.distribution[bucket] += 1;
             let moved = h.published.is_none_or(|p| (risk - p).abs() > delta);
-            if above != h.above || moved {
+            let changed = above != h.above || moved;
+            if changed {
                 h.published = Some(risk);
                 sweep.changed.push(CustomerRisk {
                     customer_id: names.name(*c).to_string(),
@@ -279,9 +291,13 @@ impl RiskState {
                     at_risk: above,
                 });
             }
-            h.risk = Some(risk);
             h.above = above;
-        }
+            if changed {
+                Kept::Changed
+            } else {
+                Kept::Unchanged
+            }
+        });
         if sweep.crossings > 0 {
             for ring in &mut self.crossings {
                 *ring.bucket_mut(at) += sweep.crossings as i64;
@@ -299,9 +315,10 @@ impl RiskState {
         threshold: f64,
     ) -> Vec<CustomerRisk> {
         let mut clone = self.clone();
-        for h in clone.customers.values_mut() {
+        clone.customers.retain(|_, h| {
             h.published = None;
-        }
+            Kept::Changed
+        });
         let mut out = clone.rescore(names, at, m, threshold, 0.0, false).changed;
         out.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
         out
@@ -387,7 +404,7 @@ mod tests {
         for (t, v) in orders.iter().rev() {
             b.on_order(c, *t, *v);
         }
-        let (ha, hb) = (&a.customers[&c], &b.customers[&c]);
+        let (ha, hb) = (a.customers.get(&c).unwrap(), b.customers.get(&c).unwrap());
         assert_eq!(
             (ha.first, ha.first_amount, ha.last, ha.orders),
             (0, 300, 30 * 86_400_000, 3)

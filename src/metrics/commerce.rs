@@ -8,10 +8,9 @@
 //! purchases in a window either first ordered before it (returning) or inside
 //! it (new), so `returning = purchasing_customers - new_customers`.
 
-use std::collections::HashMap;
-
 use super::CustomerId;
 use crate::event::{Millis, Purchase, PurchaseType};
+use crate::state::delta::{Merge, Tracked};
 use crate::window::distinct::SlidingDistinct;
 use crate::window::{BucketRing, WindowSpec};
 
@@ -50,7 +49,7 @@ impl CommerceCounts {
 pub struct CommerceState {
     windows: Vec<BucketRing<CommerceCounts>>,
     purchasing: Vec<SlidingDistinct<CustomerId>>,
-    first_order: HashMap<CustomerId, Millis, foldhash::fast::RandomState>,
+    first_order: Tracked<CustomerId, Millis>,
 }
 
 impl CommerceState {
@@ -61,7 +60,7 @@ impl CommerceState {
                 .iter()
                 .map(|s| SlidingDistinct::new(s.length_ms, s.bucket_ms))
                 .collect(),
-            first_order: HashMap::default(),
+            first_order: Tracked::default(),
         }
     }
 
@@ -140,6 +139,24 @@ impl CommerceState {
         self.first_order.len()
             + self.purchasing.iter().map(|d| d.keys()).sum::<usize>()
             + self.windows.iter().map(|w| w.len()).sum::<usize>()
+    }
+}
+
+impl Merge for CommerceState {
+    fn merge(&mut self, newer: Self) -> Result<(), String> {
+        let CommerceState {
+            windows,
+            purchasing,
+            first_order,
+        } = newer;
+        self.windows = windows;
+        self.purchasing.merge(purchasing)?;
+        self.first_order.merge(first_order)
+    }
+
+    fn saved(&mut self) {
+        self.purchasing.saved();
+        self.first_order.saved();
     }
 }
 

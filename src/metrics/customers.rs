@@ -15,10 +15,11 @@
 //! distinct counts ([`SlidingDistinct`]), so snapshots cost the same whatever
 //! the number of customers.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use super::CustomerId;
 use crate::event::Millis;
+use crate::state::delta::{Merge, Tracked};
 use crate::window::distinct::SlidingDistinct;
 use crate::window::{BucketRing, WindowSpec};
 
@@ -43,8 +44,10 @@ pub struct CustomerState {
     active: Vec<SlidingDistinct<CustomerId>>,
     alive: Vec<SlidingDistinct<CustomerId>>,
     /// Open activity runs per customer: (first, last).
-    runs: HashMap<CustomerId, Vec<(Millis, Millis)>, foldhash::fast::RandomState>,
-    /// (churn instant, customer, run start) of every open run.
+    runs: Tracked<CustomerId, Vec<(Millis, Millis)>>,
+    /// (churn instant, customer, run start) of every open run: derived from
+    /// `runs`, so not saved but rebuilt ([`CustomerState::restored`]).
+    #[serde(skip)]
     queue: BTreeSet<(Millis, CustomerId, Millis)>,
 }
 
@@ -62,7 +65,7 @@ impl CustomerState {
                 // Queried at window starts (multiples of b) over [s - H, s): buckets of gcd(b, H) align with both.
                 .map(|s| SlidingDistinct::new(horizon_ms, gcd(s.bucket_ms, horizon_ms)))
                 .collect(),
-            runs: HashMap::default(),
+            runs: Tracked::default(),
             queue: BTreeSet::new(),
         }
     }
@@ -73,10 +76,7 @@ impl CustomerState {
             d.insert(&customer, t);
         }
         let h = self.horizon_ms;
-        let runs = match self.runs.get_mut(&customer) {
-            Some(r) => r,
-            None => self.runs.entry(customer).or_default(),
-        };
+        let runs = self.runs.get_or_insert_with(&customer, Vec::new);
         let (mut first, mut last) = (t, t);
         let mut i = 0;
         while i < runs.len() {
@@ -113,6 +113,16 @@ impl CustomerState {
         }
     }
 
+    /// Rebuilds what is derived from the saved state (after a restore).
+    pub fn restored(&mut self) {
+        let h = self.horizon_ms;
+        self.queue = self
+            .runs
+            .iter()
+            .flat_map(|(c, runs)| runs.iter().map(move |(f, l)| (l + h, *c, *f)))
+            .collect();
+    }
+
     pub fn collect(&self, idx: usize, start: Millis, end: Millis) -> CustomerCounts {
         CustomerCounts {
             active_customers: self.active[idx].count_at(end),
@@ -141,6 +151,30 @@ impl CustomerState {
                 .map(|d| d.keys())
                 .sum::<usize>()
             + self.churned.iter().map(|w| w.len()).sum::<usize>()
+    }
+}
+
+impl Merge for CustomerState {
+    fn merge(&mut self, newer: Self) -> Result<(), String> {
+        let CustomerState {
+            horizon_ms,
+            churned,
+            active,
+            alive,
+            runs,
+            queue: _,
+        } = newer;
+        self.horizon_ms = horizon_ms;
+        self.churned = churned;
+        self.active.merge(active)?;
+        self.alive.merge(alive)?;
+        self.runs.merge(runs)
+    }
+
+    fn saved(&mut self) {
+        self.active.saved();
+        self.alive.saved();
+        self.runs.saved();
     }
 }
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use super::Labels;
 use crate::event::{EmailEvent, EmailEventType, Millis};
+use crate::state::delta::{Kept, Merge, Tracked};
 use crate::window::{BucketRing, WindowSpec};
 
 /// Additive email aggregates of one bucket or window.
@@ -124,8 +125,8 @@ pub struct EmailState {
     ttl_ms: i64,
     attribution_ms: i64,
     windows: Vec<BucketRing<EmailBucket>>,
-    messages: HashMap<Box<str>, Message>,
-    customers: HashMap<Arc<str>, Attribution>,
+    messages: Tracked<Box<str>, Message>,
+    customers: Tracked<Arc<str>, Attribution>,
     labels: Labels,
     swept_at: Option<Millis>,
 }
@@ -136,8 +137,8 @@ impl EmailState {
             ttl_ms,
             attribution_ms,
             windows: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
-            messages: HashMap::new(),
-            customers: HashMap::new(),
+            messages: Tracked::default(),
+            customers: Tracked::default(),
             labels: Labels::default(),
             swept_at: None,
         }
@@ -173,16 +174,12 @@ impl EmailState {
             return;
         };
         let ttl = self.ttl_ms;
-        let msg = match self.messages.get_mut(e.message_id.as_str()) {
-            Some(m) => m,
-            None => self
-                .messages
-                .entry(Box::from(e.message_id.as_str()))
-                .or_insert(Message {
-                    campaign: campaign.clone(),
-                    times: Default::default(),
-                }),
-        };
+        let msg = self
+            .messages
+            .get_or_insert_with(e.message_id.as_str(), || Message {
+                campaign: campaign.clone(),
+                times: Default::default(),
+            });
         let times = &mut msg.times[kind];
         let before = chain(times, ttl);
         let pos = times.partition_point(|x| *x <= t);
@@ -239,10 +236,9 @@ impl EmailState {
     /// An accepted ORDER of `customer` at `o`.
     pub fn on_order(&mut self, customer: &str, o: Millis) {
         let window = self.attribution_ms;
-        let a = match self.customers.get_mut(customer) {
-            Some(a) => a,
-            None => self.customers.entry(Arc::from(customer)).or_default(),
-        };
+        let a = self
+            .customers
+            .get_or_insert_with(customer, Default::default);
         let campaign = campaign_for(&a.clicks, o, window);
         let pos = a.orders.partition_point(|(t, _)| *t <= o);
         a.orders.insert(pos, (o, campaign.clone()));
@@ -266,7 +262,9 @@ impl EmailState {
         // Future events are at or after `lower_bound`: a counted event before it
         // stays counted, so what precedes the last such one is forgotten, and a
         // message whose last counted event is a TTL behind is forgotten whole.
+        let events = |m: &Message| m.times.iter().map(Vec::len).sum::<usize>();
         self.messages.retain(|_, m| {
+            let before = events(m);
             for times in m.times.iter_mut() {
                 let Some(&stable) = chain(times, ttl).iter().rev().find(|f| **f < lower_bound)
                 else {
@@ -277,14 +275,23 @@ impl EmailState {
                     times.clear();
                 }
             }
-            m.times.iter().any(|t| !t.is_empty())
+            match events(m) {
+                0 => Kept::Removed,
+                n if n == before => Kept::Unchanged,
+                _ => Kept::Changed,
+            }
         });
         self.customers.retain(|_, a| {
+            let before = (a.clicks.len(), a.orders.len());
             // Future orders are at or after `lower_bound`: they need clicks within the
             // window before it; future clicks can only re-attribute orders after them.
             a.clicks.retain(|(c, _)| *c + window > lower_bound);
             a.orders.retain(|(o, _)| *o >= lower_bound);
-            !a.clicks.is_empty() || !a.orders.is_empty()
+            match (a.clicks.len(), a.orders.len()) {
+                (0, 0) => Kept::Removed,
+                after if after == before => Kept::Unchanged,
+                _ => Kept::Changed,
+            }
         });
     }
 
@@ -313,6 +320,29 @@ impl EmailState {
         self.messages.len()
             + self.customers.len()
             + self.windows.iter().map(|w| w.len()).sum::<usize>()
+    }
+}
+
+impl Merge for EmailState {
+    fn merge(&mut self, newer: Self) -> Result<(), String> {
+        let EmailState {
+            ttl_ms,
+            attribution_ms,
+            windows,
+            messages,
+            customers,
+            labels,
+            swept_at,
+        } = newer;
+        (self.ttl_ms, self.attribution_ms, self.windows) = (ttl_ms, attribution_ms, windows);
+        (self.labels, self.swept_at) = (labels, swept_at);
+        self.messages.merge(messages)?;
+        self.customers.merge(customers)
+    }
+
+    fn saved(&mut self) {
+        self.messages.saved();
+        self.customers.saved();
     }
 }
 

@@ -13,6 +13,8 @@ pub mod web;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::state::delta::{self, Form, Merge};
+
 /// Interns label values (sites, channels, campaigns) so events allocate nothing for them.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Labels(HashMap<Box<str>, Arc<str>>);
@@ -43,10 +45,14 @@ pub struct CustomerId(u32);
 
 /// The customer ids of one task: id string ↔ [`CustomerId`]. Serialised as the
 /// list of id strings in number order (each once); the lookup map is rebuilt.
+/// Numbers are never reused, so a checkpoint delta holds the ids added since
+/// the last save (with the number of the first).
 #[derive(Debug, Clone, Default)]
 pub struct CustomerIds {
     ids: HashMap<Arc<str>, CustomerId, foldhash::fast::RandomState>,
     names: Vec<Arc<str>>,
+    /// Ids saved so far; in a decoded delta, the number of its first id.
+    saved: usize,
 }
 
 impl CustomerIds {
@@ -80,16 +86,30 @@ impl CustomerIds {
 
 impl serde::Serialize for CustomerIds {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.names.iter().map(|n| &**n))
+        use serde::ser::SerializeTuple;
+        match delta::form() {
+            Form::Base => s.collect_seq(self.names.iter().map(|n| &**n)),
+            Form::Delta => {
+                let new = &self.names[self.saved.min(self.names.len())..];
+                let mut t = s.serialize_tuple(2)?;
+                t.serialize_element(&(self.saved as u64))?;
+                t.serialize_element(&new.iter().map(|n| &**n).collect::<Vec<&str>>())?;
+                t.end()
+            }
+        }
     }
 }
 
 impl<'de> serde::Deserialize<'de> for CustomerIds {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let names: Vec<Box<str>> = serde::Deserialize::deserialize(d)?;
+        let (first, names): (u64, Vec<Box<str>>) = match delta::form() {
+            Form::Base => (0, serde::Deserialize::deserialize(d)?),
+            Form::Delta => serde::Deserialize::deserialize(d)?,
+        };
         let mut out = CustomerIds {
             ids: HashMap::with_capacity_and_hasher(names.len(), Default::default()),
             names: Vec::with_capacity(names.len()),
+            saved: 0,
         };
         for n in names {
             let before = out.names.len();
@@ -99,7 +119,34 @@ impl<'de> serde::Deserialize<'de> for CustomerIds {
                 )));
             }
         }
+        out.saved = match delta::form() {
+            Form::Base => out.names.len(),
+            Form::Delta => usize::try_from(first).map_err(serde::de::Error::custom)?,
+        };
         Ok(out)
+    }
+}
+
+impl Merge for CustomerIds {
+    fn merge(&mut self, newer: Self) -> Result<(), String> {
+        if newer.saved != self.names.len() {
+            return Err(format!(
+                "a delta adds customers from number {}, but the state has {}",
+                newer.saved,
+                self.names.len()
+            ));
+        }
+        for n in newer.names {
+            let before = self.names.len();
+            if self.get(&n).0 as usize != before {
+                return Err(format!("customer id {n:?} appears twice"));
+            }
+        }
+        Ok(())
+    }
+
+    fn saved(&mut self) {
+        self.saved = self.names.len();
     }
 }
 

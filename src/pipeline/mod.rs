@@ -269,11 +269,18 @@ impl Pipeline {
         partition: i32,
         bytes: &[u8],
     ) -> Result<(), crate::state::StateError> {
-        self.restore_tasks(&[(partition, bytes)])
+        self.restore_tasks(&[crate::state::SavedTask {
+            partition,
+            base: bytes,
+            deltas: vec![],
+        }])
     }
 
-    /// Installs several restored tasks, decoding them in parallel.
-    pub fn restore_tasks(&self, saved: &[(i32, &[u8])]) -> Result<(), crate::state::StateError> {
+    /// Installs several restored tasks (a base and its deltas each), decoding them in parallel.
+    pub fn restore_tasks(
+        &self,
+        saved: &[crate::state::SavedTask<'_>],
+    ) -> Result<(), crate::state::StateError> {
         self.engine.restore_tasks(saved, state_threads())?;
         let floor = self.engine.evicted_at();
         lock(&self.clock).published.update(floor);

@@ -18,12 +18,30 @@ use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::checkpoint::{self, CheckpointLog, Manifest};
+use crate::checkpoint::{self, CheckpointLog, Manifest, Piece};
 use crate::pipeline::Pipeline;
-use crate::state::TopicPartition;
+use crate::state::delta::Form;
+use crate::state::{SavedTask, TopicPartition};
 
 /// Largest chunk value; well under Kafka's default 1 MB message limit.
 const CHUNK_BYTES: usize = 256 * 1024;
+/// A task's chain of deltas is at most this long before the next save is a base.
+const MAX_DELTAS: usize = 16;
+
+/// Whether a task's next save is a base or a delta on its last `chain`: a base
+/// when it has none, when the chain is full, or when its deltas add up to half
+/// the base (a restore then reads at most about 1.5 bases).
+fn next_form(chain: Option<&Manifest>) -> Form {
+    match chain {
+        Some(m)
+            if m.deltas.len() < MAX_DELTAS
+                && m.deltas.iter().map(|d| d.bytes).sum::<u64>() < m.base.bytes / 2 =>
+        {
+            Form::Delta
+        }
+        _ => Form::Base,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointIoError {
@@ -84,7 +102,8 @@ struct Progress {
     restored: HashMap<TopicPartition, i64>,
     /// Tasks with records handled since their last checkpoint.
     dirty: BTreeSet<i32>,
-    generation: HashMap<i32, u64>,
+    /// Per task, the manifest of its last save (the chain the next delta extends).
+    chains: HashMap<i32, Manifest>,
     last_success: Option<Instant>,
 }
 
@@ -101,6 +120,7 @@ pub enum Write {
 struct Round {
     manifests: Vec<(i32, Manifest)>,
     chunks: Vec<(String, Vec<u8>)>,
+    /// Bytes a restore of these tasks would read (bases and deltas).
     state_bytes: u64,
     started: Instant,
     serialised: Duration,
@@ -286,14 +306,23 @@ impl Checkpointer {
             started,
             serialised: Duration::ZERO,
         };
+        let forms: Vec<(i32, Form)> = tasks
+            .iter()
+            .map(|t| (*t, next_form(p.chains.get(t))))
+            .collect();
         let saved = pipeline
             .engine()
-            .save_tasks(&tasks, crate::pipeline::state_threads());
-        for (task, state) in saved {
+            .save_tasks(&forms, crate::pipeline::state_threads());
+        for ((task, state), (_, form)) in saved.into_iter().zip(&forms) {
             let state = state?;
-            let generation = p.generation.get(&task).copied().unwrap_or(0) + 1;
-            let slot = (generation % 2) as u8;
+            let previous = p.chains.get(&task);
+            let generation = previous.map_or(0, |m| m.generation) + 1;
             let chunks = checkpoint::chunk_values(generation, &state, CHUNK_BYTES);
+            let piece = Piece {
+                generation,
+                chunks: chunks.len() as u32,
+                bytes: state.len() as u64,
+            };
             let offsets: BTreeMap<String, i64> = self
                 .input_topics
                 .iter()
@@ -302,25 +331,41 @@ impl Checkpointer {
                     p.applied.get(&tp).map(|o| (t.clone(), *o))
                 })
                 .collect();
-            round.manifests.push((
-                task,
-                Manifest {
+            let written_at = chrono::Utc::now().timestamp_millis();
+            let manifest = match (previous, form) {
+                (Some(m), Form::Delta) => Manifest {
                     generation,
-                    slot,
-                    chunks: chunks.len() as u32,
-                    bytes: state.len() as u64,
+                    deltas: m.deltas.iter().copied().chain([piece]).collect(),
                     offsets,
-                    written_at: chrono::Utc::now().timestamp_millis(),
+                    written_at,
+                    ..m.clone()
                 },
-            ));
-            round.state_bytes += state.len() as u64;
+                // A base goes to the slot the last manifest does not point to.
+                (m, _) => Manifest {
+                    generation,
+                    slot: m.map_or(0, |m| 1 - m.slot),
+                    base: piece,
+                    deltas: vec![],
+                    offsets,
+                    written_at,
+                },
+            };
+            round.state_bytes += manifest.bytes();
             for (i, value) in chunks.into_iter().enumerate() {
-                round.chunks.push((
-                    checkpoint::chunk_key(&self.group, task, slot, i as u32),
-                    value,
-                ));
+                let key = match form {
+                    Form::Base => checkpoint::chunk_key(&self.group, task, manifest.slot, i as u32),
+                    Form::Delta => checkpoint::delta_chunk_key(
+                        &self.group,
+                        task,
+                        manifest.slot,
+                        manifest.deltas.len() - 1,
+                        i as u32,
+                    ),
+                };
+                round.chunks.push((key, value));
             }
-            p.generation.insert(task, generation);
+            round.manifests.push((task, manifest.clone()));
+            p.chains.insert(task, manifest);
             p.dirty.remove(&task);
         }
         round.serialised = started.elapsed();
@@ -388,6 +433,7 @@ impl Checkpointer {
         p.restored.retain(|tp, _| !tasks.contains(&tp.partition));
         for t in tasks {
             p.dirty.remove(t);
+            p.chains.remove(t);
         }
     }
 
@@ -520,7 +566,14 @@ impl Checkpointer {
             let state = log.state(&self.group, task, &m)?;
             found.push((task, m, state));
         }
-        let states: Vec<(i32, &[u8])> = found.iter().map(|(t, _, s)| (*t, &s[..])).collect();
+        let states: Vec<SavedTask<'_>> = found
+            .iter()
+            .map(|(t, _, s)| SavedTask {
+                partition: *t,
+                base: &s.base,
+                deltas: s.deltas.iter().map(Vec::as_slice).collect(),
+            })
+            .collect();
         pipeline.restore_tasks(&states)?;
         let mut p = self.progress();
         for (task, m, _) in &found {
@@ -537,7 +590,7 @@ impl Checkpointer {
                     }
                 }
             }
-            p.generation.insert(*task, m.generation);
+            p.chains.insert(*task, m.clone());
         }
         pipeline
             .telemetry()

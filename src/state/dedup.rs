@@ -4,14 +4,13 @@
 //! time plus `dedup_window`. Expiry is checked on lookup, and sweeping only frees
 //! memory, so whether a record is a duplicate never depends on when a sweep ran.
 
-use std::collections::HashMap;
-
+use super::delta::{Kept, Merge, Tracked};
 use crate::event::Millis;
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Dedup {
     window_ms: i64,
-    seen: HashMap<Box<str>, Millis>,
+    seen: Tracked<Box<str>, Millis>,
     swept_at: Option<Millis>,
 }
 
@@ -19,7 +18,7 @@ impl Dedup {
     pub fn new(window_ms: i64) -> Dedup {
         Dedup {
             window_ms,
-            seen: HashMap::new(),
+            seen: Tracked::default(),
             swept_at: None,
         }
     }
@@ -34,12 +33,7 @@ impl Dedup {
 
     /// Remembers an accepted event.
     pub fn insert(&mut self, event_id: &str, event_time: Millis) {
-        match self.seen.get_mut(event_id) {
-            Some(t) => *t = event_time,
-            None => {
-                self.seen.insert(event_id.into(), event_time);
-            }
-        }
+        *self.seen.get_or_insert_with(event_id, || event_time) = event_time;
     }
 
     /// Frees expired ids; amortised: a full pass at most every quarter window of watermark progress.
@@ -49,7 +43,13 @@ impl Dedup {
             .is_none_or(|s| watermark - s >= (self.window_ms / 4).max(1));
         if due {
             let window = self.window_ms;
-            self.seen.retain(|_, t| *t + window > watermark);
+            self.seen.retain(|_, t| {
+                if *t + window > watermark {
+                    Kept::Unchanged
+                } else {
+                    Kept::Removed
+                }
+            });
             self.swept_at = Some(watermark);
         }
     }
@@ -60,6 +60,17 @@ impl Dedup {
 
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
+    }
+}
+
+impl Merge for Dedup {
+    fn merge(&mut self, newer: Self) -> Result<(), String> {
+        (self.window_ms, self.swept_at) = (newer.window_ms, newer.swept_at);
+        self.seen.merge(newer.seen)
+    }
+
+    fn saved(&mut self) {
+        self.seen.saved();
     }
 }
 

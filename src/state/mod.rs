@@ -13,6 +13,7 @@
 //! time only.
 
 pub mod dedup;
+pub mod delta;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -32,6 +33,7 @@ use crate::metrics::{CustomerIds, Dim};
 use crate::time::PartitionClock;
 use crate::window::WindowSpec;
 use dedup::Dedup;
+use delta::{Form, Merge};
 
 /// A Kafka topic-partition (for replay: topic `replay`, partition 0).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -195,6 +197,17 @@ impl InputState {
     }
 }
 
+impl Merge for InputState {
+    fn merge(&mut self, newer: Self) -> Result<(), String> {
+        (self.clock, self.idle) = (newer.clock, newer.idle);
+        self.dedup.merge(newer.dedup)
+    }
+
+    fn saved(&mut self) {
+        self.dedup.saved();
+    }
+}
+
 /// The state of one task (one partition number across the input topics).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TaskState {
@@ -228,6 +241,11 @@ impl TaskState {
             risk: RiskState::new(&cfg.windows),
             customer_ids: CustomerIds::default(),
         }
+    }
+
+    /// Rebuilds what is derived from the saved state, after a restore.
+    fn restored(&mut self) {
+        self.customers.restored();
     }
 
     /// The task's closing watermark: no input of the task can still deliver an
@@ -330,6 +348,46 @@ impl TaskState {
     }
 }
 
+impl Merge for TaskState {
+    fn merge(&mut self, newer: Self) -> Result<(), String> {
+        let TaskState {
+            inputs,
+            evicted_at,
+            web,
+            email,
+            commerce,
+            survey,
+            customers,
+            risk,
+            customer_ids,
+        } = newer;
+        for (topic, input) in inputs {
+            match self.inputs.get_mut(&topic) {
+                Some(base) => base.merge(input)?,
+                // First seen after the base: every entry of it is in this delta.
+                None => {
+                    self.inputs.insert(topic, input);
+                }
+            }
+        }
+        (self.evicted_at, self.web, self.survey) = (evicted_at, web, survey);
+        self.email.merge(email)?;
+        self.commerce.merge(commerce)?;
+        self.customers.merge(customers)?;
+        self.risk.merge(risk)?;
+        self.customer_ids.merge(customer_ids)
+    }
+
+    fn saved(&mut self) {
+        self.inputs.values_mut().for_each(Merge::saved);
+        self.email.saved();
+        self.commerce.saved();
+        self.customers.saved();
+        self.risk.saved();
+        self.customer_ids.saved();
+    }
+}
+
 /// Applies events to sharded task state and reads window aggregates out of it.
 ///
 /// `Engine` is `Sync`: the consumer applies events while the snapshot task reads.
@@ -341,8 +399,46 @@ pub struct Engine {
 
 /// Leads every saved task state: postcard is not self-describing, so a state
 /// written by another layout must be refused, not misread. Bump on any change
-/// of `TaskState`'s serialised form (2: customers as numbers, `CustomerIds`).
-const STATE_FORMAT: &[u8] = b"engaged-task-state/2\n";
+/// of `TaskState`'s serialised form (2: customers as numbers, `CustomerIds`;
+/// 3: bases and deltas).
+const BASE_FORMAT: &[u8] = b"engaged-task-state/3\n";
+/// Leads every saved delta (see [`delta`]).
+const DELTA_FORMAT: &[u8] = b"engaged-task-delta/3\n";
+
+fn format_tag(form: Form) -> &'static [u8] {
+    match form {
+        Form::Base => BASE_FORMAT,
+        Form::Delta => DELTA_FORMAT,
+    }
+}
+
+/// Encodes `task` in `form`; what changed from now on goes into the next delta.
+fn encode_task(task: &mut TaskState, form: Form) -> Result<Vec<u8>, StateError> {
+    let mut out = format_tag(form).to_vec();
+    delta::in_form(form, || postcard::to_io(&*task, &mut out))
+        .map_err(|e| StateError::Encode(e.to_string()))?;
+    task.saved();
+    Ok(out)
+}
+
+fn decode_task(p: i32, bytes: &[u8], form: Form) -> Result<TaskState, StateError> {
+    let tag = format_tag(form);
+    let Some(body) = bytes.strip_prefix(tag) else {
+        return Err(StateError::Decode(format!(
+            "task {p}: the state does not start with {:?}",
+            String::from_utf8_lossy(tag)
+        )));
+    };
+    delta::in_form(form, || postcard::from_bytes::<TaskState>(body))
+        .map_err(|e| StateError::Decode(format!("task {p}: {e}")))
+}
+
+/// A task's saved state: a base, then the deltas saved after it, in order.
+pub struct SavedTask<'a> {
+    pub partition: i32,
+    pub base: &'a [u8],
+    pub deltas: Vec<&'a [u8]>,
+}
 
 /// `f` over `items` on up to `threads` scoped threads, results in input order.
 fn parallel_map<T: Sync, R: Send>(
@@ -494,47 +590,59 @@ impl Engine {
         v
     }
 
-    /// Serialises one task's whole state (for a checkpoint); `None` if it has none.
-    pub fn save_task(&self, partition: i32) -> Option<Result<Vec<u8>, StateError>> {
-        let task = self.tasks.get(&partition)?;
-        let mut out = STATE_FORMAT.to_vec();
-        Some(match postcard::to_io(&*task, &mut out) {
-            Ok(_) => Ok(out),
-            Err(e) => Err(StateError::Encode(e.to_string())),
-        })
+    /// Serialises one task's state (for a checkpoint) as a base or as a delta of
+    /// what changed since its last save; `None` if it has no state.
+    pub fn save_task(&self, partition: i32, form: Form) -> Option<Result<Vec<u8>, StateError>> {
+        let mut task = self.tasks.get_mut(&partition)?;
+        Some(encode_task(&mut task, form))
     }
 
-    /// Serialises several tasks' whole state, on up to `threads` threads (tasks
-    /// are independent); tasks without state are left out.
+    /// Serialises several tasks, on up to `threads` threads (tasks are
+    /// independent); tasks without state are left out.
     pub fn save_tasks(
         &self,
-        partitions: &[i32],
+        tasks: &[(i32, Form)],
         threads: usize,
     ) -> Vec<(i32, Result<Vec<u8>, StateError>)> {
-        parallel_map(partitions, threads, |&p| self.save_task(p).map(|r| (p, r)))
-            .into_iter()
-            .flatten()
-            .collect()
+        parallel_map(tasks, threads, |&(p, form)| {
+            self.save_task(p, form).map(|r| (p, r))
+        })
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
-    /// Replaces one task's state with a saved one.
+    /// Replaces one task's state with a saved base.
     pub fn restore_task(&self, partition: i32, bytes: &[u8]) -> Result<(), StateError> {
-        self.restore_tasks(&[(partition, bytes)], 1)
+        self.restore_tasks(
+            &[SavedTask {
+                partition,
+                base: bytes,
+                deltas: vec![],
+            }],
+            1,
+        )
     }
 
-    /// Replaces several tasks' state with saved ones, decoding on up to `threads`
-    /// threads. Nothing is installed unless every task decodes.
-    pub fn restore_tasks(&self, saved: &[(i32, &[u8])], threads: usize) -> Result<(), StateError> {
-        let decoded = parallel_map(saved, threads, |(p, bytes)| {
-            let Some(body) = bytes.strip_prefix(STATE_FORMAT) else {
-                return Err(StateError::Decode(format!(
-                    "task {p}: the state does not start with {:?}",
-                    String::from_utf8_lossy(STATE_FORMAT)
-                )));
-            };
-            postcard::from_bytes::<TaskState>(body)
-                .map(|t| (*p, t))
-                .map_err(|e| StateError::Decode(e.to_string()))
+    /// Replaces several tasks' state with saved ones (a base and its deltas),
+    /// decoding on up to `threads` threads. Nothing is installed unless every
+    /// task decodes.
+    pub fn restore_tasks(&self, saved: &[SavedTask<'_>], threads: usize) -> Result<(), StateError> {
+        let decoded = parallel_map(saved, threads, |s| {
+            let p = s.partition;
+            let mut task = decode_task(p, s.base, Form::Base)?;
+            for (i, d) in s.deltas.iter().enumerate() {
+                let newer = decode_task(p, d, Form::Delta)?;
+                task.merge(newer).map_err(|e| {
+                    StateError::Decode(format!(
+                        "task {p}: delta {} of {}: {e}",
+                        i + 1,
+                        s.deltas.len()
+                    ))
+                })?;
+            }
+            task.restored();
+            Ok((p, task))
         });
         let decoded: Vec<(i32, TaskState)> = decoded.into_iter().collect::<Result<_, _>>()?;
         for (p, task) in decoded {
@@ -676,24 +784,42 @@ impl Engine {
 mod tests {
     use super::*;
 
+    fn saved<'a>(partition: i32, base: &'a [u8], deltas: &[&'a [u8]]) -> SavedTask<'a> {
+        SavedTask {
+            partition,
+            base,
+            deltas: deltas.to_vec(),
+        }
+    }
+
     #[test]
     fn a_state_of_another_format_is_refused_not_misread() {
         let e = Engine::new(CoreConfig::default());
         let err = e.restore_task(0, b"\x00\x01\x02 older layout").unwrap_err();
-        assert!(err.to_string().contains("engaged-task-state/2"), "{err}");
+        assert!(err.to_string().contains("engaged-task-state/3"), "{err}");
         assert!(e.tasks().is_empty());
         // A header with a truncated body is refused too, and nothing is installed.
-        let mut bytes = STATE_FORMAT.to_vec();
+        let mut bytes = BASE_FORMAT.to_vec();
         bytes.push(0xff);
         assert!(matches!(
-            e.restore_tasks(&[(0, b"")], 1),
+            e.restore_tasks(&[saved(0, b"", &[])], 1),
             Err(StateError::Decode(_))
         ));
         assert!(matches!(
-            e.restore_tasks(&[(1, &bytes)], 2),
+            e.restore_tasks(&[saved(1, &bytes, &[])], 2),
             Err(StateError::Decode(_))
         ));
+        // A base where a delta belongs, and the other way round, are refused.
+        let t = TopicPartition::new("purchases", 2);
+        e.advance(&t, 1_000);
+        let base = e.save_task(2, Form::Base).unwrap().unwrap();
+        let delta = e.save_task(2, Form::Delta).unwrap().unwrap();
+        e.drop_task(2);
+        assert!(e.restore_tasks(&[saved(2, &delta, &[])], 1).is_err());
+        assert!(e.restore_tasks(&[saved(2, &base, &[&base])], 1).is_err());
         assert!(e.tasks().is_empty());
+        e.restore_tasks(&[saved(2, &base, &[&delta])], 1).unwrap();
+        assert_eq!(e.tasks(), vec![2]);
     }
 
     #[test]

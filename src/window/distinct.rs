@@ -21,12 +21,13 @@
 //! (events older than `lower_bound - len` are dropped, see [`SlidingDistinct::forget_before`]),
 //! and one difference entry per bucket position ahead of the last query.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::Hash;
 
 use smallvec::SmallVec;
 
 use crate::event::Millis;
+use crate::state::delta::{Kept, Merge, Tracked};
 
 /// One key's event buckets, ascending, without duplicates.
 type Buckets = SmallVec<[Millis; 2]>;
@@ -42,7 +43,7 @@ pub struct SlidingDistinct<K> {
     /// Per key, its event buckets in ascending order. Most keys have one or two,
     /// kept inline in the map: no allocation per key, and saving or restoring a
     /// million keys reads memory in order instead of chasing a pointer per key.
-    keys: HashMap<K, Buckets, foldhash::fast::RandomState>,
+    keys: Tracked<K, Buckets>,
     diff: BTreeMap<Millis, i64>,
     /// Sum of the differences at positions `<= folded_to`.
     base: i64,
@@ -59,7 +60,7 @@ impl<K: Hash + Eq + Clone> SlidingDistinct<K> {
         SlidingDistinct {
             bucket_ms,
             len_ms,
-            keys: HashMap::default(),
+            keys: Tracked::default(),
             diff: BTreeMap::new(),
             base: 0,
             folded_to: Millis::MIN,
@@ -96,10 +97,14 @@ impl<K: Hash + Eq + Clone> SlidingDistinct<K> {
     /// Records an event of `key` at event time `t`.
     pub fn insert(&mut self, key: &K, t: Millis) {
         let k = t.div_euclid(self.bucket_ms) * self.bucket_ms;
-        let set = match self.keys.get_mut(key) {
-            Some(s) => s,
-            None => self.keys.entry(key.clone()).or_default(),
-        };
+        if self
+            .keys
+            .get(key)
+            .is_some_and(|set| set.binary_search(&k).is_ok())
+        {
+            return;
+        }
+        let set = self.keys.get_or_insert_with(key, Buckets::new);
         let Err(at) = set.binary_search(&k) else {
             return;
         };
@@ -145,16 +150,48 @@ impl<K: Hash + Eq + Clone> SlidingDistinct<K> {
         let horizon = lower_bound - self.len_ms - self.bucket_ms;
         self.keys.retain(|_, set| {
             let old = set.partition_point(|b| *b < horizon);
-            if old > 0 {
-                set.drain(..old);
+            if old == 0 {
+                return Kept::Unchanged;
             }
-            !set.is_empty()
+            set.drain(..old);
+            if set.is_empty() {
+                Kept::Removed
+            } else {
+                Kept::Changed
+            }
         });
     }
 
     /// Keys currently remembered.
     pub fn keys(&self) -> usize {
         self.keys.len()
+    }
+}
+
+impl<K: Hash + Eq + Clone> Merge for SlidingDistinct<K> {
+    fn merge(&mut self, newer: Self) -> Result<(), String> {
+        let SlidingDistinct {
+            bucket_ms,
+            len_ms,
+            keys,
+            diff,
+            base,
+            folded_to,
+            forgot_at,
+        } = newer;
+        if (bucket_ms, len_ms) != (self.bucket_ms, self.len_ms) {
+            return Err(format!(
+                "a delta's distinct counter has buckets of {bucket_ms} ms over {len_ms} ms, the base {} over {}",
+                self.bucket_ms, self.len_ms
+            ));
+        }
+        self.keys.merge(keys)?;
+        (self.diff, self.base, self.folded_to, self.forgot_at) = (diff, base, folded_to, forgot_at);
+        Ok(())
+    }
+
+    fn saved(&mut self) {
+        self.keys.saved();
     }
 }
 
