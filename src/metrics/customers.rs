@@ -76,7 +76,7 @@ impl CustomerState {
             d.insert(&customer, t);
         }
         let h = self.horizon_ms;
-        let runs = self.runs.get_or_insert_with(&customer, Vec::new);
+        let runs = self.runs.get_or_insert(customer, Vec::new);
         let (mut first, mut last) = (t, t);
         let mut i = 0;
         while i < runs.len() {

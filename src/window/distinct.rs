@@ -97,20 +97,14 @@ impl<K: Hash + Eq + Clone> SlidingDistinct<K> {
     /// Records an event of `key` at event time `t`.
     pub fn insert(&mut self, key: &K, t: Millis) {
         let k = t.div_euclid(self.bucket_ms) * self.bucket_ms;
-        if self
-            .keys
-            .get(key)
-            .is_some_and(|set| set.binary_search(&k).is_ok())
-        {
-            return;
-        }
-        let set = self.keys.get_or_insert_with(key, Buckets::new);
-        let Err(at) = set.binary_search(&k) else {
+        let neighbours = self.keys.update(key.clone(), Buckets::new, |set| {
+            let at = set.binary_search(&k).err()?;
+            set.insert(at, k);
+            Some((at.checked_sub(1).map(|i| set[i]), set.get(at + 1).copied()))
+        });
+        let Some((p, q)) = neighbours else {
             return;
         };
-        set.insert(at, k);
-        let p = at.checked_sub(1).map(|i| set[i]);
-        let q = set.get(at + 1).copied();
         self.gap(p, q, -1);
         self.gap(p, Some(k), 1);
         self.gap(Some(k), q, 1);
