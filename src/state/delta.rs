@@ -111,28 +111,31 @@ pub enum Kept {
 /// A hash map that remembers which keys changed since the last save.
 ///
 /// Only mutation through its methods is seen, so every method that can change
-/// a value marks its entry. The mark lives in the entry itself: marking costs
-/// no extra hash lookup on the event path, and a delta is one sequential pass
-/// over the map. Removed keys are kept aside until the next save, only if the
-/// last save had them (so the list is bounded by the saved state). Decoded from
-/// a delta, the map holds the changed entries and `removed` the removed keys,
-/// for [`Merge::merge`].
+/// a value marks its entry. The mark lives in the entry itself, as the number
+/// of the save period it was last changed in: marking costs no extra hash
+/// lookup on the event path, a delta is one sequential pass over the map, and
+/// a save clears every mark at once by starting a new period. Removed keys are
+/// kept aside until the next save, only if the last save had them (so the list
+/// is bounded by the saved state). Decoded from a delta, the map holds the
+/// changed entries and `removed` the removed keys, for [`Merge::merge`].
 #[derive(Debug, Clone)]
 pub struct Tracked<K, V> {
     map: HashMap<K, Entry<V>, Hasher>,
     /// Keys the last save had that were removed since.
     removed: Vec<K>,
-    /// Entries marked changed.
+    /// Entries changed in this period.
     changed: usize,
+    /// The current save period: saves so far + 1 (a u32 lasts 1,300 years of 10 s rounds).
+    period: u32,
 }
 
 #[derive(Debug, Clone)]
 struct Entry<V> {
     value: V,
-    /// Inserted or changed since the last save.
-    changed: bool,
-    /// Present at the last save (a removal must then be saved).
-    saved: bool,
+    /// The period it was inserted in (earlier than the current one: the last save had it).
+    born: u32,
+    /// The period it was last changed in.
+    touched: u32,
 }
 
 impl<K, V> Default for Tracked<K, V> {
@@ -141,25 +144,35 @@ impl<K, V> Default for Tracked<K, V> {
             map: HashMap::default(),
             removed: Vec::new(),
             changed: 0,
+            period: 1,
         }
     }
 }
 
 impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
-    fn touch(changed: &mut usize, e: &mut Entry<V>) {
-        if !e.changed {
-            e.changed = true;
+    fn touch(changed: &mut usize, period: u32, e: &mut Entry<V>) {
+        if e.touched != period {
+            e.touched = period;
             *changed += 1;
         }
     }
 
-    /// Bookkeeping for an entry that is gone.
-    fn gone(&mut self, k: K, e: &Entry<V>) {
-        if e.changed {
-            self.changed -= 1;
+    fn fresh(&mut self, value: V) -> Entry<V> {
+        self.changed += 1;
+        Entry {
+            value,
+            born: self.period,
+            touched: self.period,
         }
-        if e.saved {
-            self.removed.push(k);
+    }
+
+    /// Bookkeeping for an entry that is gone.
+    fn gone(changed: &mut usize, removed: &mut Vec<K>, period: u32, k: &K, e: &Entry<V>) {
+        if e.touched == period {
+            *changed -= 1;
+        }
+        if e.born < period {
+            removed.push(k.clone());
         }
     }
 
@@ -178,7 +191,7 @@ impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let e = self.map.get_mut(k)?;
-        Self::touch(&mut self.changed, e);
+        Self::touch(&mut self.changed, self.period, e);
         Some(&mut e.value)
     }
 
@@ -189,35 +202,24 @@ impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         if !self.map.contains_key(k) {
-            self.changed += 1;
-            self.map.insert(
-                K::own(k),
-                Entry {
-                    value: new(),
-                    changed: true,
-                    saved: false,
-                },
-            );
-            return &mut self.map.get_mut(k).expect("present: inserted above").value;
+            let e = self.fresh(new());
+            return &mut self.map.entry(K::own(k)).or_insert(e).value;
         }
         let e = self.map.get_mut(k).expect("present: checked above");
-        Self::touch(&mut self.changed, e);
+        Self::touch(&mut self.changed, self.period, e);
         &mut e.value
     }
 
     /// The value of owned key `k`, inserted by `new` if absent, to change (one
     /// hash lookup; the key counts as changed).
     pub fn get_or_insert(&mut self, k: K, new: impl FnOnce() -> V) -> &mut V {
-        let changed = &mut self.changed;
-        let e = self.map.entry(k).or_insert_with(|| {
-            *changed += 1;
-            Entry {
-                value: new(),
-                changed: true,
-                saved: false,
-            }
+        let (changed, period) = (&mut self.changed, self.period);
+        let e = self.map.entry(k).or_insert_with(|| Entry {
+            value: new(),
+            born: period,
+            touched: 0,
         });
-        Self::touch(changed, e);
+        Self::touch(changed, period, e);
         &mut e.value
     }
 
@@ -231,21 +233,22 @@ impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
         f: impl FnOnce(&mut V) -> Option<R>,
     ) -> Option<R> {
         use std::collections::hash_map::Entry as Slot;
+        let (changed, period) = (&mut self.changed, self.period);
         match self.map.entry(k) {
             Slot::Occupied(mut o) => {
                 let e = o.get_mut();
                 let r = f(&mut e.value);
                 if r.is_some() {
-                    Self::touch(&mut self.changed, e);
+                    Self::touch(changed, period, e);
                 }
                 r
             }
             Slot::Vacant(v) => {
-                self.changed += 1;
+                *changed += 1;
                 let e = v.insert(Entry {
                     value: new(),
-                    changed: true,
-                    saved: false,
+                    born: period,
+                    touched: period,
                 });
                 f(&mut e.value)
             }
@@ -255,19 +258,12 @@ impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
     pub fn insert(&mut self, k: K, v: V) -> Option<V> {
         match self.map.get_mut(&k) {
             Some(e) => {
-                Self::touch(&mut self.changed, e);
+                Self::touch(&mut self.changed, self.period, e);
                 Some(std::mem::replace(&mut e.value, v))
             }
             None => {
-                self.changed += 1;
-                self.map.insert(
-                    k,
-                    Entry {
-                        value: v,
-                        changed: true,
-                        saved: false,
-                    },
-                );
+                let e = self.fresh(v);
+                self.map.insert(k, e);
                 None
             }
         }
@@ -279,26 +275,21 @@ impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let (k, e) = self.map.remove_entry(k)?;
-        self.gone(k.clone(), &e);
+        Self::gone(&mut self.changed, &mut self.removed, self.period, &k, &e);
         Some(e.value)
     }
 
     /// Visits every entry; `f` says whether it left it unchanged, changed it, or removes it.
     pub fn retain(&mut self, mut f: impl FnMut(&K, &mut V) -> Kept) {
-        let (changed, removed) = (&mut self.changed, &mut self.removed);
+        let (changed, removed, period) = (&mut self.changed, &mut self.removed, self.period);
         self.map.retain(|k, e| match f(k, &mut e.value) {
             Kept::Unchanged => true,
             Kept::Changed => {
-                Self::touch(changed, e);
+                Self::touch(changed, period, e);
                 true
             }
             Kept::Removed => {
-                if e.changed {
-                    *changed -= 1;
-                }
-                if e.saved {
-                    removed.push(k.clone());
-                }
+                Self::gone(changed, removed, period, k, e);
                 false
             }
         });
@@ -336,12 +327,8 @@ impl<K: Hash + Eq + Clone, V> Merge for Tracked<K, V> {
     }
 
     fn saved(&mut self) {
-        if self.changed > 0 {
-            for e in self.map.values_mut() {
-                e.changed = false;
-                e.saved = true;
-            }
-        }
+        // Every entry now has `born` and `touched` before the new period.
+        self.period += 1;
         self.changed = 0;
         self.removed.clear();
     }
@@ -361,7 +348,7 @@ where
                 for k in &self.removed {
                     seq.serialize_element(&(k, None::<&V>))?;
                 }
-                for (k, e) in self.map.iter().filter(|(_, e)| e.changed) {
+                for (k, e) in self.map.iter().filter(|(_, e)| e.touched == self.period) {
                     seq.serialize_element(&(k, Some(&e.value)))?;
                 }
                 seq.end()
@@ -398,10 +385,11 @@ where
         let mut out = Tracked::default();
         // A length read from the input is only a hint: bound what it reserves.
         out.map.reserve(seq.size_hint().unwrap_or(0).min(1 << 20));
+        // Decoded entries were saved, and are unchanged since (period 0 < 1).
         let entry = |value| Entry {
             value,
-            changed: false,
-            saved: true,
+            born: 0,
+            touched: 0,
         };
         match self.0 {
             Form::Base => {
