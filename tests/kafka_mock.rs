@@ -1328,6 +1328,125 @@ async fn a_restored_task_starts_at_its_checkpoint_not_at_the_committed_offset() 
     }
 }
 
+/// A member that checkpoints several rounds writes a base and then deltas; the next
+/// member restores the base plus every delta. Customers first seen in a delta (their
+/// id, first order and distinct-count keys live only there) must be restored: a lost
+/// key would count a returning customer as new, or twice as purchasing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_deltas_restores_every_customer() {
+    init_tracing();
+    let cluster = Cluster::new(&[
+        (PV, 1),
+        ("emails", 1),
+        ("purchases", 1),
+        ("surveys", 1),
+        ("engagement.snapshots", 1),
+        ("engagement.dlq", 1),
+        ("engagement.checkpoints", 1),
+    ]);
+    let t0 = recent_t0();
+    let so = encode::single_object;
+    let mut raw = raw_config(&cluster.bootstrap, "deltas");
+    raw.checkpoint_interval = "300ms".into();
+    // Only purchases has records: the other inputs must not hold the watermark long.
+    raw.idle_timeout = "2s".into();
+    raw.kafka.insert("session.timeout.ms".into(), "2500".into());
+    raw.kafka
+        .insert("heartbeat.interval.ms".into(), "500".into());
+    let pieces = |m: &Metrics, form: &str| {
+        m.get("engaged_checkpoint_pieces_total", &[("form", form)])
+            .unwrap_or(0.0)
+    };
+    let first = Running::start(raw.clone(), &DecoderConfig::default()).await;
+    // Three batches, each checkpointed before the next: a base, then deltas. The
+    // first holds 500 more customers, so that a delta is small next to the base
+    // (a small state is written whole: see `next_form`).
+    let bulk: Vec<String> = (0..500).map(|i| format!("bulk{i}")).collect();
+    let first_batch: Vec<(&str, i64)> = bulk
+        .iter()
+        .map(|c| (c.as_str(), 0))
+        .chain([("c1", 0), ("c2", 0), ("c3", 0)])
+        .collect();
+    let batches: [&[(&str, i64)]; 3] = [&first_batch, &[("c1", 1), ("c4", 1)], &[("c2", 2)]];
+    let mut sent = 0.0;
+    let mut n = 0;
+    for (i, batch) in batches.iter().enumerate() {
+        for (customer, minute) in batch.iter() {
+            n += 1;
+            let order = purchase(
+                &format!("o{n}"),
+                t0 + minute * MIN,
+                customer,
+                PurchaseType::Order,
+            );
+            cluster.send("purchases", 0, customer, so(&order)).await;
+            sent += 1.0;
+        }
+        let done =
+            pieces(&scrape(first.addr).await, "base") + pieces(&scrape(first.addr).await, "delta");
+        settle(first.addr, &format!("batch {i} checkpointed"), |m| {
+            m.sum("engaged_events_consumed_total") == sent
+                && pieces(m, "base") + pieces(m, "delta") > done
+        })
+        .await;
+        // A round that ran before the batch's last record was applied writes it
+        // in the next round, 300 ms later: let that happen before the next batch.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let m = scrape(first.addr).await;
+    assert!(
+        pieces(&m, "base") >= 1.0 && pieces(&m, "delta") >= 2.0,
+        "{}",
+        m.relevant("engaged_checkpoint")
+    );
+    let entries = m.get("engaged_state_entries", &[]);
+    if let Err(e) = first.stop().await {
+        panic!("first run stops with Ok, not: {e}");
+    }
+
+    let second = Running::start(raw, &DecoderConfig::default()).await;
+    settle(second.addr, "the second member restored", |m| {
+        m.get("engaged_assigned_partitions", &[]) == Some(4.0)
+            && m.get("engaged_restore_duration_seconds", &[]).is_some()
+    })
+    .await;
+    assert_eq!(
+        scrape(second.addr).await.get("engaged_state_entries", &[]),
+        entries
+    );
+    // c1 (base) and c4 (first seen in a delta) order again, c5 is new; then a clock
+    // order moves the watermark past them all.
+    for (customer, minute) in [("c1", 3), ("c4", 3), ("c5", 3), ("clock", 20)] {
+        n += 1;
+        let order = purchase(
+            &format!("o{n}"),
+            t0 + minute * MIN,
+            customer,
+            PurchaseType::Order,
+        );
+        cluster.send("purchases", 0, customer, so(&order)).await;
+    }
+    let window = [("window", "1h")];
+    let m = settle(second.addr, "the second member's orders", |m| {
+        m.sum("engaged_events_consumed_total") == 4.0
+            && m.get("engaged_commerce_orders", &window) == Some(509.0)
+    })
+    .await;
+    assert_eq!(
+        (
+            m.get("engaged_commerce_purchasing_customers", &window),
+            m.get("engaged_commerce_new_customers", &window),
+        ),
+        (Some(505.0), Some(505.0)),
+        "500 bulk customers and c1..c5 purchased, each new once:\n{}",
+        m.relevant("engaged_commerce")
+    );
+    assert_accounting(&m);
+    if let Err(e) = second.stop().await {
+        panic!("second run stops with Ok, not: {e}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 4. Co-partitioning is checked at start-up
 

@@ -107,6 +107,11 @@ pub fn decode_manifest(key: &str, bytes: &[u8]) -> Result<Manifest, CheckpointEr
     postcard::from_bytes(body).map_err(|e| bad(e.to_string()))
 }
 
+/// How many chunks [`chunk_values`] cuts `len` bytes into.
+pub fn chunk_count(len: usize, chunk_bytes: usize) -> u32 {
+    len.div_ceil(chunk_bytes.max(1)).max(1) as u32
+}
+
 /// Cuts `state` into chunk values (generation header + piece).
 pub fn chunk_values(generation: u64, state: &[u8], chunk_bytes: usize) -> Vec<Vec<u8>> {
     let size = chunk_bytes.max(1);
@@ -270,6 +275,10 @@ mod tests {
         let state: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
         let m1 = save(&mut log, None, 1, &state, false, 64);
         assert_eq!(m1.base.chunks, 16);
+        for len in [0, 1, 63, 64, 65, 1000] {
+            let values = chunk_values(7, &state[..len], 64);
+            assert_eq!(chunk_count(len, 64) as usize, values.len(), "{len}");
+        }
         let m2 = save(&mut log, Some(&m1), 2, b"first delta", true, 4);
         let m3 = save(&mut log, Some(&m2), 3, b"second", true, 4);
         assert_eq!(m3.deltas.len(), 2);

@@ -119,16 +119,37 @@ pub enum Write {
 /// Serialised tasks on their way to the checkpoint topic.
 struct Round {
     manifests: Vec<(i32, Manifest)>,
-    chunks: Vec<(String, Vec<u8>)>,
+    /// Per saved base or delta: the key of its chunk `i`, its generation and its bytes
+    /// (cut into chunks by the writer, not in the loop).
+    pieces: Vec<(ChunkKey, u64, Vec<u8>)>,
     /// Bytes a restore of these tasks would read (bases and deltas).
     state_bytes: u64,
     started: Instant,
     serialised: Duration,
 }
 
+/// Where the chunks of one saved piece go.
+struct ChunkKey {
+    task: i32,
+    slot: u8,
+    /// `Some(j)`: delta `j` of the chain; `None`: the base.
+    delta: Option<usize>,
+}
+
+impl ChunkKey {
+    fn of(&self, group: &str, i: u32) -> String {
+        match self.delta {
+            None => checkpoint::chunk_key(group, self.task, self.slot, i),
+            Some(j) => checkpoint::delta_chunk_key(group, self.task, self.slot, j, i),
+        }
+    }
+}
+
 /// A round the broker acknowledged.
 struct Written {
     commit: Vec<(String, i32, i64)>,
+    bases: u64,
+    deltas: u64,
     written_bytes: u64,
     state_bytes: u64,
     serialised: Duration,
@@ -301,7 +322,7 @@ impl Checkpointer {
         };
         let mut round = Round {
             manifests: vec![],
-            chunks: vec![],
+            pieces: vec![],
             state_bytes: 0,
             started,
             serialised: Duration::ZERO,
@@ -317,10 +338,9 @@ impl Checkpointer {
             let state = state?;
             let previous = p.chains.get(&task);
             let generation = previous.map_or(0, |m| m.generation) + 1;
-            let chunks = checkpoint::chunk_values(generation, &state, CHUNK_BYTES);
             let piece = Piece {
                 generation,
-                chunks: chunks.len() as u32,
+                chunks: checkpoint::chunk_count(state.len(), CHUNK_BYTES),
                 bytes: state.len() as u64,
             };
             let offsets: BTreeMap<String, i64> = self
@@ -351,19 +371,12 @@ impl Checkpointer {
                 },
             };
             round.state_bytes += manifest.bytes();
-            for (i, value) in chunks.into_iter().enumerate() {
-                let key = match form {
-                    Form::Base => checkpoint::chunk_key(&self.group, task, manifest.slot, i as u32),
-                    Form::Delta => checkpoint::delta_chunk_key(
-                        &self.group,
-                        task,
-                        manifest.slot,
-                        manifest.deltas.len() - 1,
-                        i as u32,
-                    ),
-                };
-                round.chunks.push((key, value));
-            }
+            let key = ChunkKey {
+                task,
+                slot: manifest.slot,
+                delta: (*form == Form::Delta).then(|| manifest.deltas.len() - 1),
+            };
+            round.pieces.push((key, generation, state));
             round.manifests.push((task, manifest.clone()));
             p.chains.insert(task, manifest);
             p.dirty.remove(&task);
@@ -379,11 +392,17 @@ impl Checkpointer {
     /// Writes a round: chunks, acknowledgement, manifests, acknowledgement.
     fn write(&self, round: Round) -> WriteResult {
         let mut written_bytes = 0u64;
-        for (key, value) in &round.chunks {
-            self.send(key, value)?;
-            written_bytes += value.len() as u64;
+        let deltas = round.pieces.iter().filter(|p| p.0.delta.is_some()).count() as u64;
+        let bases = round.pieces.len() as u64 - deltas;
+        for (key, generation, state) in round.pieces {
+            for (i, value) in checkpoint::chunk_values(generation, &state, CHUNK_BYTES)
+                .iter()
+                .enumerate()
+            {
+                self.send(&key.of(&self.group, i as u32), value)?;
+                written_bytes += value.len() as u64;
+            }
         }
-        drop(round.chunks);
         self.flush()?;
         let mut commit = vec![];
         for (task, m) in &round.manifests {
@@ -396,6 +415,8 @@ impl Checkpointer {
         self.flush()?;
         Ok(Written {
             commit,
+            bases,
+            deltas,
             written_bytes,
             state_bytes: round.state_bytes,
             serialised: round.serialised,
@@ -408,6 +429,12 @@ impl Checkpointer {
         let t = pipeline.telemetry();
         t.checkpoint_duration.observe(w.duration.as_secs_f64());
         t.checkpoint_bytes_written.inc_by(w.written_bytes);
+        t.checkpoint_pieces
+            .with_label_values(&["base"])
+            .inc_by(w.bases);
+        t.checkpoint_pieces
+            .with_label_values(&["delta"])
+            .inc_by(w.deltas);
         t.checkpoint_state_bytes.set(w.state_bytes as i64);
         tracing::debug!(bytes = w.state_bytes, serialised = ?w.serialised, duration = ?w.duration, "checkpoint written");
     }

@@ -48,6 +48,7 @@ pub struct Telemetry {
     pub checkpoint_duration: Histogram,
     pub checkpoint_pause: Histogram,
     pub checkpoint_bytes_written: IntCounter,
+    pub checkpoint_pieces: IntCounterVec,
     pub checkpoint_state_bytes: IntGauge,
     pub restore_duration: prometheus::Gauge,
     pub model_parameter: prometheus::GaugeVec,
@@ -219,6 +220,17 @@ impl Telemetry {
                 IntCounter::new(
                     "engaged_checkpoint_written_bytes_total",
                     "Bytes of state written to the checkpoint topic.",
+                )
+                .expect("valid"),
+            ),
+            checkpoint_pieces: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "engaged_checkpoint_pieces_total",
+                        "Task states written to the checkpoint topic, as a base (whole) or a delta (what changed since the last save).",
+                    ),
+                    &["form"],
                 )
                 .expect("valid"),
             ),
