@@ -1404,7 +1404,7 @@ async fn a_chain_of_deltas_restores_every_customer() {
         panic!("first run stops with Ok, not: {e}");
     }
 
-    let second = Running::start(raw, &DecoderConfig::default()).await;
+    let second = Running::start(raw.clone(), &DecoderConfig::default()).await;
     settle(second.addr, "the second member restored", |m| {
         m.get("engaged_assigned_partitions", &[]) == Some(4.0)
             && m.get("engaged_restore_duration_seconds", &[]).is_some()
@@ -1442,8 +1442,38 @@ async fn a_chain_of_deltas_restores_every_customer() {
         m.relevant("engaged_commerce")
     );
     assert_accounting(&m);
+    // The second member saved on the chain it restored: a third restores all of it.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let m = scrape(second.addr).await;
+    assert!(
+        pieces(&m, "delta") >= 1.0,
+        "{}",
+        m.relevant("engaged_checkpoint")
+    );
+    let entries = m.get("engaged_state_entries", &[]);
     if let Err(e) = second.stop().await {
         panic!("second run stops with Ok, not: {e}");
+    }
+    let third = Running::start(raw, &DecoderConfig::default()).await;
+    // Its first snapshots are at the restored eviction floor, until the inputs
+    // without records count as idle and the watermark moves to the restored one.
+    let m = settle(third.addr, "the third member's restored windows", |m| {
+        m.get("engaged_restore_duration_seconds", &[]).is_some()
+            && m.get("engaged_commerce_orders", &window) == Some(509.0)
+    })
+    .await;
+    assert_eq!(m.get("engaged_state_entries", &[]), entries);
+    assert_eq!(
+        (
+            m.get("engaged_commerce_purchasing_customers", &window),
+            m.get("engaged_commerce_new_customers", &window),
+        ),
+        (Some(505.0), Some(505.0)),
+        "{}",
+        m.relevant("engaged_commerce")
+    );
+    if let Err(e) = third.stop().await {
+        panic!("third run stops with Ok, not: {e}");
     }
 }
 

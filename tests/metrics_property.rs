@@ -720,33 +720,39 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(100))]
 
     /// Saved at several points — a base, then deltas, sometimes a new base — and
-    /// restored from the last base and the deltas after it, a task continues
-    /// exactly like the engine that never stopped.
+    /// restored from the last base and the deltas after it, sometimes in the middle
+    /// (the restored engine goes on saving deltas on the same chain), a task
+    /// continues exactly like the engine that never stopped.
     #[test]
     fn a_base_and_its_deltas_restore_the_state_exactly(
         recs in stream(),
-        cuts in proptest::collection::vec((0usize..300, any::<bool>()), 1..5),
+        // (position, 0: delta, 1: new base, 2: delta then restart from the chain)
+        cuts in proptest::collection::vec((0usize..300, 0u8..3), 1..6),
     ) {
-        let mut cuts: Vec<(usize, bool)> = cuts.into_iter().map(|(c, b)| (c.min(recs.len()), b)).collect();
+        // Positions spread over the stream, whatever its length.
+        let mut cuts: Vec<(usize, u8)> = cuts.into_iter().map(|(c, b)| (c * recs.len() / 300, b)).collect();
         cuts.sort();
+        if let Some(last) = cuts.last_mut() {
+            last.1 = 2;
+        }
         // A short churn horizon, so that runs opened before a save churn after it.
         let config = || CoreConfig { churn_horizon_ms: 20 * MIN, ..config() };
         let whole = Engine::new(config());
         let whole_accepted = run(&whole, &recs);
-        let first = Engine::new(config());
+        let mut engine = Engine::new(config());
         let mut accepted = vec![];
         // Per task: its last base and the deltas saved after it.
         let mut chains: BTreeMap<i32, (Vec<u8>, Vec<Vec<u8>>)> = BTreeMap::new();
         let mut at = 0;
-        for (cut, new_base) in cuts {
-            accepted.extend(run(&first, &recs[at..cut]));
+        for (cut, action) in cuts {
+            accepted.extend(run(&engine, &recs[at..cut]));
             at = cut;
-            for p in first.tasks() {
+            for p in engine.tasks() {
                 let form = match chains.get(&p) {
-                    Some(_) if !new_base => Form::Delta,
+                    Some(_) if action != 1 => Form::Delta,
                     _ => Form::Base,
                 };
-                let bytes = first.save_task(p, form).unwrap().unwrap();
+                let bytes = engine.save_task(p, form).unwrap().unwrap();
                 match form {
                     Form::Base => {
                         chains.insert(p, (bytes, vec![]));
@@ -754,18 +760,22 @@ proptest! {
                     Form::Delta => chains.get_mut(&p).unwrap().1.push(bytes),
                 }
             }
+            if action == 2 {
+                let restarted = Engine::new(config());
+                let saved: Vec<SavedTask<'_>> = chains
+                    .iter()
+                    .map(|(p, (base, deltas))| SavedTask {
+                        partition: *p,
+                        base,
+                        deltas: deltas.iter().map(Vec::as_slice).collect(),
+                    })
+                    .collect();
+                restarted.restore_tasks(&saved, 2).unwrap();
+                prop_assert_eq!(restarted.state_entries(), engine.state_entries());
+                engine = restarted;
+            }
         }
-        let second = Engine::new(config());
-        let saved: Vec<SavedTask<'_>> = chains
-            .iter()
-            .map(|(p, (base, deltas))| SavedTask {
-                partition: *p,
-                base,
-                deltas: deltas.iter().map(Vec::as_slice).collect(),
-            })
-            .collect();
-        second.restore_tasks(&saved, 2).unwrap();
-        prop_assert_eq!(second.state_entries(), first.state_entries());
+        let second = engine;
         accepted.extend(run(&second, &recs[at..]));
         prop_assert_eq!(accepted, whole_accepted);
         prop_assert_eq!(whole.watermarks(), second.watermarks());

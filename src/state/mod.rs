@@ -642,6 +642,8 @@ impl Engine {
                 })?;
             }
             task.restored();
+            // The restored state is the last save: the next delta starts from it.
+            task.saved();
             Ok((p, task))
         });
         let decoded: Vec<(i32, TaskState)> = decoded.into_iter().collect::<Result<_, _>>()?;
@@ -820,6 +822,43 @@ mod tests {
         assert!(e.tasks().is_empty());
         e.restore_tasks(&[saved(2, &base, &[&delta])], 1).unwrap();
         assert_eq!(e.tasks(), vec![2]);
+    }
+
+    #[test]
+    fn a_restored_chain_goes_on_with_deltas() {
+        use crate::event::{Event, Purchase, PurchaseType};
+        let order = |e: &Engine, n: usize, customer: &str| {
+            let p = Event::Purchase(Purchase {
+                event_id: format!("e{n}"),
+                event_time: 1_700_000_000_000 + n as i64 * 1000,
+                customer_id: customer.into(),
+                order_id: format!("o{n}"),
+                kind: PurchaseType::Order,
+                amount_minor: 100,
+                currency: "EUR".into(),
+                cost_minor: None,
+                items: 1,
+                campaign_id: None,
+            });
+            e.apply(&TopicPartition::new("purchases", 0), &p).unwrap();
+        };
+        let first = Engine::new(CoreConfig::default());
+        order(&first, 0, "a");
+        let base = first.save_task(0, Form::Base).unwrap().unwrap();
+        order(&first, 1, "b");
+        let d1 = first.save_task(0, Form::Delta).unwrap().unwrap();
+        // Restored from base + d1, the next delta adds only what came after d1.
+        let second = Engine::new(CoreConfig::default());
+        second.restore_tasks(&[saved(0, &base, &[&d1])], 1).unwrap();
+        order(&second, 2, "c");
+        let d2 = second.save_task(0, Form::Delta).unwrap().unwrap();
+        let third = Engine::new(CoreConfig::default());
+        third
+            .restore_tasks(&[saved(0, &base, &[&d1, &d2])], 1)
+            .unwrap();
+        assert_eq!(third.state_entries(), second.state_entries());
+        let ids = |e: &Engine| e.tasks.get(&0).unwrap().customer_ids.len();
+        assert_eq!(ids(&third), 3);
     }
 
     #[test]
