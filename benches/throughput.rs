@@ -18,7 +18,11 @@
 //! 5. checkpoints of a large state: `ENGAGED_BENCH_LARGE_PASSES` (default 4) ORDERs each
 //!    of the same customers, consumed with checkpoints off (`1h`), `10s` and `2s`; the
 //!    rate after the first pass (every round then serialises every customer);
-//!    `ENGAGED_BENCH_LARGE_REPEATS` (default 1) runs of each, interleaved.
+//!    `ENGAGED_BENCH_LARGE_REPEATS` (default 1) runs of each, interleaved;
+//! 6. checkpoints of a resident state: one ORDER each of the same customers, then
+//!    `ENGAGED_BENCH_HOT_EVENTS` (default twice the customers) ORDERs of the first
+//!    `ENGAGED_BENCH_HOT_CUSTOMERS` (default a twentieth) of them, same configurations:
+//!    the rate over the latter, when a checkpoint writes deltas of the few that change.
 //!
 //! Rates are measured from the first consumed record to the last (group joins on Tansu
 //! take about half of `session.timeout.ms` and are reported separately as startup). The
@@ -280,6 +284,40 @@ fn repeat_orders(customers: usize, rounds: usize) -> Records {
             event_time: start + j as i64 * step_ms,
             customer_id: customer_id.clone(),
             order_id: format!("ord-{j:08}"),
+            kind: PurchaseType::Order,
+            amount_minor: 1_000 + (fnv1a(&customer_id) % 20_000) as i64,
+            currency: "EUR".into(),
+            cost_minor: Some(600),
+            items: 1 + (i % 3) as i32,
+            campaign_id: None,
+        });
+        out.push(0, &customer_id, &encode::single_object(&e));
+    }
+    out
+}
+
+/// One ORDER for each of `customers` distinct customers, then `events` ORDERs of the
+/// first `hot` of them in a scattered order (a resident state most of which is quiet),
+/// event times ending now.
+fn hot_orders(customers: usize, hot: usize, events: usize) -> Records {
+    let step_ms = 20;
+    let n = customers + events;
+    let start = chrono::Utc::now().timestamp_millis() - (n as i64 + 1) * step_ms;
+    let hot = hot.clamp(1, customers.max(1));
+    let mut out = Records::default();
+    for j in 0..n {
+        // After the first pass: a multiplicative walk over the hot customers.
+        let i = if j < customers {
+            j
+        } else {
+            ((j - customers) * 7_919) % hot
+        };
+        let customer_id = format!("cust-{i:07}");
+        let e = Event::Purchase(Purchase {
+            event_id: format!("hot-evt-{j:08}"),
+            event_time: start + j as i64 * step_ms,
+            customer_id: customer_id.clone(),
+            order_id: format!("hot-{j:08}"),
             kind: PurchaseType::Order,
             amount_minor: 1_000 + (fnv1a(&customer_id) % 20_000) as i64,
             currency: "EUR".into(),
@@ -798,52 +836,108 @@ async fn restore(env: &Env, customers: usize) -> Res<Restore> {
     })
 }
 
-/// Checkpoints of a large state: `passes` ORDERs each of `customers` customers (all
-/// of them, then all again, ...), consumed by a fresh group per configuration. The
-/// rate is measured from the end of the first pass to the end, when the state holds
-/// every customer and a checkpoint round serialises all of it (every task changes
-/// between rounds). Each configuration runs `repeats` times, interleaved.
+/// What a checkpoint phase consumes after the first pass over `customers` customers.
+#[derive(Clone, Copy)]
+enum Workload {
+    /// `passes` ORDERs each of every customer (all of them, then all again, ...): every
+    /// round changes a large share of the state.
+    Passes(usize),
+    /// Then `events` ORDERs of the first `hot` customers: the state is resident, a
+    /// small part of it changes.
+    Hot { hot: usize, events: usize },
+}
+
+impl Workload {
+    fn records(self, customers: usize) -> Records {
+        match self {
+            Workload::Passes(p) => repeat_orders(customers, p),
+            Workload::Hot { hot, events } => hot_orders(customers, hot, events),
+        }
+    }
+
+    fn total(self, customers: usize) -> usize {
+        match self {
+            Workload::Passes(p) => p * customers,
+            Workload::Hot { events, .. } => customers + events,
+        }
+    }
+
+    fn describe(self, customers: usize) -> String {
+        match self {
+            Workload::Passes(p) => format!(
+                "{p} ORDERs each of {customers} customers; rate over passes 2-{p} (every round \
+                 changes a large share of the state)"
+            ),
+            Workload::Hot { hot, events } => format!(
+                "one ORDER each of {customers} customers, then {events} ORDERs of {hot} of them; \
+                 rate over the latter (a resident state, a small part of it changing)"
+            ),
+        }
+    }
+}
+
+/// One run of a checkpoint phase.
+struct CkRun {
+    label: String,
+    interval: String,
+    /// Rate after the first pass (msg/s).
+    rate: f64,
+    /// Checkpoint rounds meanwhile, their total pause of the consumer loop, and the
+    /// bytes they wrote.
+    rounds: u64,
+    pause: f64,
+    written: u64,
+    /// Bases and deltas written meanwhile.
+    bases: u64,
+    deltas: u64,
+    /// What a restore would read after the last round.
+    state: i64,
+}
+
+/// Checkpoints of a large state: the `workload` after one ORDER each of `customers`
+/// customers, consumed by a fresh group per configuration. The rate is measured from
+/// the end of the first pass to the end, when the state holds every customer. Each
+/// configuration runs `repeats` times, interleaved.
 struct LargeState {
-    customers: usize,
-    passes: usize,
-    /// Per run (label, `checkpoint_interval`): rate after the first pass (msg/s),
-    /// checkpoint rounds and their total pause of the consumer loop meanwhile, last
-    /// round's state bytes.
-    runs: Vec<(String, String, f64, u64, f64, i64)>,
+    name: &'static str,
+    description: String,
+    runs: Vec<CkRun>,
 }
 
 async fn large_state(
     env: &Env,
+    name: &'static str,
     customers: usize,
-    passes: usize,
+    workload: Workload,
     repeats: usize,
 ) -> Res<LargeState> {
     let topics = Topics {
-        inputs: vec![env.topic(&format!("repeat{customers}"))],
+        inputs: vec![env.topic(&format!("{name}{customers}"))],
         checkpoints: String::new(),
         snapshots: env.topic("snapshots"),
         dead_letters: env.topic("dlq"),
         customer_risk: env.topic("customer-risk"),
     };
     env.create_topic(&topics.inputs[0], PARTITIONS)?;
-    let records = repeat_orders(customers, passes);
+    let records = workload.records(customers);
     let produced = produce(env, &topics.inputs, &records)?;
     drop(records);
+    let total = workload.total(customers);
     println!(
-        "large state: produced {passes} x {customers} orders at {:.0} msg/s",
+        "{name}: produced {total} orders at {:.0} msg/s",
         produced.records as f64 / produced.seconds
     );
     let mut runs = vec![];
     for (rep, (label, interval, compression)) in
         (0..repeats).flat_map(|rep| LARGE_STATE_CONFIGS.iter().map(move |c| (rep, *c)))
     {
-        let name = format!("large-{label}-{rep}");
+        let run = format!("{name}-{label}-{rep}");
         let topics = Topics {
-            checkpoints: env.topic(&format!("{name}.checkpoints")),
+            checkpoints: env.topic(&format!("{run}.checkpoints")),
             ..topics.clone()
         };
         env.create_topic(&topics.checkpoints, PARTITIONS)?;
-        let group = format!("{}-{name}", env.prefix);
+        let group = format!("{}-{run}", env.prefix);
         let mut config = engaged_config(env, &group, &topics, interval);
         if let Some(c) = compression {
             config
@@ -851,39 +945,105 @@ async fn large_state(
                 .insert("compression.type".into(), c.into());
         }
         let running = start(config).await?;
-        until_consumed(&running, customers as u64, &name).await?;
+        until_consumed(&running, customers as u64, &run).await?;
         let t = running.telemetry.clone();
-        let (rounds0, pause0) = (
+        let pieces = |form: &str| t.checkpoint_pieces.with_label_values(&[form]).get();
+        let (rounds0, pause0, written0, bases0, deltas0) = (
             t.checkpoint_pause.get_sample_count(),
             t.checkpoint_pause.get_sample_sum(),
+            t.checkpoint_bytes_written.get(),
+            pieces("base"),
+            pieces("delta"),
         );
         let t0 = Instant::now();
-        until_consumed(&running, (passes * customers) as u64, &name).await?;
+        until_consumed(&running, total as u64, &run).await?;
         let seconds = t0.elapsed().as_secs_f64();
-        let rate = ((passes - 1) * customers) as f64 / seconds;
-        let rounds = t.checkpoint_pause.get_sample_count() - rounds0;
-        let pause = t.checkpoint_pause.get_sample_sum() - pause0;
-        let state = t.checkpoint_state_bytes.get();
+        let r = CkRun {
+            label: label.to_string(),
+            interval: interval.to_string(),
+            rate: (total - customers) as f64 / seconds,
+            rounds: t.checkpoint_pause.get_sample_count() - rounds0,
+            pause: t.checkpoint_pause.get_sample_sum() - pause0,
+            written: t.checkpoint_bytes_written.get() - written0,
+            bases: pieces("base") - bases0,
+            deltas: pieces("delta") - deltas0,
+            state: t.checkpoint_state_bytes.get(),
+        };
         println!(
-            "large state {label} ({rep}): passes 2-{passes} {rate:.0} msg/s over {seconds:.1}s; {rounds} \
-             checkpoint rounds paused the loop {pause:.2}s; last round {:.1} MiB",
-            mib(state as f64)
+            "{name} {label} ({rep}): {:.0} msg/s over {seconds:.1}s after the first pass; {} \
+             checkpoint rounds paused the loop {:.2}s and wrote {:.1} MiB ({} bases, {} deltas); \
+             last round {:.1} MiB",
+            r.rate,
+            r.rounds,
+            r.pause,
+            mib(r.written as f64),
+            r.bases,
+            r.deltas,
+            mib(r.state as f64)
         );
         running.stop().await?;
-        runs.push((
-            label.to_string(),
-            interval.to_string(),
-            rate,
-            rounds,
-            pause,
-            state,
-        ));
+        runs.push(r);
     }
     Ok(LargeState {
-        customers,
-        passes,
+        name,
+        description: workload.describe(customers),
         runs,
     })
+}
+
+impl LargeState {
+    fn rates(&self, label: &str) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter(|r| r.label == label)
+            .map(|r| r.rate)
+            .collect()
+    }
+
+    fn off(&self) -> f64 {
+        median(&self.rates(LARGE_STATE_CONFIGS[0].0))
+    }
+
+    fn print(&self, repeats: usize, range: impl Fn(&[f64]) -> String) {
+        println!("{}: {}; median of {repeats}", self.name, self.description);
+        for (label, interval, _) in LARGE_STATE_CONFIGS {
+            let rates = self.rates(label);
+            let of_label: Vec<&CkRun> = self.runs.iter().filter(|r| r.label == label).collect();
+            let rounds: u64 = of_label.iter().map(|r| r.rounds).sum();
+            let pause: f64 = of_label.iter().map(|r| r.pause).sum();
+            let written: u64 = of_label.iter().map(|r| r.written).sum();
+            let (bases, deltas): (u64, u64) = (
+                of_label.iter().map(|r| r.bases).sum(),
+                of_label.iter().map(|r| r.deltas).sum(),
+            );
+            let state = of_label.last().map_or(0, |r| r.state);
+            println!(
+                "  {label:<18} checkpoint_interval {interval:<4} {:>9.0} msg/s ({}) {:>7.1}% of off; \
+                 {rounds} rounds paused the loop {pause:.2}s and wrote {:.0} MiB ({bases} bases, \
+                 {deltas} deltas) in all; last round {:.1} MiB",
+                median(&rates),
+                range(&rates),
+                100.0 * median(&rates) / self.off(),
+                mib(written as f64),
+                mib(state as f64)
+            );
+        }
+    }
+
+    fn json(&self) -> Value {
+        let off = self.off();
+        json!({
+            "description": self.description,
+            "median_msgs_per_s_checkpoints_off": off,
+            "runs": self.runs.iter().map(|r| json!({
+                "label": r.label, "checkpoint_interval": r.interval,
+                "msgs_per_s_after_first_pass": r.rate, "ratio_to_median_off": r.rate / off,
+                "checkpoint_rounds": r.rounds, "loop_pause_seconds": r.pause,
+                "written_bytes": r.written, "bases": r.bases, "deltas": r.deltas,
+                "last_round_state_bytes": r.state,
+            })).collect::<Vec<_>>(),
+        })
+    }
 }
 
 /// The configurations of the large-state phase: label, `checkpoint_interval`, and the
@@ -1077,7 +1237,24 @@ fn main() -> Res<()> {
     // this phase adds about 200 MiB to it (three repeats grew it past 20 GB here, and the
     // broker stopped acknowledging in time).
     let large_repeats = env_usize("ENGAGED_BENCH_LARGE_REPEATS", 1).max(1);
-    let large = rt.block_on(large_state(&env, customers, passes, large_repeats))?;
+    let large = rt.block_on(large_state(
+        &env,
+        "large state",
+        customers,
+        Workload::Passes(passes),
+        large_repeats,
+    ))?;
+    // Phase 6: checkpoints of a resident state, a small part of which changes.
+    let hot = rt.block_on(large_state(
+        &env,
+        "resident state",
+        customers,
+        Workload::Hot {
+            hot: env_usize("ENGAGED_BENCH_HOT_CUSTOMERS", customers / 20),
+            events: env_usize("ENGAGED_BENCH_HOT_EVENTS", 2 * customers),
+        },
+        large_repeats,
+    ))?;
     let broker_rss = env.broker_rss_mib();
 
     // Table.
@@ -1182,35 +1359,8 @@ fn main() -> Res<()> {
         restored.state_entries_after,
     );
     println!();
-    let large_rates = |label: &str| -> Vec<f64> {
-        large
-            .runs
-            .iter()
-            .filter(|r| r.0 == label)
-            .map(|r| r.2)
-            .collect()
-    };
-    let large_off = median(&large_rates(LARGE_STATE_CONFIGS[0].0));
-    println!(
-        "checkpoints of a large state: {} ORDERs each of {} customers; rate over passes 2-{} \
-         (every customer in the state); median of {large_repeats}",
-        large.passes, large.customers, large.passes
-    );
-    for (label, interval, _) in LARGE_STATE_CONFIGS {
-        let rates = large_rates(label);
-        let of_label: Vec<_> = large.runs.iter().filter(|r| r.0 == label).collect();
-        let rounds: u64 = of_label.iter().map(|r| r.3).sum();
-        let pause: f64 = of_label.iter().map(|r| r.4).sum();
-        let state = of_label.last().map_or(0, |r| r.5);
-        println!(
-            "  {label:<18} checkpoint_interval {interval:<4} {:>9.0} msg/s ({}) {:>7.1}% of off; \
-             {rounds} rounds paused the loop {pause:.2}s in all; last round {:.1} MiB",
-            median(&rates),
-            range(&rates),
-            100.0 * median(&rates) / large_off,
-            mib(state as f64)
-        );
-    }
+    large.print(large_repeats, range);
+    hot.print(large_repeats, range);
     let fmt_mib = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} MiB"));
     println!(
         "resident memory: bench process (engaged) {} after consuming the orders, {} after the \
@@ -1255,17 +1405,8 @@ fn main() -> Res<()> {
                 "msgs_per_s": c.rate(), "seconds": c.seconds, "startup_seconds": c.startup_s,
             })).collect::<Vec<_>>(),
         },
-        "large_state": {
-            "customers": large.customers,
-            "passes": large.passes,
-            "median_msgs_per_s_checkpoints_off": large_off,
-            "runs": large.runs.iter().map(|(label, interval, rate, rounds, pause, state)| json!({
-                "label": label, "checkpoint_interval": interval,
-                "later_passes_msgs_per_s": rate, "ratio_to_median_off": rate / large_off,
-                "checkpoint_rounds": rounds, "loop_pause_seconds": pause,
-                "last_round_state_bytes": state,
-            })).collect::<Vec<_>>(),
-        },
+        "large_state": large.json(),
+        "resident_state": hot.json(),
         "raw_stream_consumer": {
             "msgs_per_s": stream.rate(), "seconds": stream.seconds,
             "ratio_to_raw": stream.rate() / reference,
