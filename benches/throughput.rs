@@ -19,10 +19,11 @@
 //!    of the same customers, consumed with checkpoints off (`1h`), `10s` and `2s`; the
 //!    rate after the first pass (every round then serialises every customer);
 //!    `ENGAGED_BENCH_LARGE_REPEATS` (default 1) runs of each, interleaved;
-//! 6. checkpoints of a resident state: one ORDER each of the same customers, then
-//!    `ENGAGED_BENCH_HOT_EVENTS` (default twice the customers) ORDERs of the first
-//!    `ENGAGED_BENCH_HOT_CUSTOMERS` (default a twentieth) of them, same configurations:
-//!    the rate over the latter, when a checkpoint writes deltas of the few that change.
+//! 6. only with `ENGAGED_BENCH_HOT_EVENTS` > 0: checkpoints of a resident state: one
+//!    ORDER each of the same customers, then `ENGAGED_BENCH_HOT_EVENTS` ORDERs of the
+//!    first `ENGAGED_BENCH_HOT_CUSTOMERS` (default a twentieth) of them, same
+//!    configurations: the rate over the latter, when a checkpoint writes deltas of the
+//!    few that change.
 //!
 //! Rates are measured from the first consumed record to the last (group joins on Tansu
 //! take about half of `session.timeout.ms` and are reported separately as startup). The
@@ -1244,17 +1245,24 @@ fn main() -> Res<()> {
         Workload::Passes(passes),
         large_repeats,
     ))?;
-    // Phase 6: checkpoints of a resident state, a small part of which changes.
-    let hot = rt.block_on(large_state(
-        &env,
-        "resident state",
-        customers,
-        Workload::Hot {
-            hot: env_usize("ENGAGED_BENCH_HOT_CUSTOMERS", customers / 20),
-            events: env_usize("ENGAGED_BENCH_HOT_EVENTS", 2 * customers),
-        },
-        large_repeats,
-    ))?;
+    // Phase 6 (opt-in): checkpoints of a resident state, a small part of which changes.
+    // Not run by default: with 2M ORDERs of 50k customers the engine itself slowed
+    // to a few thousand records/s with checkpoints off (not understood yet).
+    let hot_events = env_usize("ENGAGED_BENCH_HOT_EVENTS", 0);
+    let hot = if hot_events > 0 {
+        Some(rt.block_on(large_state(
+            &env,
+            "resident state",
+            customers,
+            Workload::Hot {
+                hot: env_usize("ENGAGED_BENCH_HOT_CUSTOMERS", customers / 20),
+                events: hot_events,
+            },
+            large_repeats,
+        ))?)
+    } else {
+        None
+    };
     let broker_rss = env.broker_rss_mib();
 
     // Table.
@@ -1360,7 +1368,9 @@ fn main() -> Res<()> {
     );
     println!();
     large.print(large_repeats, range);
-    hot.print(large_repeats, range);
+    if let Some(hot) = &hot {
+        hot.print(large_repeats, range);
+    }
     let fmt_mib = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} MiB"));
     println!(
         "resident memory: bench process (engaged) {} after consuming the orders, {} after the \
@@ -1406,7 +1416,7 @@ fn main() -> Res<()> {
             })).collect::<Vec<_>>(),
         },
         "large_state": large.json(),
-        "resident_state": hot.json(),
+        "resident_state": hot.as_ref().map(LargeState::json),
         "raw_stream_consumer": {
             "msgs_per_s": stream.rate(), "seconds": stream.seconds,
             "ratio_to_raw": stream.rate() / reference,

@@ -10,7 +10,10 @@
 # Environment: ENGAGED_BENCH_EVENTS (default 1000000) events of generated traffic;
 # ENGAGED_BENCH_CUSTOMERS (default 1000000) distinct customers for the restore
 # and large-state measurements; ENGAGED_BENCH_LARGE_PASSES (default 4) ORDERs per customer
-# in the large-state phase; THROUGHPUT_KEEP=1 keeps the work directory (Tansu log) after success;
+# in the large-state phase; ENGAGED_BENCH_HOT_EVENTS (default 0: phase off) ORDERs of
+# ENGAGED_BENCH_HOT_CUSTOMERS (default customers / 20) for the resident-state phase;
+# ENGAGED_BENCH_LARGE_REPEATS (default 1) runs of each state-phase configuration;
+# THROUGHPUT_KEEP=1 keeps the work directory (Tansu log) after success;
 # THROUGHPUT_PERF=1 records `perf record -g` of the bench into the work directory.
 set -euo pipefail
 
