@@ -273,52 +273,37 @@ fn orders(customers: usize) -> Records {
 /// `rounds` ORDERs for each of `customers` distinct customers (customer 0 to the last,
 /// then again), event times ending now.
 fn repeat_orders(customers: usize, rounds: usize) -> Records {
-    let step_ms = 20;
-    let n = customers * rounds;
-    let start = chrono::Utc::now().timestamp_millis() - (n as i64 + 1) * step_ms;
-    let mut out = Records::default();
-    for j in 0..n {
-        let i = j % customers;
-        let customer_id = format!("cust-{i:07}");
-        let e = Event::Purchase(Purchase {
-            event_id: format!("ord-evt-{j:08}"),
-            event_time: start + j as i64 * step_ms,
-            customer_id: customer_id.clone(),
-            order_id: format!("ord-{j:08}"),
-            kind: PurchaseType::Order,
-            amount_minor: 1_000 + (fnv1a(&customer_id) % 20_000) as i64,
-            currency: "EUR".into(),
-            cost_minor: Some(600),
-            items: 1 + (i % 3) as i32,
-            campaign_id: None,
-        });
-        out.push(0, &customer_id, &encode::single_object(&e));
-    }
-    out
+    order_stream(customers * rounds, "ord", |j| j % customers)
 }
 
 /// One ORDER for each of `customers` distinct customers, then `events` ORDERs of the
 /// first `hot` of them in a scattered order (a resident state most of which is quiet),
 /// event times ending now.
 fn hot_orders(customers: usize, hot: usize, events: usize) -> Records {
-    let step_ms = 20;
-    let n = customers + events;
-    let start = chrono::Utc::now().timestamp_millis() - (n as i64 + 1) * step_ms;
     let hot = hot.clamp(1, customers.max(1));
-    let mut out = Records::default();
-    for j in 0..n {
+    order_stream(customers + events, "hot", |j| {
         // After the first pass: a multiplicative walk over the hot customers.
-        let i = if j < customers {
+        if j < customers {
             j
         } else {
             ((j - customers) * 7_919) % hot
-        };
+        }
+    })
+}
+
+/// `n` ORDERs 20 ms apart, event times ending now; the `j`-th by customer `customer(j)`.
+fn order_stream(n: usize, prefix: &str, customer: impl Fn(usize) -> usize) -> Records {
+    let step_ms = 20;
+    let start = chrono::Utc::now().timestamp_millis() - (n as i64 + 1) * step_ms;
+    let mut out = Records::default();
+    for j in 0..n {
+        let i = customer(j);
         let customer_id = format!("cust-{i:07}");
         let e = Event::Purchase(Purchase {
-            event_id: format!("hot-evt-{j:08}"),
+            event_id: format!("{prefix}-evt-{j:08}"),
             event_time: start + j as i64 * step_ms,
             customer_id: customer_id.clone(),
-            order_id: format!("hot-{j:08}"),
+            order_id: format!("{prefix}-{j:08}"),
             kind: PurchaseType::Order,
             amount_minor: 1_000 + (fnv1a(&customer_id) % 20_000) as i64,
             currency: "EUR".into(),
