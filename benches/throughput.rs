@@ -1231,8 +1231,9 @@ fn main() -> Res<()> {
         large_repeats,
     ))?;
     // Phase 6 (opt-in): checkpoints of a resident state, a small part of which changes.
-    // Not run by default: with 2M ORDERs of 50k customers the engine itself slowed
-    // to a few thousand records/s with checkpoints off (not understood yet).
+    // Not run by default: with 2M ORDERs of 50k customers the sidecar slowed to a few
+    // thousand records/s with checkpoints off, most likely because every 1 s snapshot
+    // rescored the 1M customers with a degenerate fit (0.7 s a sweep; see README).
     let hot_events = env_usize("ENGAGED_BENCH_HOT_EVENTS", 0);
     let hot = if hot_events > 0 {
         Some(rt.block_on(large_state(
