@@ -334,8 +334,15 @@ impl Checkpointer {
         let saved = pipeline
             .engine()
             .save_tasks(&forms, crate::pipeline::state_threads());
-        for ((task, state), (_, form)) in saved.into_iter().zip(&forms) {
+        // `save_tasks` leaves out tasks without state: look each saved task's form up
+        // rather than pair by position (assigned tasks get state at the first
+        // snapshot tick, so a stateless dirty task is rare, but it would shift every
+        // form after it).
+        let forms: BTreeMap<i32, Form> = forms.into_iter().collect();
+        for (task, state) in saved {
             let state = state?;
+            // Always there (`save_tasks` returns only tasks it was given); a base is never wrong.
+            let form = &forms.get(&task).copied().unwrap_or(Form::Base);
             let previous = p.chains.get(&task);
             let generation = previous.map_or(0, |m| m.generation) + 1;
             let piece = Piece {
