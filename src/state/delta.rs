@@ -184,6 +184,15 @@ impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
         self.map.get(k).map(|e| &e.value)
     }
 
+    /// The stored key equal to `k` (to share it rather than make another).
+    pub fn key<Q>(&self, k: &Q) -> Option<&K>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.get_key_value(k).map(|(k, _)| k)
+    }
+
     /// The value of `k`, to change (the key counts as changed).
     pub fn get_mut<Q>(&mut self, k: &Q) -> Option<&mut V>
     where
@@ -340,20 +349,41 @@ where
     V: serde::Serialize,
 {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.serialize_with(s, |v| v)
+    }
+}
+
+impl<K: serde::Serialize + Hash + Eq, V> Tracked<K, V> {
+    /// Serialises the map in this thread's form, each value as `f` makes it (a more
+    /// compact equivalent, for example); decode the result as a `Tracked<K, W>`.
+    pub fn serialize_with<'a, S: serde::Serializer, W: serde::Serialize>(
+        &'a self,
+        s: S,
+        f: impl Fn(&'a V) -> W,
+    ) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
         match form() {
-            Form::Base => s.collect_seq(self.map.iter().map(|(k, e)| (k, &e.value))),
+            Form::Base => s.collect_seq(self.map.iter().map(|(k, e)| (k, f(&e.value)))),
             Form::Delta => {
                 let mut seq = s.serialize_seq(Some(self.removed.len() + self.changed))?;
                 for k in &self.removed {
-                    seq.serialize_element(&(k, None::<&V>))?;
+                    seq.serialize_element(&(k, None::<W>))?;
                 }
                 for (k, e) in self.map.iter().filter(|(_, e)| e.touched == self.period) {
-                    seq.serialize_element(&(k, Some(&e.value)))?;
+                    seq.serialize_element(&(k, Some(f(&e.value))))?;
                 }
                 seq.end()
             }
         }
+    }
+}
+
+impl<K, V> Tracked<K, V> {
+    /// Every value, to rewrite in place *without* marking it changed: only for
+    /// turning a freshly decoded map's values back into their in-memory form (the
+    /// inverse of a [`Tracked::serialize_with`] mapping).
+    pub fn decoded_values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.map.values_mut().map(|e| &mut e.value)
     }
 }
 

@@ -32,11 +32,11 @@ use crate::state::delta::{Kept, Merge, Tracked};
 /// One key's event buckets, ascending, without duplicates.
 type Buckets = SmallVec<[Millis; 2]>;
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(bound(
-    serialize = "K: serde::Serialize + Hash + Eq",
-    deserialize = "K: serde::Deserialize<'de> + Hash + Eq"
-))]
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(
+    bound(deserialize = "K: serde::Deserialize<'de> + Hash + Eq"),
+    from = "Saved<Tracked<K, Buckets>, BTreeMap<Millis, i64>>"
+)]
 pub struct SlidingDistinct<K> {
     bucket_ms: i64,
     len_ms: i64,
@@ -162,6 +162,117 @@ impl<K: Hash + Eq + Clone> SlidingDistinct<K> {
     }
 }
 
+/// How a [`SlidingDistinct`] is saved (written from borrowed parts, read into
+/// owned ones): its event buckets as bucket counts, the first
+/// relative to `origin` (the last query's end) and each next one relative to the one
+/// before. They are small numbers, a byte or two as varints, where absolute times
+/// take six: the keys' buckets are most of a checkpoint.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved<Keys, Diff> {
+    bucket_ms: i64,
+    len_ms: i64,
+    origin: Millis,
+    keys: Keys,
+    diff: Diff,
+    base: i64,
+    folded_to: Millis,
+    forgot_at: Option<Millis>,
+}
+
+/// The origin of the saved bucket numbers: a bucket boundary near the buckets kept.
+fn origin(folded_to: Millis, bucket_ms: i64) -> Millis {
+    if folded_to == Millis::MIN {
+        0
+    } else {
+        folded_to.div_euclid(bucket_ms) * bucket_ms
+    }
+}
+
+/// One key's buckets as saved (see [`Saved`]).
+struct Relative<'a> {
+    buckets: &'a Buckets,
+    origin: Millis,
+    bucket_ms: i64,
+}
+
+impl serde::Serialize for Relative<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let b = self.bucket_ms;
+        let previous = std::iter::once(self.origin).chain(self.buckets.iter().copied());
+        s.collect_seq(self.buckets.iter().zip(previous).map(|(k, p)| (k - p) / b))
+    }
+}
+
+/// The keys of a [`SlidingDistinct`], written as [`Relative`] buckets.
+struct SavedKeys<'a, K> {
+    keys: &'a Tracked<K, Buckets>,
+    origin: Millis,
+    bucket_ms: i64,
+}
+
+impl<K: serde::Serialize + Hash + Eq> serde::Serialize for SavedKeys<'_, K> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (origin, bucket_ms) = (self.origin, self.bucket_ms);
+        self.keys.serialize_with(s, |buckets| Relative {
+            buckets,
+            origin,
+            bucket_ms,
+        })
+    }
+}
+
+impl<K: serde::Serialize + Hash + Eq> serde::Serialize for SlidingDistinct<K> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let origin = origin(self.folded_to, self.bucket_ms);
+        Saved {
+            bucket_ms: self.bucket_ms,
+            len_ms: self.len_ms,
+            origin,
+            keys: SavedKeys {
+                keys: &self.keys,
+                origin,
+                bucket_ms: self.bucket_ms,
+            },
+            diff: &self.diff,
+            base: self.base,
+            folded_to: self.folded_to,
+            forgot_at: self.forgot_at,
+        }
+        .serialize(s)
+    }
+}
+
+impl<K> From<Saved<Tracked<K, Buckets>, BTreeMap<Millis, i64>>> for SlidingDistinct<K> {
+    fn from(saved: Saved<Tracked<K, Buckets>, BTreeMap<Millis, i64>>) -> SlidingDistinct<K> {
+        let Saved {
+            bucket_ms,
+            len_ms,
+            origin,
+            mut keys,
+            diff,
+            base,
+            folded_to,
+            forgot_at,
+        } = saved;
+        for buckets in keys.decoded_values_mut() {
+            let mut at = origin;
+            for k in buckets.iter_mut() {
+                at += *k * bucket_ms;
+                *k = at;
+            }
+        }
+        SlidingDistinct {
+            bucket_ms,
+            len_ms,
+            keys,
+            diff,
+            base,
+            folded_to,
+            forgot_at,
+        }
+    }
+}
+
 impl<K: Hash + Eq + Clone> Merge for SlidingDistinct<K> {
     fn merge(&mut self, newer: Self) -> Result<(), String> {
         let SlidingDistinct {
@@ -192,6 +303,7 @@ impl<K: Hash + Eq + Clone> Merge for SlidingDistinct<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::delta::{Form, in_form};
     use proptest::prelude::*;
 
     fn brute(events: &[(u8, i64)], len: i64, end: i64) -> i64 {
@@ -217,6 +329,36 @@ mod tests {
         assert_eq!(d.count_at(80), 0); // [20, 80)
     }
 
+    fn encode(d: &SlidingDistinct<u32>, form: Form) -> Vec<u8> {
+        in_form(form, || postcard::to_allocvec(d)).expect("encodes")
+    }
+
+    fn decode(bytes: &[u8], form: Form) -> SlidingDistinct<u32> {
+        in_form(form, || postcard::from_bytes(bytes)).expect("decodes")
+    }
+
+    #[test]
+    fn saved_buckets_are_small_numbers_and_come_back_as_times() {
+        // Real epoch times, a day-long window of 24-minute buckets, as by default.
+        let (b, len) = (24 * 60_000, 24 * 3_600_000);
+        let t0 = 1_700_000_000_000;
+        let mut d = SlidingDistinct::new(len, b);
+        for k in 0..1_000u32 {
+            d.insert(&k, t0 + i64::from(k) * 1_000);
+            d.insert(&k, t0 + 3 * b + i64::from(k) * 1_000);
+        }
+        d.fold_to((t0 + 2 * b).div_euclid(b) * b);
+        let bytes = encode(&d, Form::Base);
+        // Per key: the key, a length and two one-byte bucket numbers (absolute times
+        // would take six bytes each).
+        assert!(bytes.len() < 1_000 * 7, "{} bytes", bytes.len());
+        let back = decode(&bytes, Form::Base);
+        for end in (0..=40).map(|i| (t0 + 2 * b).div_euclid(b) * b + i * b) {
+            assert_eq!(back.count_at(end), d.count_at(end), "end {end}");
+        }
+        assert_eq!(back.keys.get(&7), d.keys.get(&7));
+    }
+
     proptest! {
         #[test]
         fn equals_brute_force_in_any_order(
@@ -240,6 +382,42 @@ mod tests {
             for end in (0..=500).step_by(10) {
                 prop_assert_eq!(d.count_at(end), brute(&events, len, end), "end {}", end);
             }
+        }
+
+        #[test]
+        fn a_base_and_a_delta_restore_the_counts(
+            events in proptest::collection::vec((0u32..8, -400i64..400), 0..60),
+            cut in 0usize..60,
+            fold in -40i64..40,
+            len_buckets in 1i64..8,
+        ) {
+            // Times on both sides of the origin (the last fold), so that saved
+            // bucket numbers are negative and positive.
+            let (b, len) = (10, 10 * len_buckets);
+            let mut d = SlidingDistinct::new(len, b);
+            let cut = cut.min(events.len());
+            for (k, t) in &events[..cut] {
+                d.insert(k, *t);
+            }
+            d.fold_to(fold * b - 400);
+            let base = encode(&d, Form::Base);
+            d.saved();
+            for (k, t) in &events[cut..] {
+                d.insert(k, *t);
+            }
+            d.forget_before(fold * b);
+            let delta = encode(&d, Form::Delta);
+            let mut back = decode(&base, Form::Base);
+            back.merge(decode(&delta, Form::Delta)).expect("merges");
+            let ends = (-60..=60).map(|i| i * b).filter(|e| *e >= d.folded_to);
+            for end in ends {
+                prop_assert_eq!(back.count_at(end), d.count_at(end), "end {}", end);
+            }
+            let mut keys: Vec<_> = back.keys.iter().map(|(k, v)| (*k, v.clone())).collect();
+            let mut want: Vec<_> = d.keys.iter().map(|(k, v)| (*k, v.clone())).collect();
+            keys.sort();
+            want.sort();
+            prop_assert_eq!(keys, want);
         }
 
         #[test]
