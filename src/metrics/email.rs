@@ -14,7 +14,7 @@
 //! while they can still affect each other, and a click that arrives after an
 //! order it precedes re-attributes that order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::Labels;
@@ -129,6 +129,12 @@ pub struct EmailState {
     customers: Tracked<Arc<str>, Attribution>,
     labels: Labels,
     swept_at: Option<Millis>,
+    /// (time, customer) of the orders in `customers`, in time order: an order is
+    /// forgotten as soon as no click can arrive before it any more, so a customer
+    /// who does not click is not kept (nor checkpointed) for long. Derived from
+    /// `customers`: not saved, rebuilt ([`EmailState::restored`]).
+    #[serde(skip)]
+    pending: BTreeSet<(Millis, Arc<str>)>,
 }
 
 impl EmailState {
@@ -141,6 +147,7 @@ impl EmailState {
             customers: Tracked::default(),
             labels: Labels::default(),
             swept_at: None,
+            pending: BTreeSet::new(),
         }
     }
 
@@ -236,9 +243,13 @@ impl EmailState {
     /// An accepted ORDER of `customer` at `o`.
     pub fn on_order(&mut self, customer: &str, o: Millis) {
         let window = self.attribution_ms;
-        let a = self
+        let key = self
             .customers
-            .get_or_insert_with(customer, Default::default);
+            .key(customer)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(customer));
+        self.pending.insert((o, key.clone()));
+        let a = self.customers.get_or_insert(key, Default::default);
         let campaign = campaign_for(&a.clicks, o, window);
         let pos = a.orders.partition_point(|(t, _)| *t <= o);
         a.orders.insert(pos, (o, campaign.clone()));
@@ -251,6 +262,7 @@ impl EmailState {
     /// and orders older than the attribution window before `lower_bound` (the
     /// smallest watermark of the task's inputs).
     pub fn forget_before(&mut self, lower_bound: Millis) {
+        self.forget_orders_before(lower_bound);
         let due = self
             .swept_at
             .is_none_or(|s| lower_bound - s >= (self.attribution_ms / 4).max(1));
@@ -295,6 +307,36 @@ impl EmailState {
         });
     }
 
+    /// Forgets the orders before `lower_bound`: a future click is at or after it, so
+    /// it cannot precede them. A customer left without clicks or orders is dropped.
+    fn forget_orders_before(&mut self, lower_bound: Millis) {
+        while self.pending.first().is_some_and(|(o, _)| *o < lower_bound) {
+            let Some((_, customer)) = self.pending.pop_first() else {
+                break;
+            };
+            // Orders are sorted: is the first one due? (The sweep may have been first.)
+            let due = |a: &Attribution| a.orders.first().is_some_and(|(o, _)| *o < lower_bound);
+            if !self.customers.get(&*customer).is_some_and(due) {
+                continue;
+            }
+            if let Some(a) = self.customers.get_mut(&*customer) {
+                a.orders.retain(|(o, _)| *o >= lower_bound);
+                if a.orders.is_empty() && a.clicks.is_empty() {
+                    self.customers.remove(&*customer);
+                }
+            }
+        }
+    }
+
+    /// Rebuilds what is derived from the saved state (after a restore).
+    pub fn restored(&mut self) {
+        self.pending = self
+            .customers
+            .iter()
+            .flat_map(|(c, a)| a.orders.iter().map(move |(o, _)| (*o, c.clone())))
+            .collect();
+    }
+
     /// Adds window `idx`'s buckets in `[start, end)`: the whole stream and per campaign.
     pub fn collect(
         &self,
@@ -333,6 +375,7 @@ impl Merge for EmailState {
             customers,
             labels,
             swept_at,
+            pending: _,
         } = newer;
         (self.ttl_ms, self.attribution_ms, self.windows) = (ttl_ms, attribution_ms, windows);
         (self.labels, self.swept_at) = (labels, swept_at);
@@ -417,5 +460,45 @@ mod tests {
         assert_eq!(by[&Arc::from("a")].attributed_orders, 0);
         assert_eq!(by[&Arc::from("b")].attributed_orders, 2);
         assert_eq!(all.unique_clicks, 2);
+    }
+
+    #[test]
+    fn an_order_no_click_can_precede_any_more_is_forgotten_at_once() {
+        let mut st = state();
+        st.on_order("quiet", 5 * MIN);
+        st.on_order("quiet", 7 * MIN);
+        st.on_event(&ev(EmailEventType::Clicked, 6 * MIN, "m", "a"));
+        // The lower bound passes the first order: it is final, the rest is kept.
+        st.forget_before(6 * MIN);
+        assert_eq!(st.customers.get("quiet").map(|a| a.orders.len()), Some(1));
+        // A late click at the lower bound still re-attributes the order after it.
+        let mut late = ev(EmailEventType::Clicked, 6 * MIN, "m2", "b");
+        late.customer_id = "quiet".into();
+        st.on_event(&late);
+        let (mut all, mut by) = (EmailCounts::default(), HashMap::new());
+        st.collect(0, 0, 60 * MIN, &mut all, &mut by);
+        assert_eq!(by[&Arc::from("b")].attributed_orders, 1);
+        // Past both orders: the customer who clicked keeps the clicks (the attribution
+        // window is not over), the one who never clicked is dropped, well before the
+        // periodic sweep (a quarter of the attribution window) is due.
+        st.on_order("never-clicks", 8 * MIN);
+        st.forget_before(9 * MIN);
+        assert!(st.customers.get("never-clicks").is_none());
+        assert_eq!(st.customers.get("quiet").map(|a| a.orders.len()), Some(0));
+        assert_eq!(st.customers.get("c").map(|a| a.clicks.len()), Some(1));
+        assert!(st.pending.is_empty());
+        // Restored, the queue is rebuilt from the kept orders.
+        st.on_order("later", 20 * MIN);
+        let bytes = crate::state::delta::in_form(crate::state::delta::Form::Base, || {
+            postcard::to_stdvec(&st)
+        })
+        .expect("encodes");
+        let mut back: EmailState =
+            crate::state::delta::in_form(crate::state::delta::Form::Base, || {
+                postcard::from_bytes(&bytes)
+            })
+            .expect("decodes");
+        back.restored();
+        assert_eq!(back.pending, st.pending);
     }
 }

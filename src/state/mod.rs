@@ -246,6 +246,7 @@ impl TaskState {
     /// Rebuilds what is derived from the saved state, after a restore.
     fn restored(&mut self) {
         self.customers.restored();
+        self.email.restored();
     }
 
     /// The task's closing watermark: no input of the task can still deliver an
