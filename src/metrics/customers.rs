@@ -18,6 +18,8 @@
 use std::collections::BTreeSet;
 
 use super::CustomerId;
+use smallvec::SmallVec;
+
 use crate::event::Millis;
 use crate::state::delta::{Merge, Tracked};
 use crate::window::distinct::SlidingDistinct;
@@ -43,13 +45,18 @@ pub struct CustomerState {
     churned: Vec<BucketRing<i64>>,
     active: Vec<SlidingDistinct<CustomerId>>,
     alive: Vec<SlidingDistinct<CustomerId>>,
-    /// Open activity runs per customer: (first, last).
-    runs: Tracked<CustomerId, Vec<(Millis, Millis)>>,
+    /// Open activity runs per customer: (first, last). Almost always one, kept
+    /// inline in the map (a save reads the map in order instead of following a
+    /// pointer per customer).
+    runs: Tracked<CustomerId, Runs>,
     /// (churn instant, customer, run start) of every open run: derived from
     /// `runs`, so not saved but rebuilt ([`CustomerState::restored`]).
     #[serde(skip)]
     queue: BTreeSet<(Millis, CustomerId, Millis)>,
 }
+
+/// One customer's open activity runs.
+type Runs = SmallVec<[(Millis, Millis); 1]>;
 
 impl CustomerState {
     pub fn new(specs: &[WindowSpec], horizon_ms: i64) -> CustomerState {
@@ -76,7 +83,7 @@ impl CustomerState {
             d.insert(&customer, t);
         }
         let h = self.horizon_ms;
-        let runs = self.runs.get_or_insert(customer, Vec::new);
+        let runs = self.runs.get_or_insert(customer, Runs::new);
         let (mut first, mut last) = (t, t);
         let mut i = 0;
         while i < runs.len() {
