@@ -997,6 +997,7 @@ async fn rejected_records_are_dead_lettered_and_processing_continues() {
         idle_timeout: "1s".into(),
         ..raw_config(&cluster.bootstrap, "dead-letters")
     };
+    let started = std::time::Instant::now();
     let sidecar = Running::start(raw, &DecoderConfig::default()).await;
     let watermark = clock - LATENESS;
     let m = settle(sidecar.addr, "11 records, 4 dead letters, watermark", |m| {
@@ -1006,6 +1007,10 @@ async fn rejected_records_are_dead_lettered_and_processing_continues() {
                 .is_some_and(|w| close(w, watermark as f64 / 1000.0))
     })
     .await;
+    // Eleven records in seconds: the loop mostly waited, and never longer than it ran.
+    let idle = m.val("engaged_consumer_idle_seconds_total", &[]);
+    let ran = started.elapsed().as_secs_f64();
+    assert!(idle > 0.5 && idle < ran, "idle {idle}s of {ran}s");
 
     assert_accounting(&m);
     for (reason, n) in [

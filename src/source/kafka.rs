@@ -580,6 +580,14 @@ async fn publish_snapshots(
 }
 
 /// Runs the sidecar until `shutdown` resolves, then shuts down gracefully (SPEC §5).
+/// What woke the consumer loop.
+enum Step<'a> {
+    Shutdown,
+    Snapshot,
+    Checkpoint,
+    Record(Result<BorrowedMessage<'a>, KafkaError>),
+}
+
 pub async fn run(
     cfg: &Config,
     pipeline: Arc<Pipeline>,
@@ -615,10 +623,21 @@ pub async fn run(
         if let Some(why) = consumer.context().take_fatal() {
             return Err(SourceError::Checkpoint(why));
         }
-        tokio::select! {
+        let waiting = std::time::Instant::now();
+        let step = tokio::select! {
             biased;
-            _ = &mut shutdown => break,
-            _ = tick.tick() => {
+            _ = &mut shutdown => Step::Shutdown,
+            _ = tick.tick() => Step::Snapshot,
+            _ = checkpoint_tick.tick() => Step::Checkpoint,
+            msg = consumer.recv() => Step::Record(msg),
+        };
+        pipeline
+            .telemetry()
+            .consumer_idle
+            .inc_by(waiting.elapsed().as_secs_f64());
+        match step {
+            Step::Shutdown => break,
+            Step::Snapshot => {
                 publish_snapshots(&pipeline, &producer, &cfg.snapshot_topic, &health).await;
                 publish_customer_risks(&pipeline, &producer, &cfg.customer_risk_topic).await;
                 // A round written in the background: commit its offsets once acknowledged.
@@ -630,29 +649,27 @@ pub async fn run(
                     pipeline.telemetry().checkpoint_age.set(age.as_secs_f64());
                 }
             }
-            _ = checkpoint_tick.tick() => {
+            Step::Checkpoint => {
                 let commit = checkpointer
                     .checkpoint(&pipeline, None, Write::Background)
                     .map_err(|e| SourceError::Checkpoint(e.to_string()))?;
                 commit_offsets(&consumer, &commit);
             }
-            msg = consumer.recv() => match msg {
-                Ok(msg) => {
-                    let tp = TopicPartition::new(msg.topic(), msg.partition());
-                    if checkpointer.already_applied(&tp, msg.offset()) {
-                        continue;
-                    }
-                    if let Err(rejection) = pipeline.handle_record(&tp, msg.payload(), now_ms()) {
-                        tracing::debug!(%tp, offset = msg.offset(), reason = rejection.reason.as_str(), error = %rejection.message, "rejected");
-                        dead_letter(&producer, &cfg.dead_letter_topic, &msg, &tp, &rejection).await?;
-                        pipeline.telemetry().dead_letters.inc();
-                    }
-                    checkpointer.applied(&tp, msg.offset());
+            Step::Record(Ok(msg)) => {
+                let tp = TopicPartition::new(msg.topic(), msg.partition());
+                if checkpointer.already_applied(&tp, msg.offset()) {
+                    continue;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    health.set_not_ready(format!("consumer error: {e}"));
+                if let Err(rejection) = pipeline.handle_record(&tp, msg.payload(), now_ms()) {
+                    tracing::debug!(%tp, offset = msg.offset(), reason = rejection.reason.as_str(), error = %rejection.message, "rejected");
+                    dead_letter(&producer, &cfg.dead_letter_topic, &msg, &tp, &rejection).await?;
+                    pipeline.telemetry().dead_letters.inc();
                 }
+                checkpointer.applied(&tp, msg.offset());
+            }
+            Step::Record(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error");
+                health.set_not_ready(format!("consumer error: {e}"));
             }
         }
     }

@@ -47,6 +47,7 @@ pub struct Telemetry {
     pub checkpoint_age: prometheus::Gauge,
     pub checkpoint_duration: Histogram,
     pub checkpoint_pause: Histogram,
+    pub consumer_idle: prometheus::Counter,
     pub checkpoint_bytes_written: IntCounter,
     pub checkpoint_pieces: IntCounterVec,
     pub checkpoint_state_bytes: IntGauge,
@@ -212,6 +213,16 @@ impl Telemetry {
                          round is written and acknowledged in the background).",
                     )
                     .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                )
+                .expect("valid"),
+            ),
+            consumer_idle: register(
+                &r,
+                prometheus::Counter::new(
+                    "engaged_consumer_idle_seconds_total",
+                    "Time the consumer loop waited with nothing to do: no record fetched and no snapshot or \
+                     checkpoint due. One minus its rate is how busy the loop is (Flink's idleTimeMsPerSecond); \
+                     near zero, the sidecar is the bottleneck, not the broker.",
                 )
                 .expect("valid"),
             ),
