@@ -149,6 +149,80 @@ impl Env {
     fn broker_rss_mib(&self) -> Option<f64> {
         rss_mib(&format!("/proc/{}/status", self.tansu_pid?))
     }
+
+    /// CPU seconds used so far by this process (engaged runs in it) and by the broker.
+    fn cpu(&self) -> (f64, f64) {
+        let broker = self.tansu_pid.and_then(|p| cpu_seconds(&p.to_string()));
+        (cpu_seconds("self").unwrap_or(0.0), broker.unwrap_or(0.0))
+    }
+}
+
+/// CPU time (user + system, seconds) a process has used so far, from `/proc/<pid>/stat`
+/// (`pid` "self" for this process); clock ticks of 1/100 s, as Linux reports them.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) closing with ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Per thread of this process, by tid: its name and the seconds it ran and waited
+/// on a run queue so far (`/proc/self/task/*/schedstat`).
+fn thread_times() -> BTreeMap<u32, (String, f64, f64)> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in dir.flatten() {
+        let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+        let name = read("comm").trim().to_string();
+        let stat = read("schedstat");
+        let mut f = stat
+            .split_whitespace()
+            .map(|v| v.parse::<f64>().unwrap_or(0.0) / 1e9);
+        if let (Some(run), Some(wait)) = (f.next(), f.next()) {
+            out.insert(tid, (name, run, wait));
+        }
+    }
+    out
+}
+
+/// Per thread name, the run and run-queue wait seconds between two [`thread_times`]
+/// (threads alive at both), largest first.
+fn thread_deltas(
+    a: &BTreeMap<u32, (String, f64, f64)>,
+    b: &BTreeMap<u32, (String, f64, f64)>,
+) -> String {
+    let mut by_name: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for (tid, (name, run, wait)) in b {
+        if let Some((_, run0, wait0)) = a.get(tid) {
+            let e = by_name.entry(name).or_default();
+            e.0 += run - run0;
+            e.1 += wait - wait0;
+        }
+    }
+    let mut v: Vec<_> = by_name.into_iter().filter(|(_, (r, _))| *r > 0.5).collect();
+    v.sort_by(|x, y| y.1.0.total_cmp(&x.1.0));
+    v.iter()
+        .map(|(n, (r, w))| format!("{n} ran {r:.1}s waited {w:.1}s"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Steal time of the whole machine so far (seconds, from `/proc/stat`).
+fn steal_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu = stat.lines().next().unwrap_or_default();
+    cpu.split_whitespace()
+        .nth(8)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 100.0
 }
 
 fn rss_mib(status_path: &str) -> Option<f64> {
@@ -878,6 +952,12 @@ struct CkRun {
     deltas: u64,
     /// What a restore would read after the last round.
     state: i64,
+    /// CPU seconds used meanwhile by this process (engaged, the consumer and the
+    /// writer) and by the broker.
+    cpu: f64,
+    broker_cpu: f64,
+    /// Seconds the consumer loop waited for records meanwhile (`engaged_consumer_idle_seconds_total`).
+    idle: f64,
 }
 
 /// Checkpoints of a large state: the `workload` after one ORDER each of `customers`
@@ -942,8 +1022,12 @@ async fn large_state(
             pieces("delta"),
         );
         let t0 = Instant::now();
+        let cpu0 = env.cpu();
+        let idle0 = t.consumer_idle.get();
+        let (threads0, steal0) = (thread_times(), steal_seconds());
         until_consumed(&running, total as u64, &run).await?;
         let seconds = t0.elapsed().as_secs_f64();
+        let cpu1 = env.cpu();
         let r = CkRun {
             label: label.to_string(),
             interval: interval.to_string(),
@@ -954,18 +1038,29 @@ async fn large_state(
             bases: pieces("base") - bases0,
             deltas: pieces("delta") - deltas0,
             state: t.checkpoint_state_bytes.get(),
+            cpu: cpu1.0 - cpu0.0,
+            broker_cpu: cpu1.1 - cpu0.1,
+            idle: t.consumer_idle.get() - idle0,
         };
+        println!(
+            "{name} {label} ({rep}) threads: {}; steal {:.1}s",
+            thread_deltas(&threads0, &thread_times()),
+            steal_seconds() - steal0
+        );
         println!(
             "{name} {label} ({rep}): {:.0} msg/s over {seconds:.1}s after the first pass; {} \
              checkpoint rounds paused the loop {:.2}s and wrote {:.1} MiB ({} bases, {} deltas); \
-             last round {:.1} MiB",
+             last round {:.1} MiB; CPU {:.1}s here, {:.1}s in the broker; the loop idle {:.1}s",
             r.rate,
             r.rounds,
             r.pause,
             mib(r.written as f64),
             r.bases,
             r.deltas,
-            mib(r.state as f64)
+            mib(r.state as f64),
+            r.cpu,
+            r.broker_cpu,
+            r.idle
         );
         running.stop().await?;
         runs.push(r);
@@ -1027,6 +1122,8 @@ impl LargeState {
                 "checkpoint_rounds": r.rounds, "loop_pause_seconds": r.pause,
                 "written_bytes": r.written, "bases": r.bases, "deltas": r.deltas,
                 "last_round_state_bytes": r.state,
+                "cpu_seconds": r.cpu, "broker_cpu_seconds": r.broker_cpu,
+                "loop_idle_seconds": r.idle,
             })).collect::<Vec<_>>(),
         })
     }
