@@ -35,7 +35,7 @@ type Buckets = SmallVec<[Millis; 2]>;
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(
     bound(deserialize = "K: serde::Deserialize<'de> + Hash + Eq"),
-    from = "Saved<Tracked<K, Buckets>, BTreeMap<Millis, i64>>"
+    try_from = "Saved<Tracked<K, Buckets>, BTreeMap<Millis, i64>>"
 )]
 pub struct SlidingDistinct<K> {
     bucket_ms: i64,
@@ -242,8 +242,12 @@ impl<K: serde::Serialize + Hash + Eq> serde::Serialize for SlidingDistinct<K> {
     }
 }
 
-impl<K> From<Saved<Tracked<K, Buckets>, BTreeMap<Millis, i64>>> for SlidingDistinct<K> {
-    fn from(saved: Saved<Tracked<K, Buckets>, BTreeMap<Millis, i64>>) -> SlidingDistinct<K> {
+impl<K> TryFrom<Saved<Tracked<K, Buckets>, BTreeMap<Millis, i64>>> for SlidingDistinct<K> {
+    type Error = String;
+
+    /// Turns saved bucket numbers back into times; refuses what no saved counter
+    /// can hold (corrupt input must be an error, not a panic or a wrong count).
+    fn try_from(saved: Saved<Tracked<K, Buckets>, BTreeMap<Millis, i64>>) -> Result<Self, String> {
         let Saved {
             bucket_ms,
             len_ms,
@@ -254,14 +258,22 @@ impl<K> From<Saved<Tracked<K, Buckets>, BTreeMap<Millis, i64>>> for SlidingDisti
             folded_to,
             forgot_at,
         } = saved;
+        if bucket_ms <= 0 || len_ms <= 0 || len_ms % bucket_ms != 0 {
+            return Err(format!(
+                "a distinct counter with buckets of {bucket_ms} ms over {len_ms} ms"
+            ));
+        }
         for buckets in keys.decoded_values_mut() {
             let mut at = origin;
-            for k in buckets.iter_mut() {
-                at += *k * bucket_ms;
+            for (i, k) in buckets.iter_mut().enumerate() {
+                let step = k.checked_mul(bucket_ms).filter(|s| i == 0 || *s > 0);
+                at = step
+                    .and_then(|s| at.checked_add(s))
+                    .ok_or("a distinct counter's buckets are out of range or out of order")?;
                 *k = at;
             }
         }
-        SlidingDistinct {
+        Ok(SlidingDistinct {
             bucket_ms,
             len_ms,
             keys,
@@ -269,7 +281,7 @@ impl<K> From<Saved<Tracked<K, Buckets>, BTreeMap<Millis, i64>>> for SlidingDisti
             base,
             folded_to,
             forgot_at,
-        }
+        })
     }
 }
 
@@ -335,6 +347,50 @@ mod tests {
 
     fn decode(bytes: &[u8], form: Form) -> SlidingDistinct<u32> {
         in_form(form, || postcard::from_bytes(bytes)).expect("decodes")
+    }
+
+    #[test]
+    fn corrupt_saved_buckets_are_an_error_not_a_panic() {
+        let mut d = SlidingDistinct::new(60, 10);
+        d.insert(&1u32, 5);
+        d.insert(&1u32, 25);
+        let good = encode(&d, Form::Base);
+        // Every single-byte change decodes to an equal counter or fails cleanly.
+        for i in 0..good.len() {
+            for v in [0u8, 0x7f, 0x80, 0xff] {
+                let mut bad = good.clone();
+                bad[i] = v;
+                let _ = in_form(Form::Base, || {
+                    postcard::from_bytes::<SlidingDistinct<u32>>(&bad)
+                });
+            }
+        }
+        // A bucket number whose time does not fit is refused.
+        let mut huge: Tracked<u32, Buckets> = Tracked::default();
+        huge.insert(1, SmallVec::from_slice(&[i64::MAX / 2]));
+        let saved = Saved {
+            bucket_ms: 10,
+            len_ms: 60,
+            origin: 0,
+            keys: huge,
+            diff: BTreeMap::<Millis, i64>::new(),
+            base: 0,
+            folded_to: 0,
+            forgot_at: None::<Millis>,
+        };
+        let bytes = in_form(Form::Base, || postcard::to_allocvec(&saved)).expect("encodes");
+        let err = in_form(Form::Base, || {
+            postcard::from_bytes::<SlidingDistinct<u32>>(&bytes)
+        });
+        assert!(err.is_err());
+        // Buckets out of order (a zero step) are refused.
+        let mut twice = d.clone();
+        twice.keys.insert(2, SmallVec::from_slice(&[10, 10]));
+        let bytes = encode(&twice, Form::Base);
+        let err = in_form(Form::Base, || {
+            postcard::from_bytes::<SlidingDistinct<u32>>(&bytes)
+        });
+        assert!(err.is_err());
     }
 
     #[test]
