@@ -1,9 +1,9 @@
 //! Commerce metrics (SPEC §3 Commerce): orders, revenue, refunds, margin, subscriptions, customers.
 //!
 //! Additive sums live in window buckets (money in integer minor units). The
-//! distinct counts — purchasing customers per window — use
-//! [`SlidingDistinct`], so a snapshot's cost does not grow with the number of
-//! customers. `new_customers` counts a customer in the bucket of their first
+//! distinct counts — purchasing customers per window — are views of one
+//! [`SharedDistinct`] (one customer lookup per ORDER whatever the number of
+//! windows), so a snapshot's cost does not grow with the number of customers. `new_customers` counts a customer in the bucket of their first
 //! ORDER ever seen; an earlier ORDER arriving later moves them. A customer who
 //! purchases in a window either first ordered before it (returning) or inside
 //! it (new), so `returning = purchasing_customers - new_customers`.
@@ -11,7 +11,7 @@
 use super::CustomerId;
 use crate::event::{Millis, Purchase, PurchaseType};
 use crate::state::delta::{Merge, Tracked};
-use crate::window::distinct::SlidingDistinct;
+use crate::window::distinct::SharedDistinct;
 use crate::window::{BucketRing, WindowSpec};
 
 /// Additive commerce aggregates of one bucket or window.
@@ -48,7 +48,8 @@ impl CommerceCounts {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CommerceState {
     windows: Vec<BucketRing<CommerceCounts>>,
-    purchasing: Vec<SlidingDistinct<CustomerId>>,
+    /// View `i`: purchasing customers of window `i`.
+    purchasing: SharedDistinct<CustomerId>,
     first_order: Tracked<CustomerId, Millis>,
 }
 
@@ -56,10 +57,12 @@ impl CommerceState {
     pub fn new(specs: &[WindowSpec]) -> CommerceState {
         CommerceState {
             windows: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
-            purchasing: specs
-                .iter()
-                .map(|s| SlidingDistinct::new(s.length_ms, s.bucket_ms))
-                .collect(),
+            purchasing: SharedDistinct::new(
+                &specs
+                    .iter()
+                    .map(|s| (s.length_ms, s.bucket_ms))
+                    .collect::<Vec<_>>(),
+            ),
             first_order: Tracked::default(),
         }
     }
@@ -84,9 +87,7 @@ impl CommerceState {
                         c.margin_minor += m;
                     }
                 });
-                for d in &mut self.purchasing {
-                    d.insert(&customer, t);
-                }
+                self.purchasing.insert(&customer, t);
                 match self.first_order.get(&customer).copied() {
                     Some(first) if first <= t => {}
                     Some(first) => {
@@ -123,21 +124,21 @@ impl CommerceState {
         for (_, b) in self.windows[idx].range(start, end) {
             into.merge(b);
         }
-        self.purchasing[idx].count_at(end)
+        self.purchasing.count_at(idx, end)
     }
 
     /// A snapshot was taken at `end` for window `idx`; `lower_bound` is the task's smallest watermark.
     pub fn evict(&mut self, idx: usize, start: Millis, end: Millis, lower_bound: Option<Millis>) {
         self.windows[idx].evict_before(start);
-        self.purchasing[idx].fold_to(end);
+        self.purchasing.fold_to(idx, end);
         if let Some(l) = lower_bound {
-            self.purchasing[idx].forget_before(l);
+            self.purchasing.forget_before(l);
         }
     }
 
     pub fn size(&self) -> usize {
         self.first_order.len()
-            + self.purchasing.iter().map(|d| d.keys()).sum::<usize>()
+            + self.purchasing.keys()
             + self.windows.iter().map(|w| w.len()).sum::<usize>()
     }
 }

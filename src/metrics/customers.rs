@@ -12,8 +12,9 @@
 //! `active_customers` (distinct customers with activity in the window) and the
 //! churn-rate denominator (customers active, not churned, at the window start
 //! `s`: those with an activity in `[s - churn_horizon, s)`) are exact sliding
-//! distinct counts ([`SlidingDistinct`]), so snapshots cost the same whatever
-//! the number of customers.
+//! distinct counts, all views of one [`SharedDistinct`] over the activity: an
+//! activity costs one lookup of the customer whatever the number of windows, and
+//! snapshots cost the same whatever the number of customers.
 
 use std::collections::BTreeSet;
 
@@ -22,7 +23,7 @@ use smallvec::SmallVec;
 
 use crate::event::Millis;
 use crate::state::delta::{Merge, Tracked};
-use crate::window::distinct::SlidingDistinct;
+use crate::window::distinct::SharedDistinct;
 use crate::window::{BucketRing, WindowSpec};
 
 fn gcd(a: i64, b: i64) -> i64 {
@@ -43,8 +44,10 @@ pub struct CustomerCounts {
 pub struct CustomerState {
     horizon_ms: i64,
     churned: Vec<BucketRing<i64>>,
-    active: Vec<SlidingDistinct<CustomerId>>,
-    alive: Vec<SlidingDistinct<CustomerId>>,
+    /// Views `0..n`: active customers of window `i` (queried at its end);
+    /// views `n..2n`: customers alive at window `i`'s start (activity in `[s - H, s)`).
+    activity: SharedDistinct<CustomerId>,
+    windows: usize,
     /// Open activity runs per customer: (first, last). Almost always one, kept
     /// inline in the map (a save reads the map in order instead of following a
     /// pointer per customer).
@@ -63,15 +66,19 @@ impl CustomerState {
         CustomerState {
             horizon_ms,
             churned: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
-            active: specs
-                .iter()
-                .map(|s| SlidingDistinct::new(s.length_ms, s.bucket_ms))
-                .collect(),
-            alive: specs
-                .iter()
-                // Queried at window starts (multiples of b) over [s - H, s): buckets of gcd(b, H) align with both.
-                .map(|s| SlidingDistinct::new(horizon_ms, gcd(s.bucket_ms, horizon_ms)))
-                .collect(),
+            activity: SharedDistinct::new(
+                &specs
+                    .iter()
+                    .map(|s| (s.length_ms, s.bucket_ms))
+                    // Queried at window starts (multiples of b) over [s - H, s): buckets of gcd(b, H) align with both.
+                    .chain(
+                        specs
+                            .iter()
+                            .map(|s| (horizon_ms, gcd(s.bucket_ms, horizon_ms))),
+                    )
+                    .collect::<Vec<_>>(),
+            ),
+            windows: specs.len(),
             runs: Tracked::default(),
             queue: BTreeSet::new(),
         }
@@ -79,9 +86,7 @@ impl CustomerState {
 
     /// An activity of `customer` at `t`.
     pub fn on_activity(&mut self, customer: CustomerId, t: Millis) {
-        for d in self.active.iter_mut().chain(self.alive.iter_mut()) {
-            d.insert(&customer, t);
-        }
+        self.activity.insert(&customer, t);
         let h = self.horizon_ms;
         let runs = self.runs.get_or_insert(customer, Runs::new);
         let (mut first, mut last) = (t, t);
@@ -132,32 +137,24 @@ impl CustomerState {
 
     pub fn collect(&self, idx: usize, start: Millis, end: Millis) -> CustomerCounts {
         CustomerCounts {
-            active_customers: self.active[idx].count_at(end),
+            active_customers: self.activity.count_at(idx, end),
             churned_customers: self.churned[idx].range(start, end).map(|(_, n)| *n).sum(),
-            customers_at_start: self.alive[idx].count_at(start),
+            customers_at_start: self.activity.count_at(self.windows + idx, start),
         }
     }
 
     /// A snapshot of window `idx` was taken over `[start, end)`; `lower_bound` is the task's smallest watermark.
     pub fn evict(&mut self, idx: usize, start: Millis, end: Millis, lower_bound: Option<Millis>) {
         self.churned[idx].evict_before(start);
-        self.active[idx].fold_to(end);
-        self.alive[idx].fold_to(start);
+        self.activity.fold_to(idx, end);
+        self.activity.fold_to(self.windows + idx, start);
         if let Some(l) = lower_bound {
-            self.active[idx].forget_before(l);
-            self.alive[idx].forget_before(l);
+            self.activity.forget_before(l);
         }
     }
 
     pub fn size(&self) -> usize {
-        self.runs.len()
-            + self
-                .active
-                .iter()
-                .chain(self.alive.iter())
-                .map(|d| d.keys())
-                .sum::<usize>()
-            + self.churned.iter().map(|w| w.len()).sum::<usize>()
+        self.runs.len() + self.activity.keys() + self.churned.iter().map(|w| w.len()).sum::<usize>()
     }
 }
 
@@ -166,21 +163,25 @@ impl Merge for CustomerState {
         let CustomerState {
             horizon_ms,
             churned,
-            active,
-            alive,
+            activity,
+            windows,
             runs,
             queue: _,
         } = newer;
+        if windows != self.windows {
+            return Err(format!(
+                "a delta has {windows} windows where the base has {}",
+                self.windows
+            ));
+        }
         self.horizon_ms = horizon_ms;
         self.churned = churned;
-        self.active.merge(active)?;
-        self.alive.merge(alive)?;
+        self.activity.merge(activity)?;
         self.runs.merge(runs)
     }
 
     fn saved(&mut self) {
-        self.active.saved();
-        self.alive.saved();
+        self.activity.saved();
         self.runs.saved();
     }
 }

@@ -401,10 +401,11 @@ pub struct Engine {
 /// Leads every saved task state: postcard is not self-describing, so a state
 /// written by another layout must be refused, not misread. Bump on any change
 /// of `TaskState`'s serialised form (2: customers as numbers, `CustomerIds`;
-/// 3: bases and deltas; 4: distinct-count buckets as relative bucket numbers).
-const BASE_FORMAT: &[u8] = b"engaged-task-state/4\n";
+/// 3: bases and deltas; 4: distinct-count buckets as relative bucket numbers;
+/// 5: one distinct counter per event set, shared by every window).
+const BASE_FORMAT: &[u8] = b"engaged-task-state/5\n";
 /// Leads every saved delta (see [`delta`]).
-const DELTA_FORMAT: &[u8] = b"engaged-task-delta/4\n";
+const DELTA_FORMAT: &[u8] = b"engaged-task-delta/5\n";
 
 fn format_tag(form: Form) -> &'static [u8] {
     match form {
@@ -799,7 +800,7 @@ mod tests {
     fn a_state_of_another_format_is_refused_not_misread() {
         let e = Engine::new(CoreConfig::default());
         let err = e.restore_task(0, b"\x00\x01\x02 older layout").unwrap_err();
-        assert!(err.to_string().contains("engaged-task-state/4"), "{err}");
+        assert!(err.to_string().contains("engaged-task-state/5"), "{err}");
         assert!(e.tasks().is_empty());
         // A header with a truncated body is refused too, and nothing is installed.
         let mut bytes = BASE_FORMAT.to_vec();

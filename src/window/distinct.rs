@@ -1,27 +1,50 @@
-//! Exact distinct counts over sliding windows, with snapshot cost independent of the number of keys.
+//! Exact distinct counts over sliding windows: one key lookup per event whatever the number of windows.
 //!
-//! Technique. A key (customer) with an event in bucket `k` is counted by every
-//! window `[e - len, e)` whose end `e` lies in `[k + b, k + len + b)` (ends are
-//! bucket-aligned). The set of ends at which a key counts is therefore the union
-//! of those intervals over its event buckets, which is a list of disjoint runs.
-//! We keep a difference array over window ends: `+1` where a key's run starts,
-//! `-1` where it ends. The distinct count at `e` is the prefix sum of the
-//! difference array up to `e`, which touches only the positions between the
-//! last query and `e` (about `len / b` entries), never the keys.
+//! A [`SharedDistinct`] counts the distinct keys (customers) of one event set
+//! (activity, or ORDERs) over several *views* at once: view `i` answers "how
+//! many keys had an event in `[e - len_i, e)`" for ends `e` that are multiples
+//! of its bucket `b_i` (`len_i % b_i == 0`). Every window of a family, and the
+//! churn-rate denominators, are views of one set, so an event costs one key
+//! lookup, not one per window.
 //!
-//! When a key gets an event in a new bucket `k` between its neighbours `p < k < q`,
-//! only the gaps around `k` change: the contribution of gap `(p, q)` is removed
-//! and those of `(p, k)` and `(k, q)` added, where a gap `(p, q)` contributes
-//! `-1` at `p + len + b` and `+1` at `q + b` when the two runs do not touch
-//! (`q - p > len`), a first bucket contributes `+1` at its start and a last one
-//! `-1` at its end. The result is a function of the *set* of events, whatever
-//! their arrival order, which is what SPEC §2 asks of every metric.
+//! # Technique
+//! Per view, a key with an event in bucket `B` (multiple of `b`) counts at the
+//! ends `e` in `[B + b, B + len]`: the union over its event buckets is a list of
+//! disjoint runs. A difference array over ends holds `+1` where a key's run
+//! starts and `-1` one bucket after it ends; the count at `e` is its prefix sum
+//! up to `e` ([`DiffRing`]), which touches the positions between the last fold
+//! and `e`, never the keys. Between consecutive distinct buckets `P < Q` of a key
+//! the runs are separate iff `Q - P > len`; a gap `(P, Q)` then contributes `-1`
+//! at `P + len + b` and `+1` at `Q + b`, a first bucket `+1` at its start and a
+//! last one `-1` at its end.
 //!
-//! Memory: per key, the buckets that can still merge with a future event
-//! (events older than `lower_bound - len` are dropped, see [`SlidingDistinct::forget_before`]),
-//! and one difference entry per bucket position ahead of the last query.
+//! Per key we keep one sorted list of event buckets at the *grain* `g`, the
+//! greatest common divisor of every view's bucket. Since `g` divides `b`, the
+//! view's bucket of a grain bucket `k` is `floor_b(k)`, and the nearest distinct
+//! view bucket below `floor_b(k)` is `floor_b(p)` of the nearest grain bucket
+//! `p < k` unless `floor_b(p) = floor_b(k)` — in which case the view's bucket set
+//! did not change and the view is left alone. So inserting `k` between its grain
+//! neighbours `p < k < q` changes, in each view where `floor_b(k)` is new, only
+//! the gaps around it: `(P, Q)` is removed and `(P, K)`, `(K, Q)` added. The
+//! result is a function of the *set* of events, whatever their arrival order
+//! (SPEC §2), and exactly the count a brute-force scan gives (property-tested
+//! below against one).
+//!
+//! # Memory: what a key keeps
+//! Every accepted event is at or after the task's lower bound `F` (the closing
+//! watermark, [`SharedDistinct::forget_before`]). For such an event only its
+//! neighbours in the list matter, and they are the buckets at or after `F` and
+//! the latest one before it: everything older is dropped. To stay exact for
+//! events up to `tolerance` = min over views of `len + b` behind `F` (an input
+//! woken from idleness), the list keeps every bucket at or after `F - tolerance`
+//! and the latest one before that. A key whose latest bucket `p` is so old that
+//! every view's run of it ended (`p < F - max(len + b)`) is dropped whole: a
+//! later event then sees no left neighbour, which contributes the same
+//! differences. A key touched by an event is trimmed then; a pass over every key
+//! drops the silent ones, at most once per `min(len) / 2` of progress of `F`.
+//! Most keys hold one bucket, inline in the map entry: no allocation per key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::Hash;
 
 use smallvec::SmallVec;
@@ -29,54 +52,126 @@ use smallvec::SmallVec;
 use crate::event::Millis;
 use crate::state::delta::{Kept, Merge, Tracked};
 
-/// One key's event buckets, ascending, without duplicates.
+/// One key's event buckets (grain-aligned), ascending, without duplicates.
 type Buckets = SmallVec<[Millis; 2]>;
 
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(
-    bound(deserialize = "K: serde::Deserialize<'de> + Hash + Eq"),
-    try_from = "Saved<Tracked<K, Buckets>, BTreeMap<Millis, i64>>"
-)]
-pub struct SlidingDistinct<K> {
-    bucket_ms: i64,
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a.abs() } else { gcd(b, a % b) }
+}
+
+/// Positions per page of a [`DiffRing`].
+const PAGE: usize = 1024;
+/// A difference further than this many positions from the ring's first page is
+/// kept in the sparse overflow map instead (an event far in the future must not
+/// allocate pages for every position up to it).
+const MAX_SPAN: i64 = 1 << 22;
+
+/// A difference array over bucket-aligned positions, folded into a base from the
+/// left: dense pages of `i32` allocated on first use near the present, a sparse
+/// map for outliers.
+#[derive(Debug, Clone)]
+pub struct DiffRing {
     len_ms: i64,
-    /// Per key, its event buckets in ascending order. Most keys have one or two,
-    /// kept inline in the map: no allocation per key, and saving or restoring a
-    /// million keys reads memory in order instead of chasing a pointer per key.
-    keys: Tracked<K, Buckets>,
-    diff: BTreeMap<Millis, i64>,
+    bucket_ms: i64,
     /// Sum of the differences at positions `<= folded_to`.
     base: i64,
     folded_to: Millis,
-    /// Lower bound of the last pass over the keys (see [`SlidingDistinct::forget_before`]).
-    #[serde(default)]
-    forgot_at: Option<Millis>,
+    /// Bucket number (`position / bucket_ms`) of the first slot of `pages[0]`.
+    first: i64,
+    pages: VecDeque<Option<Box<[i32; PAGE]>>>,
+    far: BTreeMap<Millis, i64>,
 }
 
-impl<K: Hash + Eq + Clone> SlidingDistinct<K> {
-    /// Distinct keys over windows of `len_ms` made of `bucket_ms` buckets (`len_ms % bucket_ms == 0`).
-    pub fn new(len_ms: i64, bucket_ms: i64) -> SlidingDistinct<K> {
-        assert!(bucket_ms > 0 && len_ms > 0 && len_ms % bucket_ms == 0);
-        SlidingDistinct {
-            bucket_ms,
+impl DiffRing {
+    fn new(len_ms: i64, bucket_ms: i64) -> DiffRing {
+        DiffRing {
             len_ms,
-            keys: Tracked::default(),
-            diff: BTreeMap::new(),
+            bucket_ms,
             base: 0,
             folded_to: Millis::MIN,
-            forgot_at: None,
+            first: 0,
+            pages: VecDeque::new(),
+            far: BTreeMap::new(),
         }
     }
 
-    fn add_diff(&mut self, pos: Millis, d: i64) {
+    fn add(&mut self, pos: Millis, d: i64) {
         if pos <= self.folded_to {
             self.base += d;
-        } else {
-            let e = self.diff.entry(pos).or_insert(0);
+            return;
+        }
+        let slot = pos.div_euclid(self.bucket_ms);
+        if self.pages.is_empty() {
+            self.first = slot.div_euclid(PAGE as i64) * PAGE as i64;
+        }
+        let page_len = PAGE as i64;
+        let end = self.first + self.pages.len() as i64 * page_len;
+        if slot < self.first - MAX_SPAN || slot >= self.first + MAX_SPAN {
+            let e = self.far.entry(pos).or_insert(0);
             *e += d;
             if *e == 0 {
-                self.diff.remove(&pos);
+                self.far.remove(&pos);
             }
+            return;
+        }
+        while slot < self.first {
+            self.pages.push_front(None);
+            self.first -= page_len;
+        }
+        let mut end = end;
+        while slot >= end {
+            self.pages.push_back(None);
+            end += page_len;
+        }
+        let i = (slot - self.first) as usize;
+        let page = self.pages[i / PAGE].get_or_insert_with(|| Box::new([0; PAGE]));
+        // A sum of ±1 per key: bounded by the keys of one task (< 2^31).
+        page[i % PAGE] += d as i32;
+    }
+
+    /// The sum of the differences at positions `<= end`.
+    fn count_at(&self, end: Millis) -> i64 {
+        let mut sum = self.base;
+        if end > self.folded_to {
+            let last = end.div_euclid(self.bucket_ms);
+            for (n, page) in self.pages.iter().enumerate() {
+                let start = self.first + (n * PAGE) as i64;
+                if start > last {
+                    break;
+                }
+                if let Some(page) = page {
+                    let upto = ((last - start + 1) as usize).min(PAGE);
+                    sum += page[..upto].iter().map(|&d| i64::from(d)).sum::<i64>();
+                }
+            }
+            sum += self.far.range(..=end).map(|(_, d)| d).sum::<i64>();
+        }
+        sum
+    }
+
+    /// Promises no query before `end` again: folds the differences up to it into the base.
+    fn fold_to(&mut self, end: Millis) {
+        if end <= self.folded_to {
+            return;
+        }
+        self.base = self.count_at(end);
+        self.folded_to = end;
+        let rest = self.far.split_off(&(end + 1));
+        self.far = rest;
+        let last = end.div_euclid(self.bucket_ms);
+        while !self.pages.is_empty() {
+            let start = self.first;
+            if start + PAGE as i64 - 1 <= last {
+                self.pages.pop_front();
+                self.first += PAGE as i64;
+                continue;
+            }
+            if start <= last
+                && let Some(Some(page)) = self.pages.front_mut()
+            {
+                page[..=(last - start) as usize].fill(0);
+            }
+            break;
         }
     }
 
@@ -84,20 +179,98 @@ impl<K: Hash + Eq + Clone> SlidingDistinct<K> {
     fn gap(&mut self, p: Option<Millis>, q: Option<Millis>, sign: i64) {
         let (b, len) = (self.bucket_ms, self.len_ms);
         match (p, q) {
-            (None, Some(q)) => self.add_diff(q + b, sign),
-            (Some(p), None) => self.add_diff(p + len + b, -sign),
+            (None, Some(q)) => self.add(q + b, sign),
+            (Some(p), None) => self.add(p + len + b, -sign),
             (Some(p), Some(q)) if q - p > len => {
-                self.add_diff(p + len + b, -sign);
-                self.add_diff(q + b, sign);
+                self.add(p + len + b, -sign);
+                self.add(q + b, sign);
             }
             _ => {}
         }
     }
 
-    /// Records an event of `key` at event time `t`.
+    /// A key got grain bucket `k` between its grain neighbours `p` and `q`.
+    fn on_insert(&mut self, p: Option<Millis>, k: Millis, q: Option<Millis>) {
+        let b = self.bucket_ms;
+        let view = |t: Millis| t.div_euclid(b) * b;
+        let (p, k, q) = (p.map(view), view(k), q.map(view));
+        if p == Some(k) || q == Some(k) {
+            return;
+        }
+        self.gap(p, q, -1);
+        self.gap(p, Some(k), 1);
+        self.gap(Some(k), q, 1);
+    }
+
+    /// Every non-zero difference not yet folded, by position.
+    fn entries(&self) -> Vec<(Millis, i64)> {
+        let mut out = vec![];
+        for (n, page) in self.pages.iter().enumerate() {
+            let Some(page) = page else { continue };
+            let start = self.first + (n * PAGE) as i64;
+            for (i, d) in page.iter().enumerate() {
+                if *d != 0 {
+                    out.push(((start + i as i64) * self.bucket_ms, i64::from(*d)));
+                }
+            }
+        }
+        out.extend(self.far.iter().map(|(p, d)| (*p, *d)));
+        out.sort_unstable();
+        out
+    }
+
+    /// Positions held (dense slots in use and sparse entries), for the state-size gauge.
+    fn size(&self) -> usize {
+        self.pages.iter().flatten().count() * PAGE + self.far.len()
+    }
+}
+
+/// Exact sliding distinct counts of one event set over several views (see the module docs).
+#[derive(Debug, Clone)]
+pub struct SharedDistinct<K> {
+    grain_ms: i64,
+    /// Per key, its event buckets at the grain, ascending. Inline in the map entry.
+    keys: Tracked<K, Buckets>,
+    views: Vec<DiffRing>,
+    /// Buckets before this are dropped from a key's list, but for its latest one.
+    trim_below: Option<Millis>,
+    /// A key whose latest bucket is before this is dropped whole.
+    drop_below: Option<Millis>,
+    /// Lower bound of the last pass over every key.
+    swept_at: Option<Millis>,
+}
+
+impl<K: Hash + Eq + Clone> SharedDistinct<K> {
+    /// Distinct keys over views `(len_ms, bucket_ms)`, each with `len_ms % bucket_ms == 0`.
+    pub fn new(views: &[(i64, i64)]) -> SharedDistinct<K> {
+        assert!(
+            views.iter().all(|&(l, b)| b > 0 && l > 0 && l % b == 0),
+            "views need positive lengths that are multiples of their buckets"
+        );
+        let grain_ms = views.iter().fold(0, |g, &(_, b)| gcd(g, b)).max(1);
+        SharedDistinct {
+            grain_ms,
+            keys: Tracked::default(),
+            views: views.iter().map(|&(l, b)| DiffRing::new(l, b)).collect(),
+            trim_below: None,
+            drop_below: None,
+            swept_at: None,
+        }
+    }
+
+    /// Records an event of `key` at event time `t`: one lookup of the key, then
+    /// the views whose bucket set changed.
     pub fn insert(&mut self, key: &K, t: Millis) {
-        let k = t.div_euclid(self.bucket_ms) * self.bucket_ms;
+        let g = self.grain_ms;
+        let k = t.div_euclid(g) * g;
+        let trim = self.trim_below;
         let neighbours = self.keys.update(key.clone(), Buckets::new, |set| {
+            if let Some(f) = trim {
+                let below = set.partition_point(|b| *b < f);
+                if below > 1 {
+                    set.drain(..below - 1);
+                }
+            }
             let at = set.binary_search(&k).err()?;
             set.insert(at, k);
             Some((at.checked_sub(1).map(|i| set[i]), set.get(at + 1).copied()))
@@ -105,53 +278,57 @@ impl<K: Hash + Eq + Clone> SlidingDistinct<K> {
         let Some((p, q)) = neighbours else {
             return;
         };
-        self.gap(p, q, -1);
-        self.gap(p, Some(k), 1);
-        self.gap(Some(k), q, 1);
+        for v in &mut self.views {
+            v.on_insert(p, k, q);
+        }
     }
 
-    /// Distinct keys with an event in `[end - len, end)`; `end` must be bucket-aligned
-    /// and not earlier than the last [`SlidingDistinct::fold_to`].
-    pub fn count_at(&self, end: Millis) -> i64 {
-        self.base + self.diff.range(..=end).map(|(_, d)| d).sum::<i64>()
+    /// Distinct keys of view `view` with an event in `[end - len, end)`; `end` must
+    /// be aligned to the view's bucket and not earlier than its last [`SharedDistinct::fold_to`].
+    pub fn count_at(&self, view: usize, end: Millis) -> i64 {
+        self.views[view].count_at(end)
     }
 
-    /// Promises no query before `end` again: folds the differences up to it into a base.
-    pub fn fold_to(&mut self, end: Millis) {
-        if end <= self.folded_to {
+    /// Promises no query of view `view` before `end` again.
+    pub fn fold_to(&mut self, view: usize, end: Millis) {
+        self.views[view].fold_to(end);
+    }
+
+    /// No event before `lower_bound` is accepted any more (the task's closing
+    /// watermark): keys keep only the buckets a future event can be next to.
+    pub fn forget_before(&mut self, lower_bound: Millis) {
+        let g = self.grain_ms;
+        let f = lower_bound.div_euclid(g) * g;
+        let tolerance = self.views.iter().map(|v| v.len_ms + v.bucket_ms).min();
+        let longest = self.views.iter().map(|v| v.len_ms + v.bucket_ms).max();
+        let (Some(tolerance), Some(longest)) = (tolerance, longest) else {
+            return;
+        };
+        let trim = (f - tolerance).div_euclid(g) * g;
+        let drop = trim - longest;
+        if self.trim_below.is_some_and(|t| t >= trim) {
             return;
         }
-        let rest = self.diff.split_off(&(end + 1));
-        self.base += self.diff.values().sum::<i64>();
-        self.diff = rest;
-        self.folded_to = end;
-    }
-
-    /// Forgets event buckets that no event at or after `lower_bound` can merge with
-    /// (their runs ended before it). Keys left without buckets are dropped.
-    ///
-    /// A pass over the keys happens at most once per half window of progress of
-    /// `lower_bound`, so its cost is amortised instead of paid at every snapshot;
-    /// forgetting later only keeps memory a little longer, never changes a count.
-    pub fn forget_before(&mut self, lower_bound: Millis) {
+        self.trim_below = Some(trim);
+        self.drop_below = Some(drop);
+        let shortest = self.views.iter().map(|v| v.len_ms).min().unwrap_or(1);
         if self
-            .forgot_at
-            .is_some_and(|f| lower_bound - f < (self.len_ms / 2).max(self.bucket_ms))
+            .swept_at
+            .is_some_and(|s| lower_bound - s < (shortest / 2).max(g))
         {
             return;
         }
-        self.forgot_at = Some(lower_bound);
-        let horizon = lower_bound - self.len_ms - self.bucket_ms;
+        self.swept_at = Some(lower_bound);
         self.keys.retain(|_, set| {
-            let old = set.partition_point(|b| *b < horizon);
-            if old == 0 {
-                return Kept::Unchanged;
+            if set.last().is_none_or(|l| *l < drop) {
+                return Kept::Removed;
             }
-            set.drain(..old);
-            if set.is_empty() {
-                Kept::Removed
-            } else {
+            let below = set.partition_point(|b| *b < trim);
+            if below > 1 {
+                set.drain(..below - 1);
                 Kept::Changed
+            } else {
+                Kept::Unchanged
             }
         });
     }
@@ -160,31 +337,101 @@ impl<K: Hash + Eq + Clone> SlidingDistinct<K> {
     pub fn keys(&self) -> usize {
         self.keys.len()
     }
+
+    /// Difference positions held over every view, for the state-size gauge.
+    pub fn positions(&self) -> usize {
+        self.views.iter().map(DiffRing::size).sum()
+    }
 }
 
-/// How a [`SlidingDistinct`] is saved (written from borrowed parts, read into
-/// owned ones): its event buckets as bucket counts, the first
-/// relative to `origin` (the last query's end) and each next one relative to the one
-/// before. They are small numbers, a byte or two as varints, where absolute times
-/// take six: the keys' buckets are most of a checkpoint.
+// ---- Saved form --------------------------------------------------------------
+
+/// How a [`DiffRing`] is saved: its differences as `(position step in buckets, value)`.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Saved<Keys, Diff> {
-    bucket_ms: i64,
+struct SavedRing {
     len_ms: i64,
-    origin: Millis,
-    keys: Keys,
-    diff: Diff,
+    bucket_ms: i64,
     base: i64,
     folded_to: Millis,
-    forgot_at: Option<Millis>,
+    /// Positions as bucket numbers, the first relative to `folded_to`'s, each next
+    /// to the one before: small varints.
+    diffs: Vec<(i64, i64)>,
 }
 
-/// The origin of the saved bucket numbers: a bucket boundary near the buckets kept.
-fn origin(folded_to: Millis, bucket_ms: i64) -> Millis {
-    if folded_to == Millis::MIN {
+impl From<&DiffRing> for SavedRing {
+    fn from(r: &DiffRing) -> SavedRing {
+        let b = r.bucket_ms;
+        let mut at = origin(r.folded_to, b) / b;
+        let diffs = r
+            .entries()
+            .into_iter()
+            .map(|(pos, d)| {
+                let slot = pos / b;
+                let step = slot - at;
+                at = slot;
+                (step, d)
+            })
+            .collect();
+        SavedRing {
+            len_ms: r.len_ms,
+            bucket_ms: b,
+            base: r.base,
+            folded_to: r.folded_to,
+            diffs,
+        }
+    }
+}
+
+impl TryFrom<SavedRing> for DiffRing {
+    type Error = String;
+
+    fn try_from(s: SavedRing) -> Result<DiffRing, String> {
+        let (len, b) = (s.len_ms, s.bucket_ms);
+        if b <= 0 || len <= 0 || len % b != 0 {
+            return Err(format!(
+                "a distinct counter with buckets of {b} ms over {len} ms"
+            ));
+        }
+        let mut r = DiffRing::new(len, b);
+        r.base = s.base;
+        r.folded_to = s.folded_to;
+        let mut at = origin(s.folded_to, b) / b;
+        for (i, (step, d)) in s.diffs.into_iter().enumerate() {
+            at = at
+                .checked_add(step)
+                .filter(|a| (i == 0 || step > 0) && a.checked_mul(b).is_some())
+                .ok_or("a distinct counter's differences are out of range or out of order")?;
+            let pos = at * b;
+            if pos <= r.folded_to || i32::try_from(d).is_err() {
+                return Err("a distinct counter's difference is out of range".into());
+            }
+            r.add(pos, d);
+        }
+        Ok(r)
+    }
+}
+
+/// How a [`SharedDistinct`] is saved (written from borrowed parts, read into
+/// owned ones): each key's buckets as grain counts, the first relative to
+/// `origin` and each next one relative to the one before — a byte or two as
+/// varints, where absolute times take six; the keys are most of a checkpoint.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved<Keys, Ring> {
+    grain_ms: i64,
+    origin: Millis,
+    keys: Keys,
+    views: Vec<Ring>,
+    trim_below: Option<Millis>,
+    drop_below: Option<Millis>,
+    swept_at: Option<Millis>,
+}
+
+/// A bucket boundary near the buckets kept (positions fit in a few varint bytes from it).
+fn origin(near: Millis, bucket_ms: i64) -> Millis {
+    if near == Millis::MIN {
         0
     } else {
-        folded_to.div_euclid(bucket_ms) * bucket_ms
+        near.div_euclid(bucket_ms) * bucket_ms
     }
 }
 
@@ -192,118 +439,129 @@ fn origin(folded_to: Millis, bucket_ms: i64) -> Millis {
 struct Relative<'a> {
     buckets: &'a Buckets,
     origin: Millis,
-    bucket_ms: i64,
+    grain_ms: i64,
 }
 
 impl serde::Serialize for Relative<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let b = self.bucket_ms;
+        let g = self.grain_ms;
         let previous = std::iter::once(self.origin).chain(self.buckets.iter().copied());
-        s.collect_seq(self.buckets.iter().zip(previous).map(|(k, p)| (k - p) / b))
+        s.collect_seq(self.buckets.iter().zip(previous).map(|(k, p)| (k - p) / g))
     }
 }
 
-/// The keys of a [`SlidingDistinct`], written as [`Relative`] buckets.
+/// The keys of a [`SharedDistinct`], written as [`Relative`] buckets.
 struct SavedKeys<'a, K> {
     keys: &'a Tracked<K, Buckets>,
     origin: Millis,
-    bucket_ms: i64,
+    grain_ms: i64,
 }
 
 impl<K: serde::Serialize + Hash + Eq> serde::Serialize for SavedKeys<'_, K> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let (origin, bucket_ms) = (self.origin, self.bucket_ms);
+        let (origin, grain_ms) = (self.origin, self.grain_ms);
         self.keys.serialize_with(s, |buckets| Relative {
             buckets,
             origin,
-            bucket_ms,
+            grain_ms,
         })
     }
 }
 
-impl<K: serde::Serialize + Hash + Eq> serde::Serialize for SlidingDistinct<K> {
+impl<K: serde::Serialize + Hash + Eq> serde::Serialize for SharedDistinct<K> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let origin = origin(self.folded_to, self.bucket_ms);
+        let origin = origin(self.trim_below.unwrap_or(Millis::MIN), self.grain_ms);
         Saved {
-            bucket_ms: self.bucket_ms,
-            len_ms: self.len_ms,
+            grain_ms: self.grain_ms,
             origin,
             keys: SavedKeys {
                 keys: &self.keys,
                 origin,
-                bucket_ms: self.bucket_ms,
+                grain_ms: self.grain_ms,
             },
-            diff: &self.diff,
-            base: self.base,
-            folded_to: self.folded_to,
-            forgot_at: self.forgot_at,
+            views: self.views.iter().map(SavedRing::from).collect(),
+            trim_below: self.trim_below,
+            drop_below: self.drop_below,
+            swept_at: self.swept_at,
         }
         .serialize(s)
     }
 }
 
-impl<K> TryFrom<Saved<Tracked<K, Buckets>, BTreeMap<Millis, i64>>> for SlidingDistinct<K> {
-    type Error = String;
-
+impl<'de, K: serde::Deserialize<'de> + Hash + Eq> serde::Deserialize<'de> for SharedDistinct<K> {
     /// Turns saved bucket numbers back into times; refuses what no saved counter
     /// can hold (corrupt input must be an error, not a panic or a wrong count).
-    fn try_from(saved: Saved<Tracked<K, Buckets>, BTreeMap<Millis, i64>>) -> Result<Self, String> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let saved: Saved<Tracked<K, Buckets>, SavedRing> = serde::Deserialize::deserialize(d)?;
         let Saved {
-            bucket_ms,
-            len_ms,
+            grain_ms,
             origin,
             mut keys,
-            diff,
-            base,
-            folded_to,
-            forgot_at,
+            views,
+            trim_below,
+            drop_below,
+            swept_at,
         } = saved;
-        if bucket_ms <= 0 || len_ms <= 0 || len_ms % bucket_ms != 0 {
-            return Err(format!(
-                "a distinct counter with buckets of {bucket_ms} ms over {len_ms} ms"
-            ));
+        let views = views
+            .into_iter()
+            .map(DiffRing::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(D::Error::custom)?;
+        let want = views.iter().fold(0, |g, v| gcd(g, v.bucket_ms)).max(1);
+        if grain_ms != want {
+            return Err(D::Error::custom(format!(
+                "a distinct counter with a grain of {grain_ms} ms over views whose buckets need {want} ms"
+            )));
         }
         for buckets in keys.decoded_values_mut() {
             let mut at = origin;
             for (i, k) in buckets.iter_mut().enumerate() {
-                let step = k.checked_mul(bucket_ms).filter(|s| i == 0 || *s > 0);
-                at = step
-                    .and_then(|s| at.checked_add(s))
-                    .ok_or("a distinct counter's buckets are out of range or out of order")?;
+                let step = k.checked_mul(grain_ms).filter(|s| i == 0 || *s > 0);
+                at = step.and_then(|s| at.checked_add(s)).ok_or_else(|| {
+                    D::Error::custom(
+                        "a distinct counter's buckets are out of range or out of order",
+                    )
+                })?;
                 *k = at;
             }
         }
-        Ok(SlidingDistinct {
-            bucket_ms,
-            len_ms,
+        Ok(SharedDistinct {
+            grain_ms,
             keys,
-            diff,
-            base,
-            folded_to,
-            forgot_at,
+            views,
+            trim_below,
+            drop_below,
+            swept_at,
         })
     }
 }
 
-impl<K: Hash + Eq + Clone> Merge for SlidingDistinct<K> {
+impl<K: Hash + Eq + Clone> Merge for SharedDistinct<K> {
     fn merge(&mut self, newer: Self) -> Result<(), String> {
-        let SlidingDistinct {
-            bucket_ms,
-            len_ms,
+        let SharedDistinct {
+            grain_ms,
             keys,
-            diff,
-            base,
-            folded_to,
-            forgot_at,
+            views,
+            trim_below,
+            drop_below,
+            swept_at,
         } = newer;
-        if (bucket_ms, len_ms) != (self.bucket_ms, self.len_ms) {
+        let shape = |v: &[DiffRing]| {
+            v.iter()
+                .map(|r| (r.len_ms, r.bucket_ms))
+                .collect::<Vec<_>>()
+        };
+        if grain_ms != self.grain_ms || shape(&views) != shape(&self.views) {
             return Err(format!(
-                "a delta's distinct counter has buckets of {bucket_ms} ms over {len_ms} ms, the base {} over {}",
-                self.bucket_ms, self.len_ms
+                "a delta's distinct counter has views {:?}, the base {:?}",
+                shape(&views),
+                shape(&self.views)
             ));
         }
         self.keys.merge(keys)?;
-        (self.diff, self.base, self.folded_to, self.forgot_at) = (diff, base, folded_to, forgot_at);
+        (self.views, self.trim_below, self.drop_below, self.swept_at) =
+            (views, trim_below, drop_below, swept_at);
         Ok(())
     }
 
@@ -313,196 +571,4 @@ impl<K: Hash + Eq + Clone> Merge for SlidingDistinct<K> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::delta::{Form, in_form};
-    use proptest::prelude::*;
-
-    fn brute(events: &[(u8, i64)], len: i64, end: i64) -> i64 {
-        let mut keys: Vec<u8> = events
-            .iter()
-            .filter(|(_, t)| *t >= end - len && *t < end)
-            .map(|(k, _)| *k)
-            .collect();
-        keys.sort();
-        keys.dedup();
-        keys.len() as i64
-    }
-
-    #[test]
-    fn counts_a_key_once_per_window() {
-        let mut d = SlidingDistinct::new(60, 10);
-        d.insert(&"a", 5);
-        d.insert(&"a", 15);
-        d.insert(&"b", 15);
-        assert_eq!(d.count_at(10), 1); // [-50, 10): a@5
-        assert_eq!(d.count_at(20), 2); // a, b
-        assert_eq!(d.count_at(70), 2); // [10, 70): a@15, b@15
-        assert_eq!(d.count_at(80), 0); // [20, 80)
-    }
-
-    fn encode(d: &SlidingDistinct<u32>, form: Form) -> Vec<u8> {
-        in_form(form, || postcard::to_allocvec(d)).expect("encodes")
-    }
-
-    fn decode(bytes: &[u8], form: Form) -> SlidingDistinct<u32> {
-        in_form(form, || postcard::from_bytes(bytes)).expect("decodes")
-    }
-
-    #[test]
-    fn corrupt_saved_buckets_are_an_error_not_a_panic() {
-        let mut d = SlidingDistinct::new(60, 10);
-        d.insert(&1u32, 5);
-        d.insert(&1u32, 25);
-        let good = encode(&d, Form::Base);
-        // Every single-byte change decodes to an equal counter or fails cleanly.
-        for i in 0..good.len() {
-            for v in [0u8, 0x7f, 0x80, 0xff] {
-                let mut bad = good.clone();
-                bad[i] = v;
-                let _ = in_form(Form::Base, || {
-                    postcard::from_bytes::<SlidingDistinct<u32>>(&bad)
-                });
-            }
-        }
-        // A bucket number whose time does not fit is refused.
-        let mut huge: Tracked<u32, Buckets> = Tracked::default();
-        huge.insert(1, SmallVec::from_slice(&[i64::MAX / 2]));
-        let saved = Saved {
-            bucket_ms: 10,
-            len_ms: 60,
-            origin: 0,
-            keys: huge,
-            diff: BTreeMap::<Millis, i64>::new(),
-            base: 0,
-            folded_to: 0,
-            forgot_at: None::<Millis>,
-        };
-        let bytes = in_form(Form::Base, || postcard::to_allocvec(&saved)).expect("encodes");
-        let err = in_form(Form::Base, || {
-            postcard::from_bytes::<SlidingDistinct<u32>>(&bytes)
-        });
-        assert!(err.is_err());
-        // Buckets out of order (a zero step) are refused.
-        let mut twice = d.clone();
-        twice.keys.insert(2, SmallVec::from_slice(&[10, 10]));
-        let bytes = encode(&twice, Form::Base);
-        let err = in_form(Form::Base, || {
-            postcard::from_bytes::<SlidingDistinct<u32>>(&bytes)
-        });
-        assert!(err.is_err());
-    }
-
-    #[test]
-    fn saved_buckets_are_small_numbers_and_come_back_as_times() {
-        // Real epoch times, a day-long window of 24-minute buckets, as by default.
-        let (b, len) = (24 * 60_000, 24 * 3_600_000);
-        let t0 = 1_700_000_000_000;
-        let mut d = SlidingDistinct::new(len, b);
-        for k in 0..1_000u32 {
-            d.insert(&k, t0 + i64::from(k) * 1_000);
-            d.insert(&k, t0 + 3 * b + i64::from(k) * 1_000);
-        }
-        d.fold_to((t0 + 2 * b).div_euclid(b) * b);
-        let bytes = encode(&d, Form::Base);
-        // Per key: the key, a length and two one-byte bucket numbers (absolute times
-        // would take six bytes each).
-        assert!(bytes.len() < 1_000 * 7, "{} bytes", bytes.len());
-        let back = decode(&bytes, Form::Base);
-        for end in (0..=40).map(|i| (t0 + 2 * b).div_euclid(b) * b + i * b) {
-            assert_eq!(back.count_at(end), d.count_at(end), "end {end}");
-        }
-        assert_eq!(back.keys.get(&7), d.keys.get(&7));
-    }
-
-    proptest! {
-        #[test]
-        fn equals_brute_force_in_any_order(
-            mut events in proptest::collection::vec((0u8..6, 0i64..400), 0..80),
-            shuffle in any::<u64>(),
-            len_buckets in 1i64..8,
-        ) {
-            let (b, len) = (10, 10 * len_buckets);
-            let mut d = SlidingDistinct::new(len, b);
-            // Any arrival order gives the same answers.
-            let n = events.len();
-            if n > 1 {
-                for i in 0..n {
-                    let j = (shuffle.wrapping_mul(i as u64 + 7) % n as u64) as usize;
-                    events.swap(i, j);
-                }
-            }
-            for (k, t) in &events {
-                d.insert(k, *t);
-            }
-            for end in (0..=500).step_by(10) {
-                prop_assert_eq!(d.count_at(end), brute(&events, len, end), "end {}", end);
-            }
-        }
-
-        #[test]
-        fn a_base_and_a_delta_restore_the_counts(
-            events in proptest::collection::vec((0u32..8, -400i64..400), 0..60),
-            cut in 0usize..60,
-            fold in -40i64..40,
-            len_buckets in 1i64..8,
-        ) {
-            // Times on both sides of the origin (the last fold), so that saved
-            // bucket numbers are negative and positive.
-            let (b, len) = (10, 10 * len_buckets);
-            let mut d = SlidingDistinct::new(len, b);
-            let cut = cut.min(events.len());
-            for (k, t) in &events[..cut] {
-                d.insert(k, *t);
-            }
-            d.fold_to(fold * b - 400);
-            let base = encode(&d, Form::Base);
-            d.saved();
-            for (k, t) in &events[cut..] {
-                d.insert(k, *t);
-            }
-            d.forget_before(fold * b);
-            let delta = encode(&d, Form::Delta);
-            let mut back = decode(&base, Form::Base);
-            back.merge(decode(&delta, Form::Delta)).expect("merges");
-            let ends = (-60..=60).map(|i| i * b).filter(|e| *e >= d.folded_to);
-            for end in ends {
-                prop_assert_eq!(back.count_at(end), d.count_at(end), "end {}", end);
-            }
-            let mut keys: Vec<_> = back.keys.iter().map(|(k, v)| (*k, v.clone())).collect();
-            let mut want: Vec<_> = d.keys.iter().map(|(k, v)| (*k, v.clone())).collect();
-            keys.sort();
-            want.sort();
-            prop_assert_eq!(keys, want);
-        }
-
-        #[test]
-        fn folding_and_forgetting_follow_a_moving_watermark(
-            events in proptest::collection::vec((0u8..6, 0i64..60, -30i64..0), 0..120),
-            len_buckets in 1i64..8,
-        ) {
-            // Events arrive roughly in time order with bounded disorder (a lateness of 30);
-            // queries happen at the watermark behind them, as the engine does.
-            let (b, len) = (10, 10 * len_buckets);
-            let mut d = SlidingDistinct::new(len, b);
-            let mut seen = vec![];
-            let mut max_t = 0i64;
-            for (i, (k, step, jitter)) in events.iter().enumerate() {
-                let t = (i as i64 * 5 + step + jitter).max(0);
-                let watermark = max_t - 30;
-                if t < watermark {
-                    continue; // late: rejected before it reaches the structure
-                }
-                d.insert(k, t);
-                seen.push((*k, t));
-                max_t = max_t.max(t);
-                let w = max_t - 30;
-                let end = w.div_euclid(b) * b;
-                prop_assert_eq!(d.count_at(end), brute(&seen, len, end));
-                d.fold_to(end);
-                d.forget_before(w);
-                prop_assert_eq!(d.count_at(end), brute(&seen, len, end));
-            }
-        }
-    }
-}
+mod tests;
