@@ -38,7 +38,7 @@
 //! events up to `tolerance` = min over views of `len + b` behind `F` (an input
 //! woken from idleness), the list keeps every bucket at or after `F - tolerance`
 //! and the latest one before that. A key whose latest bucket `p` is so old that
-//! every view's run of it ended (`p < F - max(len + b)`) is dropped whole: a
+//! no such event can share a run with it in any view (`p < F - tolerance - max(len + b)`) is dropped whole: a
 //! later event then sees no left neighbour, which contributes the same
 //! differences. A key touched by an event is trimmed then; a pass over every key
 //! drops the silent ones, at most once per `min(len) / 2` of progress of `F`.
