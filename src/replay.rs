@@ -98,6 +98,9 @@ fn to_event(kind: EventKind, v: Value) -> Result<Event, apache_avro::Error> {
     })
 }
 
+/// Records between two evictions of what no window can show any more.
+const EVICT_EVERY: u64 = 1 << 14;
+
 /// Runs a replay and writes the final snapshots as JSON lines to `out`.
 pub fn replay(
     mut core: CoreConfig,
@@ -179,6 +182,15 @@ pub fn replay(
                 }
             };
             summary.consumed += 1;
+            if summary.consumed % EVICT_EVERY == 0 {
+                // The final snapshot is at or after this watermark (an earlier `--at`
+                // is refused below), so what no window can show from it on goes now,
+                // as after every snapshot of `engaged run`: memory follows the
+                // windows, not the length of the input.
+                if let Some(w) = pipeline.engine().watermark_of(&tp) {
+                    pipeline.engine().evict(w);
+                }
+            }
             match result {
                 Ok(()) => summary.accepted += 1,
                 Err(r) => {

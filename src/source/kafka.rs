@@ -286,6 +286,11 @@ pub fn consumer(
         .set("auto.offset.reset", "earliest")
         // `range` keeps partition N of every input topic on one member (co-partitioning).
         .set("partition.assignment.strategy", "range")
+        // librdkafka stops fetching for `fetch.queue.backoff.ms` (default 1 s) once its
+        // local queue holds `queued.min.messages`; engaged drains that queue faster
+        // than it refills, so with the default it idled most of the time (measured:
+        // 110 k msg/s, 221 k with 10 ms on the same topics). `[kafka_consumer]` overrides.
+        .set("fetch.queue.backoff.ms", "10")
         .set(
             "statistics.interval.ms",
             cfg.statistics_interval.as_millis().to_string(),

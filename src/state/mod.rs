@@ -222,6 +222,9 @@ pub struct TaskState {
     customers: CustomerState,
     risk: RiskState,
     customer_ids: CustomerIds,
+    /// The closing watermark the families last saw (`None` inside: not yet).
+    #[serde(skip)]
+    closed_at: Option<Option<Millis>>,
 }
 
 impl TaskState {
@@ -240,6 +243,7 @@ impl TaskState {
             customers: CustomerState::new(&cfg.windows, cfg.churn_horizon_ms),
             risk: RiskState::new(&cfg.windows),
             customer_ids: CustomerIds::default(),
+            closed_at: None,
         }
     }
 
@@ -259,18 +263,34 @@ impl TaskState {
     /// closing never depends on how inputs interleave.
     fn closing_watermark(&self, cfg: &CoreConfig) -> Option<Millis> {
         let lateness = cfg.allowed_lateness_ms;
-        let wm = |t: &str| self.inputs.get(t).and_then(|i| i.clock.watermark(lateness));
-        let idle = |t: &str| self.inputs.get(t).is_some_and(|i| i.idle);
-        let topics: Vec<&str> = if cfg.input_topics.is_empty() {
-            self.inputs.keys().map(|k| &**k).collect()
-        } else {
-            cfg.input_topics.iter().map(String::as_str).collect()
+        // (min over the active inputs, whether one of them has no watermark yet,
+        // whether any input is active, max over every input): one pass, no allocation.
+        let mut fold = (None::<Millis>, false, false, None::<Millis>);
+        let mut visit = |input: Option<&InputState>| {
+            let wm = input.and_then(|i| i.clock.watermark(lateness));
+            fold.3 = fold.3.max(wm);
+            if input.is_some_and(|i| i.idle) {
+                return;
+            }
+            fold.2 = true;
+            match wm {
+                Some(w) => fold.0 = Some(fold.0.map_or(w, |m: Millis| m.min(w))),
+                None => fold.1 = true,
+            }
         };
-        let active: Vec<&str> = topics.iter().copied().filter(|t| !idle(t)).collect();
-        if active.is_empty() {
-            return topics.iter().filter_map(|t| wm(t)).max();
+        if cfg.input_topics.is_empty() {
+            self.inputs.values().for_each(|i| visit(Some(i)));
+        } else {
+            for t in &cfg.input_topics {
+                visit(self.inputs.get(t.as_str()));
+            }
         }
-        active.iter().map(|t| wm(t)).min().flatten()
+        let (min_active, unknown, any_active, max_all) = fold;
+        match (any_active, unknown) {
+            (false, _) => max_all,
+            (true, true) => None,
+            (true, false) => min_active,
+        }
     }
 
     fn apply(
@@ -336,12 +356,25 @@ impl TaskState {
             let customer = self.customer_ids.get(c);
             self.customers.on_activity(customer, t);
         }
-        self.on_watermark(cfg);
+        // What closes at a watermark `w` (sessions at `last + timeout`, churn at
+        // `last + horizon`, orders before `w`) lies after every event at or after
+        // `w`: unless the closing watermark moved or this event is not after it,
+        // nothing new can be due.
+        let w = self.closing_watermark(cfg);
+        if self.closed_at != Some(w) || w.is_some_and(|w| t <= w) {
+            self.close_at(w);
+        }
         Ok(())
     }
 
     fn on_watermark(&mut self, cfg: &CoreConfig) {
-        if let Some(w) = self.closing_watermark(cfg) {
+        let w = self.closing_watermark(cfg);
+        self.close_at(w);
+    }
+
+    fn close_at(&mut self, w: Option<Millis>) {
+        self.closed_at = Some(w);
+        if let Some(w) = w {
             self.web.on_watermark(w);
             self.customers.on_watermark(w);
             self.email.forget_before(w);
@@ -361,6 +394,7 @@ impl Merge for TaskState {
             customers,
             risk,
             customer_ids,
+            closed_at: _,
         } = newer;
         for (topic, input) in inputs {
             match self.inputs.get_mut(&topic) {
@@ -376,6 +410,7 @@ impl Merge for TaskState {
         self.commerce.merge(commerce)?;
         self.customers.merge(customers)?;
         self.risk.merge(risk)?;
+        self.closed_at = None;
         self.customer_ids.merge(customer_ids)
     }
 
@@ -573,6 +608,13 @@ impl Engine {
         }
         out.sort();
         out
+    }
+
+    /// The watermark of `tp`, if it has accepted anything (or was advanced).
+    pub fn watermark_of(&self, tp: &TopicPartition) -> Option<Millis> {
+        let task = self.tasks.get(&tp.partition)?;
+        let input = task.inputs.get(&tp.topic)?;
+        input.clock.watermark(self.cfg.allowed_lateness_ms)
     }
 
     /// Drops a task's state (its partitions were revoked).
