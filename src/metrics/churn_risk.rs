@@ -109,14 +109,34 @@ pub struct CustomerRisk {
     pub at_risk: bool,
 }
 
+/// A sum of floats that does not depend on the order of its terms (SPEC §2:
+/// customers are visited in hash order, tasks on several threads): each term is
+/// rounded to a multiple of 2^-40 and added exactly as an integer. Terms here
+/// are below 2^60 (minor units), far from the 2^87 an `i128` allows.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ExactSum(i128);
+
+impl ExactSum {
+    const SCALE: f64 = (1u64 << 40) as f64;
+
+    pub fn add(&mut self, v: f64) {
+        // `as` saturates (and maps NaN to 0): a term out of range cannot overflow the sum.
+        self.0 += (v * Self::SCALE).round() as i128;
+    }
+
+    pub fn get(&self) -> f64 {
+        self.0 as f64 / Self::SCALE
+    }
+}
+
 /// Totals of one rescoring sweep.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sweep {
     pub customers: u64,
     pub at_risk: u64,
     pub crossings: u64,
-    pub expected_orders_30d: f64,
-    pub predicted_value_minor: f64,
+    pub expected_orders_30d: ExactSum,
+    pub predicted_value_minor: ExactSum,
     /// Customers per [`RISK_BUCKETS`] bucket (not cumulative).
     pub distribution: [u64; RISK_BUCKETS.len()],
     /// Customers whose risk crossed the threshold or moved by more than `risk_delta`.
@@ -128,8 +148,8 @@ impl Sweep {
         self.customers += o.customers;
         self.at_risk += o.at_risk;
         self.crossings += o.crossings;
-        self.expected_orders_30d += o.expected_orders_30d;
-        self.predicted_value_minor += o.predicted_value_minor;
+        self.expected_orders_30d.0 += o.expected_orders_30d.0;
+        self.predicted_value_minor.0 += o.predicted_value_minor.0;
         for (a, b) in self.distribution.iter_mut().zip(o.distribution) {
             *a += b;
         }
@@ -266,8 +286,8 @@ impl RiskState {
             sweep.customers += 1;
             sweep.at_risk += u64::from(above);
             sweep.crossings += u64::from(crossed_up);
-            sweep.expected_orders_30d += score.expected_purchases;
-            sweep.predicted_value_minor += predicted;
+            sweep.expected_orders_30d.add(score.expected_purchases);
+            sweep.predicted_value_minor.add(predicted);
             let bucket = RISK_BUCKETS
                 .iter()
                 .position(|b| risk <= *b)
@@ -379,6 +399,24 @@ pub fn fit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exact_sum_does_not_depend_on_the_order_of_its_terms() {
+        // Terms whose f64 sum depends on the order: 1e16 + 1 + 1 - 1e16.
+        let terms = [1e16, 1.0, 1.0, -1e16, 0.1, 123_456.789, 1e-9];
+        let (mut forward, mut backward) = (ExactSum::default(), ExactSum::default());
+        terms.iter().for_each(|t| forward.add(*t));
+        terms.iter().rev().for_each(|t| backward.add(*t));
+        assert_eq!(forward, backward);
+        assert!(
+            (forward.get() - 123_458.889).abs() < 1e-6,
+            "{}",
+            forward.get()
+        );
+        let naive: f64 = terms.iter().sum();
+        let naive_back: f64 = terms.iter().rev().sum();
+        assert_ne!(naive, naive_back, "the terms do show the problem");
+    }
 
     fn model() -> RiskModel {
         // Roughly the CDNOW fit, in days (alpha in weeks × 7).

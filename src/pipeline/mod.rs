@@ -341,8 +341,8 @@ impl Pipeline {
         if let Some(sweep) = lock(&self.last_sweep).as_ref() {
             for s in snaps.iter_mut().filter(|s| s.dimension == "all") {
                 s.at_risk_customers = Some(sweep.at_risk as i64);
-                s.expected_orders_30d = Some(sweep.expected_orders_30d);
-                s.predicted_value_30d_minor = Some(sweep.predicted_value_minor);
+                s.expected_orders_30d = Some(sweep.expected_orders_30d.get());
+                s.predicted_value_30d_minor = Some(sweep.predicted_value_minor.get());
             }
         }
         self.engine.evict(watermark);

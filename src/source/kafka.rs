@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,6 +81,8 @@ pub struct EngagedContext {
     fatal: Mutex<Option<String>>,
     /// Tasks of the last assignment: only those can be kept through a rebalance.
     owned: Mutex<Vec<i32>>,
+    /// Rebalances seen: records received before one are not applied after it.
+    rebalances: std::sync::atomic::AtomicU64,
 }
 
 impl EngagedContext {
@@ -134,6 +137,8 @@ impl ClientContext for EngagedContext {
 
 impl ConsumerContext for EngagedContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         match rebalance {
             Rebalance::Revoke(list) => self.on_revoke(consumer, list),
             // Before librdkafka applies the assignment: the tasks are restored and every
@@ -303,6 +308,7 @@ pub fn consumer(
         restore_timeout: cfg.restore_timeout,
         fatal: Mutex::new(None),
         owned: Mutex::new(vec![]),
+        rebalances: std::sync::atomic::AtomicU64::new(0),
     })
 }
 
@@ -593,6 +599,90 @@ enum Step<'a> {
     Record(Result<BorrowedMessage<'a>, KafkaError>),
 }
 
+/// Records taken from librdkafka's queue per step of the consumer loop at most.
+const MAX_BATCH: usize = 4096;
+/// Below this many records a batch is applied on the loop's thread.
+const PARALLEL_FROM: usize = 256;
+
+/// Applies a batch of records: grouped by task (partition number), each group in
+/// consumed order, the groups on up to `workers` threads. Tasks share no state
+/// (SPEC §1 co-partitioning), so the result does not depend on how they were
+/// spread. Then, in consumed order, rejected records go to the dead-letter topic,
+/// and every record counts as applied.
+async fn apply_batch(
+    pipeline: &Pipeline,
+    checkpointer: &Checkpointer,
+    producer: &OutputProducer,
+    cfg: &Config,
+    batch: &[BorrowedMessage<'_>],
+    workers: usize,
+) -> Result<(), SourceError> {
+    let now = now_ms();
+    let tps: Vec<TopicPartition> = batch
+        .iter()
+        .map(|m| TopicPartition::new(m.topic(), m.partition()))
+        .collect();
+    let mut results: Vec<Option<Result<(), Rejection>>> = vec![None; batch.len()];
+    let mut groups: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    for (i, (msg, tp)) in batch.iter().zip(&tps).enumerate() {
+        if !checkpointer.already_applied(tp, msg.offset()) {
+            groups.entry(tp.partition).or_default().push(i);
+        }
+    }
+    let apply = |group: &[usize]| -> Vec<(usize, Result<(), Rejection>)> {
+        group
+            .iter()
+            .map(|&i| (i, pipeline.handle_record(&tps[i], batch[i].payload(), now)))
+            .collect()
+    };
+    let groups: Vec<Vec<usize>> = groups.into_values().collect();
+    let threads = workers.min(groups.len());
+    if threads <= 1 || batch.len() < PARALLEL_FROM {
+        for g in &groups {
+            for (i, r) in apply(g) {
+                results[i] = Some(r);
+            }
+        }
+    } else {
+        // Groups dealt round-robin to the threads; each thread applies its groups in turn.
+        let done = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let mine: Vec<&Vec<usize>> = groups.iter().skip(t).step_by(threads).collect();
+                    let apply = &apply;
+                    scope.spawn(move || mine.into_iter().flat_map(|g| apply(g)).collect::<Vec<_>>())
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect::<Vec<_>>()
+        });
+        for (i, r) in done.into_iter().flatten() {
+            results[i] = Some(r);
+        }
+    }
+    let mut last: BTreeMap<&TopicPartition, i64> = BTreeMap::new();
+    for ((msg, tp), result) in batch.iter().zip(&tps).zip(results) {
+        let Some(result) = result else {
+            continue; // applied before the checkpoint it was restored from
+        };
+        if let Err(rejection) = result {
+            tracing::debug!(%tp, offset = msg.offset(), reason = rejection.reason.as_str(), error = %rejection.message, "rejected");
+            dead_letter(producer, &cfg.dead_letter_topic, msg, tp, &rejection).await?;
+            pipeline.telemetry().dead_letters.inc();
+        }
+        last.insert(tp, msg.offset());
+    }
+    for (tp, offset) in last {
+        checkpointer.applied(tp, offset);
+    }
+    Ok(())
+}
+
 pub async fn run(
     cfg: &Config,
     pipeline: Arc<Pipeline>,
@@ -623,6 +713,7 @@ pub async fn run(
     checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     checkpoint_tick.tick().await;
     let refits = spawn_refits(pipeline.clone(), cfg.model_refit_interval);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     tokio::pin!(shutdown);
     loop {
         if let Some(why) = consumer.context().take_fatal() {
@@ -660,17 +751,35 @@ pub async fn run(
                     .map_err(|e| SourceError::Checkpoint(e.to_string()))?;
                 commit_offsets(&consumer, &commit);
             }
-            Step::Record(Ok(msg)) => {
-                let tp = TopicPartition::new(msg.topic(), msg.partition());
-                if checkpointer.already_applied(&tp, msg.offset()) {
-                    continue;
+            Step::Record(Ok(first)) => {
+                // Everything librdkafka already holds, up to a batch: tasks apply in parallel.
+                let mut batch = vec![first];
+                let mut error = None;
+                let rebalances = || consumer.context().rebalances.load(Ordering::SeqCst);
+                let mut generation = rebalances();
+                while batch.len() < MAX_BATCH {
+                    let next = tokio::time::timeout(Duration::ZERO, consumer.recv()).await;
+                    if rebalances() != generation {
+                        // The rebalance checkpointed what was applied and set where
+                        // consumption resumes: records taken before it are not
+                        // applied (they are fetched again where still owned).
+                        generation = rebalances();
+                        batch.clear();
+                    }
+                    match next {
+                        Ok(Ok(msg)) => batch.push(msg),
+                        Ok(Err(e)) => {
+                            error = Some(e);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
                 }
-                if let Err(rejection) = pipeline.handle_record(&tp, msg.payload(), now_ms()) {
-                    tracing::debug!(%tp, offset = msg.offset(), reason = rejection.reason.as_str(), error = %rejection.message, "rejected");
-                    dead_letter(&producer, &cfg.dead_letter_topic, &msg, &tp, &rejection).await?;
-                    pipeline.telemetry().dead_letters.inc();
+                apply_batch(&pipeline, &checkpointer, &producer, cfg, &batch, workers).await?;
+                if let Some(e) = error {
+                    tracing::warn!(error = %e, "consumer error");
+                    health.set_not_ready(format!("consumer error: {e}"));
                 }
-                checkpointer.applied(&tp, msg.offset());
             }
             Step::Record(Err(e)) => {
                 tracing::warn!(error = %e, "consumer error");
