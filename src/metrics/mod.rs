@@ -17,7 +17,7 @@ use crate::state::delta::{self, Form, Merge};
 
 /// Interns label values (sites, channels, campaigns) so events allocate nothing for them.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Labels(HashMap<Box<str>, Arc<str>>);
+pub(crate) struct Labels(HashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>);
 
 impl Labels {
     pub(crate) fn get(&mut self, v: &str) -> Arc<str> {
@@ -185,47 +185,34 @@ pub const NO_CHANNEL: &str = "(none)";
 /// Label value that gathers every dimension value outside the top N.
 pub const OTHER: &str = "other";
 
-/// Nearest-rank percentile over a multiset given as sorted `value -> count`.
+/// Nearest-rank percentile of a multiset of values (in any order).
 ///
 /// The `p`-th percentile is the smallest value `v` such that at least
-/// `ceil(p * n)` of the `n` values are `<= v` (rank at least 1).
-pub fn nearest_rank<'a>(
-    sorted_counts: impl IntoIterator<Item = (&'a u64, &'a u64)>,
-    n: u64,
-    p: f64,
-) -> Option<u64> {
+/// `ceil(p * n)` of the `n` values are `<= v` (rank at least 1): the value of
+/// that rank once sorted, found by selection on a copy (linear time).
+pub fn nearest_rank(values: &[u64], p: f64) -> Option<u64> {
+    let n = values.len();
     if n == 0 {
         return None;
     }
-    let rank = ((p * n as f64).ceil() as u64).clamp(1, n);
-    let mut seen = 0;
-    for (v, c) in sorted_counts {
-        seen += c;
-        if seen >= rank {
-            return Some(*v);
-        }
-    }
-    None
+    let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
+    let mut v = values.to_vec();
+    Some(*v.select_nth_unstable(rank - 1).1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     #[test]
     fn nearest_rank_matches_sorting() {
         let values = [5u64, 1, 9, 9, 3, 7, 2, 8, 4, 6];
-        let mut m = BTreeMap::new();
-        for v in values {
-            *m.entry(v).or_insert(0u64) += 1;
-        }
         let mut sorted = values.to_vec();
         sorted.sort();
         for p in [0.0, 0.1, 0.5, 0.9, 0.95, 1.0] {
             let rank = ((p * 10.0f64).ceil() as usize).clamp(1, 10);
-            assert_eq!(nearest_rank(&m, 10, p), Some(sorted[rank - 1]), "p={p}");
+            assert_eq!(nearest_rank(&values, p), Some(sorted[rank - 1]), "p={p}");
         }
-        assert_eq!(nearest_rank(&BTreeMap::new(), 0, 0.5), None);
+        assert_eq!(nearest_rank(&[], 0.5), None);
     }
 }

@@ -17,7 +17,7 @@ use crate::metrics::customers::CustomerCounts;
 use crate::metrics::email::EmailCounts;
 use crate::metrics::survey::SurveyCounts;
 use crate::metrics::web::WebCounts;
-use crate::metrics::{Dim, OTHER, nearest_rank};
+use crate::metrics::{Dim, OTHER};
 use crate::state::{Engine, TopicPartition};
 
 /// A topic-partition whose events a snapshot covers.
@@ -300,10 +300,8 @@ pub fn build(
                 bounce_rate: ratio(c.bounced_sessions as f64, c.sessions),
                 session_duration_sum_seconds: secs(c.duration_ms_sum),
                 avg_session_duration_seconds: ratio(secs(c.duration_ms_sum), c.sessions),
-                session_duration_p50_seconds: nearest_rank(&c.durations_ms, c.sessions, 0.5)
-                    .map(secs),
-                session_duration_p90_seconds: nearest_rank(&c.durations_ms, c.sessions, 0.9)
-                    .map(secs),
+                session_duration_p50_seconds: c.durations_ms.percentile(0.5).map(secs),
+                session_duration_p90_seconds: c.durations_ms.percentile(0.9).map(secs),
                 ..Default::default()
             }
         };
