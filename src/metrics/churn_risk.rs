@@ -247,6 +247,10 @@ impl RiskState {
         }
     }
 
+    pub fn buckets(&self) -> usize {
+        self.crossings.iter().map(|w| w.len()).sum()
+    }
+
     pub fn customers(&self) -> usize {
         self.customers.len()
     }

@@ -136,6 +136,16 @@ impl CommerceState {
         }
     }
 
+    /// Adds this task's buckets and distinct positions to the memory accounting.
+    pub fn account(&self, size: &mut crate::state::memory::StateSize) {
+        use crate::state::memory::StateKind;
+        size.add(
+            StateKind::WindowBucket,
+            self.windows.iter().map(|w| w.len()).sum(),
+        );
+        size.add(StateKind::DistinctPosition, self.purchasing.positions());
+    }
+
     pub fn size(&self) -> usize {
         self.first_order.len()
             + self.purchasing.keys()

@@ -153,6 +153,16 @@ impl CustomerState {
         }
     }
 
+    /// Adds this task's buckets and distinct positions to the memory accounting.
+    pub fn account(&self, size: &mut crate::state::memory::StateSize) {
+        use crate::state::memory::StateKind;
+        size.add(
+            StateKind::WindowBucket,
+            self.churned.iter().map(|w| w.len()).sum(),
+        );
+        size.add(StateKind::DistinctPosition, self.activity.positions());
+    }
+
     pub fn size(&self) -> usize {
         self.runs.len() + self.activity.keys() + self.churned.iter().map(|w| w.len()).sum::<usize>()
     }

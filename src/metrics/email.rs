@@ -358,6 +358,17 @@ impl EmailState {
         self.windows[idx].evict_before(before);
     }
 
+    /// Adds this task's entries to the memory accounting (attribution entries
+    /// are part of a customer's cost).
+    pub fn account(&self, size: &mut crate::state::memory::StateSize) {
+        use crate::state::memory::StateKind;
+        size.add(StateKind::Message, self.messages.len());
+        size.add(
+            StateKind::WindowBucket,
+            self.windows.iter().map(|w| w.len()).sum(),
+        );
+    }
+
     pub fn size(&self) -> usize {
         self.messages.len()
             + self.customers.len()

@@ -94,6 +94,10 @@ impl SurveyState {
         self.windows[idx].evict_before(before);
     }
 
+    pub fn buckets(&self) -> usize {
+        self.windows.iter().map(|w| w.len()).sum()
+    }
+
     pub fn size(&self) -> usize {
         self.windows.iter().map(|w| w.len()).sum()
     }

@@ -430,6 +430,28 @@ impl WebState {
         self.windows[idx].evict_before(before);
     }
 
+    /// Adds this partition's entries to the memory accounting.
+    pub fn account(&self, size: &mut crate::state::memory::StateSize) {
+        use crate::state::memory::StateKind;
+        size.add(StateKind::OpenSession, self.sessions.open_count());
+        size.add(
+            StateKind::WindowBucket,
+            self.windows.iter().map(|w| w.len()).sum(),
+        );
+        let durations = |c: &WebCounts| c.durations_ms.len();
+        let held: usize = self
+            .windows
+            .iter()
+            .flat_map(|w| w.iter())
+            .map(|(_, b)| {
+                durations(&b.all)
+                    + b.site.values().map(durations).sum::<usize>()
+                    + b.channel.values().map(durations).sum::<usize>()
+            })
+            .sum();
+        size.add(StateKind::SessionDuration, held);
+    }
+
     /// Rough entry count, for the state-size gauge.
     pub fn size(&self) -> usize {
         self.sessions.open_count() + self.windows.iter().map(|w| w.len()).sum::<usize>()

@@ -288,6 +288,7 @@ impl Pipeline {
         self.telemetry
             .state_entries
             .set(self.engine.state_entries() as i64);
+        self.telemetry.set_state_size(&self.engine.state_size());
         Ok(())
     }
 
@@ -359,6 +360,7 @@ impl Pipeline {
             t.watermark_delay.set((now - watermark) as f64 / 1000.0);
         }
         t.state_entries.set(self.engine.state_entries() as i64);
+        t.set_state_size(&self.engine.state_size());
         t.publish(Published {
             snapshots: snaps.clone(),
             durations: self.engine.duration_histogram(),

@@ -14,6 +14,7 @@
 
 pub mod dedup;
 pub mod delta;
+pub mod memory;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -806,6 +807,26 @@ impl Engine {
                 task.customers.evict(idx, start, end, lower_bound);
             }
         }
+    }
+
+    /// Entries per kind of state over every task, for the memory accounting ([`memory`]).
+    pub fn state_size(&self) -> memory::StateSize {
+        use memory::StateKind;
+        let mut size = memory::StateSize::default();
+        for t in self.tasks.iter() {
+            size.add(StateKind::Customer, t.customer_ids.len());
+            let ids: usize = t.inputs.values().map(|i| i.dedup.len()).sum();
+            size.add(StateKind::EventId, ids);
+            size.add(
+                StateKind::WindowBucket,
+                t.survey.buckets() + t.risk.buckets(),
+            );
+            t.web.account(&mut size);
+            t.email.account(&mut size);
+            t.commerce.account(&mut size);
+            t.customers.account(&mut size);
+        }
+        size
     }
 
     /// Entries held in state (open sessions, buckets, remembered ids), for the state-size gauge.

@@ -42,6 +42,10 @@ pub struct Telemetry {
     pub consumer_lag: IntGaugeVec,
     pub assigned_partitions: IntGauge,
     pub state_entries: IntGauge,
+    /// Entries per kind of state (see `state::memory`).
+    pub state_kind_entries: IntGaugeVec,
+    /// Estimated heap bytes per kind of state: entries × the memory model.
+    pub state_memory_bytes: IntGaugeVec,
     pub snapshot_duration: Histogram,
     pub snapshots_published: IntCounter,
     pub checkpoint_age: prometheus::Gauge,
@@ -68,6 +72,19 @@ fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
 }
 
 impl Telemetry {
+    /// Publishes the state's accounting: entries and estimated bytes per kind.
+    pub fn set_state_size(&self, size: &crate::state::memory::StateSize) {
+        for kind in crate::state::memory::StateKind::ALL {
+            let label = [kind.as_str()];
+            let entries = i64::try_from(size.entries(kind)).unwrap_or(i64::MAX);
+            let bytes = i64::try_from(size.bytes(kind)).unwrap_or(i64::MAX);
+            self.state_kind_entries
+                .with_label_values(&label)
+                .set(entries);
+            self.state_memory_bytes.with_label_values(&label).set(bytes);
+        }
+    }
+
     pub fn new() -> Telemetry {
         let r = Registry::new();
         let t = Telemetry {
@@ -163,6 +180,28 @@ impl Telemetry {
                 IntGauge::new(
                     "engaged_state_entries",
                     "Entries held in state: open sessions, window buckets, remembered event ids, per-customer entries (distinct counters, activity runs, order histories, customer ids).",
+                )
+                .expect("valid"),
+            ),
+            state_kind_entries: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "engaged_state_kind_entries",
+                        "Entries held in state per kind: customer, open_session, session_duration, message, event_id, window_bucket, distinct_position.",
+                    ),
+                    &["kind"],
+                )
+                .expect("valid"),
+            ),
+            state_memory_bytes: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "engaged_state_memory_bytes",
+                        "Estimated heap bytes of the state per kind: entries times the documented memory model (docs/operations.md).",
+                    ),
+                    &["kind"],
                 )
                 .expect("valid"),
             ),

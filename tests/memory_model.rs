@@ -1,0 +1,195 @@
+//! The memory model (`state::memory`, docs/operations.md) against a counting allocator.
+//!
+//! Each scenario fills an engine with many entries of mostly one kind, measures
+//! the heap it holds, and checks the model's estimate for what the engine
+//! reports (entries per kind × bytes per entry) bounds the measurement from above
+//! without being more than three times it: the model is a sizing rule an operator
+//! can rely on, not a guess.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use engaged::event::{
+    EmailEvent, EmailEventType, Event, PageView, Purchase, PurchaseType, SurveyKind, SurveyResponse,
+};
+use engaged::state::memory::{StateKind, StateSize};
+use engaged::state::{CoreConfig, Engine, TopicPartition};
+
+/// Counts the bytes this process holds on the heap.
+struct Counting;
+
+static LIVE: AtomicI64 = AtomicI64::new(0);
+
+// The one way to count a process's heap: wrap the system allocator.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const T0: i64 = 1_790_000_000_000;
+const MIN: i64 = 60_000;
+
+/// The heap an engine holds after `fill` (events built outside the measurement), and its accounting.
+fn measure(events: Vec<(TopicPartition, Event)>, advance: Option<i64>) -> (i64, StateSize) {
+    let engine = Engine::new(CoreConfig::default());
+    let before = LIVE.load(Ordering::Relaxed);
+    for (tp, e) in &events {
+        engine.apply(tp, e).expect("accepted");
+    }
+    if let Some(w) = advance {
+        for (tp, _) in events.iter().take(1) {
+            engine.advance(tp, w);
+        }
+    }
+    let held = LIVE.load(Ordering::Relaxed) - before;
+    let size = engine.state_size();
+    drop(engine);
+    (held, size)
+}
+
+fn check(scenario: &str, held: i64, size: &StateSize, kind: StateKind, n: u64) {
+    let model = size.total_bytes() as i64;
+    let per = held as f64 / n as f64;
+    eprintln!(
+        "{scenario}: {held} B held for {n} {} ({per:.0} B each, model {} B each); model total {model} B; {size:?}",
+        kind.as_str(),
+        kind.bytes_per_entry()
+    );
+    assert_eq!(size.entries(kind), n, "{scenario}: entries of {kind:?}");
+    assert!(
+        held <= model,
+        "{scenario}: {held} B held, the model says at most {model} B"
+    );
+    assert!(
+        held * 3 >= model,
+        "{scenario}: {held} B held, the model's {model} B is more than three times that"
+    );
+}
+
+fn order(i: u64) -> (TopicPartition, Event) {
+    let e = Event::Purchase(Purchase {
+        event_id: format!("order-{i:08}"),
+        event_time: T0 + i as i64 * 50,
+        customer_id: format!("customer-{i:08}"),
+        order_id: format!("o-{i:08}"),
+        kind: PurchaseType::Order,
+        amount_minor: 1_000 + i as i64 % 5_000,
+        currency: "EUR".into(),
+        cost_minor: None,
+        items: 1,
+        campaign_id: None,
+    });
+    (TopicPartition::new("purchases", 0), e)
+}
+
+fn view(i: u64) -> (TopicPartition, Event) {
+    let e = Event::PageView(PageView {
+        event_id: format!("view-{i:08}"),
+        event_time: T0 + i as i64 * 10,
+        visitor_id: format!("visitor-{i:08}"),
+        customer_id: None,
+        site: ["shop", "blog"][i as usize % 2].into(),
+        page: "/".into(),
+        referrer: None,
+        channel: Some(["organic", "email", "paid"][i as usize % 3].into()),
+    });
+    (TopicPartition::new("pageviews", 0), e)
+}
+
+#[test]
+fn a_customer_with_one_order_costs_what_the_model_says() {
+    let n = 40_000;
+    let events: Vec<_> = (0..n).map(order).collect();
+    // The watermark passes every order: attribution forgets them, as in steady state.
+    let (held, size) = measure(events, Some(T0 + n as i64 * 50 + 10 * MIN));
+    check("one-order customers", held, &size, StateKind::Customer, n);
+}
+
+#[test]
+fn an_open_session_costs_what_the_model_says() {
+    let n = 40_000;
+    let events: Vec<_> = (0..n).map(view).collect();
+    let (held, size) = measure(events, None);
+    check("open sessions", held, &size, StateKind::OpenSession, n);
+}
+
+#[test]
+fn closed_sessions_cost_what_the_model_says() {
+    let n = 40_000;
+    let events: Vec<_> = (0..n).map(view).collect();
+    // Every session closes (30 minutes after its view); the event ids expire.
+    let (held, size) = measure(events, Some(T0 + n as i64 * 10 + 60 * MIN));
+    // One duration per window (5) and dimension (all, site, channel).
+    check(
+        "closed sessions",
+        held,
+        &size,
+        StateKind::SessionDuration,
+        n * 5 * 3,
+    );
+}
+
+#[test]
+fn a_remembered_message_costs_what_the_model_says() {
+    let n = 40_000;
+    let events: Vec<_> = (0..n)
+        .map(|i| {
+            let e = Event::Email(EmailEvent {
+                event_id: format!("email-{i:08}"),
+                event_time: T0 + i as i64 * 10,
+                customer_id: format!("customer-{i:08}"),
+                campaign_id: format!("campaign-{}", i % 10),
+                message_id: format!("message-{i:08}"),
+                kind: EmailEventType::Opened,
+                url: None,
+            });
+            (TopicPartition::new("emails", 0), e)
+        })
+        .collect();
+    // The event ids expire; the messages (and the openers, who are customers) stay.
+    let (held, size) = measure(events, Some(T0 + n as i64 * 10 + 20 * MIN));
+    assert_eq!(size.entries(StateKind::Customer), n);
+    check("opened messages", held, &size, StateKind::Message, n);
+}
+
+#[test]
+fn a_remembered_event_id_costs_what_the_model_says() {
+    let n = 40_000;
+    let events: Vec<_> = (0..n)
+        .map(|i| {
+            let e = Event::Survey(SurveyResponse {
+                event_id: format!("survey-response-{i:08}"),
+                event_time: T0 + i as i64 * 10,
+                customer_id: None,
+                survey_id: "s".into(),
+                kind: SurveyKind::Nps,
+                score: (i % 11) as i32,
+                comment: None,
+            });
+            (TopicPartition::new("surveys", 0), e)
+        })
+        .collect();
+    let (held, size) = measure(events, None);
+    check("event ids", held, &size, StateKind::EventId, n);
+}
