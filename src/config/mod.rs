@@ -120,6 +120,9 @@ pub struct RawConfig {
     pub risk_delta: f64,
     /// Topic of the CustomerRisk records (keyed by customer_id).
     pub customer_risk_topic: String,
+    /// Memory the state may use (e.g. `2GiB`); empty: no limit. A configuration whose
+    /// fixed per-task state cannot fit is refused at start-up.
+    pub max_memory: String,
 }
 
 impl Default for RawConfig {
@@ -161,6 +164,7 @@ impl Default for RawConfig {
             risk_threshold: 0.7,
             risk_delta: 0.1,
             customer_risk_topic: "engagement.customer-risk".into(),
+            max_memory: String::new(),
         }
     }
 }
@@ -175,6 +179,8 @@ pub struct Config {
     pub dead_letter_topic: String,
     pub checkpoint_topic: String,
     pub customer_risk_topic: String,
+    /// Bytes the state may use (`max_memory`), if limited.
+    pub max_memory: Option<u64>,
     pub model_refit_interval: Duration,
     pub kafka: BTreeMap<String, String>,
     pub kafka_consumer: BTreeMap<String, String>,
@@ -209,6 +215,31 @@ fn positive(key: &str, value: &str) -> Result<Duration, ConfigError> {
         return Err(invalid(key, value, "a duration greater than zero"));
     }
     Ok(d)
+}
+
+/// Parses a size such as `512MiB`, `2GiB` or `2GB` (binary and decimal units).
+fn bytes(key: &str, value: &str) -> Result<u64, ConfigError> {
+    let allowed =
+        "a size such as `512MiB`, `2GiB` or `2GB` (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)";
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    let n: u64 = number.parse().map_err(|_| invalid(key, value, allowed))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return Err(invalid(key, value, allowed)),
+    };
+    n.checked_mul(scale)
+        .filter(|b| *b > 0)
+        .ok_or_else(|| invalid(key, value, allowed))
 }
 
 fn ms(d: Duration) -> i64 {
@@ -372,7 +403,11 @@ impl RawConfig {
         if self.max_dimension_values == 0 {
             return Err(invalid("max_dimension_values", 0, "at least 1"));
         }
-        Ok(Config {
+        let max_memory = match self.max_memory.trim() {
+            "" => None,
+            v => Some(bytes("max_memory", v)?),
+        };
+        let config = Config {
             bootstrap_servers: self.bootstrap_servers.clone(),
             group_id: self.group_id.clone(),
             input_topics: self.input_topics.clone(),
@@ -380,6 +415,7 @@ impl RawConfig {
             dead_letter_topic: self.dead_letter_topic.clone(),
             checkpoint_topic: self.checkpoint_topic.clone(),
             customer_risk_topic: self.customer_risk_topic.clone(),
+            max_memory,
             model_refit_interval: positive("model_refit_interval", &self.model_refit_interval)?,
             kafka: self.kafka.clone(),
             kafka_consumer: self.kafka_consumer.clone(),
@@ -417,7 +453,22 @@ impl RawConfig {
             checkpoint_interval: positive("checkpoint_interval", &self.checkpoint_interval)?,
             restore_timeout: positive("restore_timeout", &self.restore_timeout)?,
             listen,
-        })
+        };
+        if let Some(limit) = config.max_memory {
+            let task = crate::state::memory::fixed_bytes_per_task(&config.core);
+            if task > limit {
+                return Err(invalid(
+                    "max_memory",
+                    &self.max_memory,
+                    format!(
+                        "at least {task} bytes: one task's window rings and distinct counters \
+                         need that much with these `windows`, `allowed_lateness` and \
+                         `churn_horizon` (coarser buckets, e.g. `30d/12h`, need less)"
+                    ),
+                ));
+            }
+        }
+        Ok(config)
     }
 }
 
@@ -496,6 +547,47 @@ mod tests {
             e.contains("`snapshot_topic`") && e.contains("not also an input"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_configuration_that_cannot_fit_in_max_memory_is_refused_by_key() {
+        let ok = RawConfig {
+            max_memory: "2GiB".into(),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(ok.max_memory, Some(2 << 30));
+        assert_eq!(RawConfig::default().validate().unwrap().max_memory, None);
+        // Second buckets over a month need gigabytes per task.
+        let e = err(RawConfig {
+            max_memory: "2GiB".into(),
+            windows: vec!["30d/1s".into()],
+            ..Default::default()
+        });
+        assert!(
+            e.contains("`max_memory`")
+                && e.contains("2GiB")
+                && e.contains("`windows`")
+                && e.contains("`churn_horizon`"),
+            "{e}"
+        );
+        // The default windows need a few megabytes per task.
+        let e = err(RawConfig {
+            max_memory: "1MB".into(),
+            ..Default::default()
+        });
+        assert!(e.contains("at least"), "{e}");
+        for bad in ["lots", "2 parsecs", "0", "-1GiB"] {
+            let e = err(RawConfig {
+                max_memory: bad.into(),
+                ..Default::default()
+            });
+            assert!(
+                e.contains("`max_memory`") && e.contains("GiB"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -701,6 +701,18 @@ pub async fn run(
     )?);
     let consumer = consumer(cfg, pipeline.clone(), checkpointer.clone(), health.clone())?;
     let partitions = check_co_partitioning(&consumer, &cfg.input_topics, Duration::from_secs(30))?;
+    if let Some(limit) = cfg.max_memory {
+        let all = crate::state::memory::fixed_bytes_per_task(&cfg.core) * partitions as u64;
+        if all > limit {
+            tracing::warn!(
+                partitions,
+                fixed_state_bytes = all,
+                max_memory = limit,
+                "all partitions' fixed state would not fit in `max_memory` on one instance: \
+                 run enough instances in the group that each holds its share"
+            );
+        }
+    }
     ensure_checkpoint_topic(cfg, &consumer, partitions).await?;
     tracing::info!(topics = ?cfg.input_topics, partitions, group = %cfg.group_id, "subscribing");
     let topics: Vec<&str> = cfg.input_topics.iter().map(String::as_str).collect();

@@ -71,10 +71,64 @@ impl StateKind {
     }
 }
 
+/// Window rings per window in one task: web, email, commerce, survey, churn, risk crossings.
+const RINGS_PER_WINDOW: u64 = 6;
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a.abs() } else { gcd(b, a % b) }
+}
+
+/// The state one task holds whatever its traffic, at most: its window rings and
+/// the distinct counters' difference rings, which the configuration sizes
+/// (`windows`, `allowed_lateness`, `churn_horizon`), not the data.
+///
+/// A window of length `W` and bucket `b` keeps up to `W / b` buckets per ring. Its
+/// active and purchasing counters keep positions from the window end to the
+/// newest event plus `W` (`(W + lateness) / b`); its "alive at the start" counter
+/// from the window start to the newest event plus the horizon `H`, at buckets of
+/// `gcd(b, H)` (`(W + H + lateness) / gcd(b, H)`).
+pub fn fixed_bytes_per_task(cfg: &super::CoreConfig) -> u64 {
+    let (lateness, horizon) = (cfg.allowed_lateness_ms, cfg.churn_horizon_ms);
+    let (mut buckets, mut positions) = (0u64, 0u64);
+    for w in &cfg.windows {
+        let (len, b) = (w.length_ms, w.bucket_ms.max(1));
+        buckets += (len / b + 2) as u64 * RINGS_PER_WINDOW;
+        positions += 2 * ((len + lateness) / b + 2) as u64;
+        positions += ((len + horizon + lateness) / gcd(b, horizon).max(1) + 2) as u64;
+    }
+    buckets * StateKind::WindowBucket.bytes_per_entry()
+        + positions * StateKind::DistinctPosition.bytes_per_entry()
+}
+
 /// Entries per kind of state, summed over tasks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateSize {
     entries: [u64; StateKind::ALL.len()],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::CoreConfig;
+    use crate::window::WindowSpec;
+
+    #[test]
+    fn the_default_configuration_fixes_a_few_megabytes_per_task() {
+        let cfg = CoreConfig::default();
+        let bytes = fixed_bytes_per_task(&cfg);
+        // Dominated by the 5m window's "alive" counter: 90 days at 5 s, 4 bytes each.
+        assert!((6_000_000..9_000_000).contains(&bytes), "{bytes}");
+        // Seconds-long buckets over a month cost gigabytes.
+        let fine = CoreConfig {
+            windows: vec![WindowSpec {
+                name: "30d".into(),
+                length_ms: 30 * 86_400_000,
+                bucket_ms: 1_000,
+            }],
+            ..CoreConfig::default()
+        };
+        assert!(fixed_bytes_per_task(&fine) > 2 << 30);
+    }
 }
 
 impl StateSize {
