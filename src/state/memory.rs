@@ -106,31 +106,6 @@ pub struct StateSize {
     entries: [u64; StateKind::ALL.len()],
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::CoreConfig;
-    use crate::window::WindowSpec;
-
-    #[test]
-    fn the_default_configuration_fixes_a_few_megabytes_per_task() {
-        let cfg = CoreConfig::default();
-        let bytes = fixed_bytes_per_task(&cfg);
-        // Dominated by the 5m window's "alive" counter: 90 days at 5 s, 4 bytes each.
-        assert!((6_000_000..9_000_000).contains(&bytes), "{bytes}");
-        // Seconds-long buckets over a month cost gigabytes.
-        let fine = CoreConfig {
-            windows: vec![WindowSpec {
-                name: "30d".into(),
-                length_ms: 30 * 86_400_000,
-                bucket_ms: 1_000,
-            }],
-            ..CoreConfig::default()
-        };
-        assert!(fixed_bytes_per_task(&fine) > 2 << 30);
-    }
-}
-
 impl StateSize {
     pub fn add(&mut self, kind: StateKind, n: usize) {
         self.entries[kind as usize] += n as u64;
@@ -154,5 +129,30 @@ impl StateSize {
         for (a, b) in self.entries.iter_mut().zip(o.entries) {
             *a += b;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::CoreConfig;
+    use crate::window::WindowSpec;
+
+    #[test]
+    fn the_default_configuration_fixes_a_few_megabytes_per_task() {
+        let cfg = CoreConfig::default();
+        let bytes = fixed_bytes_per_task(&cfg);
+        // Dominated by the 5m window's "alive" counter: 90 days at 5 s, 4 bytes each.
+        assert!((6_000_000..9_000_000).contains(&bytes), "{bytes}");
+        // Seconds-long buckets over a month cost gigabytes.
+        let fine = CoreConfig {
+            windows: vec![WindowSpec {
+                name: "30d".into(),
+                length_ms: 30 * 86_400_000,
+                bucket_ms: 1_000,
+            }],
+            ..CoreConfig::default()
+        };
+        assert!(fixed_bytes_per_task(&fine) > 2 << 30);
     }
 }
