@@ -162,6 +162,14 @@ impl Pipeline {
     ) -> Result<(), Rejection> {
         let counters = self.counters(tp);
         counters.consumed.inc();
+        self.touch(tp, now);
+        let result = self.decode_and_apply(tp, payload, now);
+        self.account(&counters, &result);
+        result
+    }
+
+    /// `tp` delivered records at `now`: it is not idle (any more).
+    fn touch(&self, tp: &TopicPartition, now: Millis) {
         let woke_up = {
             let mut c = lock(&self.clock);
             let was_idle = c.idle.is_idle(tp, now);
@@ -171,6 +179,14 @@ impl Pipeline {
         if woke_up {
             self.engine.set_idle(tp, false);
         }
+    }
+
+    fn decode_and_apply(
+        &self,
+        tp: &TopicPartition,
+        payload: Option<&[u8]>,
+        now: Millis,
+    ) -> Result<(), Rejection> {
         let decoded = match payload {
             None => Err(Rejection::new(
                 RejectReason::Undecodable,
@@ -181,9 +197,36 @@ impl Pipeline {
                 .decode(&tp.topic, bytes)
                 .map_err(|e| Rejection::new(RejectReason::Undecodable, e.to_string())),
         };
-        let result = decoded.and_then(|event| self.apply(tp, &event, Some(now)));
-        self.account(&counters, &result);
-        result
+        decoded.and_then(|event| self.apply(tp, &event, Some(now)))
+    }
+
+    /// Consecutive records of one topic-partition, arriving at wall time `now`:
+    /// the same as [`Pipeline::handle_record`] on each in turn, with the
+    /// per-partition bookkeeping (counters, idleness) done once.
+    pub fn handle_records<'a>(
+        &self,
+        tp: &TopicPartition,
+        payloads: impl IntoIterator<Item = Option<&'a [u8]>>,
+        now: Millis,
+    ) -> Vec<Result<(), Rejection>> {
+        let counters = self.counters(tp);
+        self.touch(tp, now);
+        let (mut accepted, mut consumed) = (0, 0);
+        let results: Vec<_> = payloads
+            .into_iter()
+            .map(|payload| {
+                consumed += 1;
+                let result = self.decode_and_apply(tp, payload, now);
+                match &result {
+                    Ok(()) => accepted += 1,
+                    Err(r) => self.telemetry.count_rejected(r.reason),
+                }
+                result
+            })
+            .collect();
+        counters.consumed.inc_by(consumed);
+        counters.accepted.inc_by(accepted);
+        results
     }
 
     /// One already-decoded event (replay). `now = None` skips the clock-skew check.

@@ -604,11 +604,12 @@ const MAX_BATCH: usize = 4096;
 /// Below this many records a batch is applied on the loop's thread.
 const PARALLEL_FROM: usize = 256;
 
-/// Applies a batch of records: grouped by task (partition number), each group in
-/// consumed order, the groups on up to `workers` threads. Tasks share no state
-/// (SPEC §1 co-partitioning), so the result does not depend on how they were
-/// spread. Then, in consumed order, rejected records go to the dead-letter topic,
-/// and every record counts as applied.
+/// Applies a batch of records: grouped by task (partition number) and, in a task,
+/// by topic-partition, each in consumed order; the tasks on up to `workers`
+/// threads. Tasks share no state (SPEC §1 co-partitioning) and a task's numbers do
+/// not depend on how its topics interleave (SPEC §2), so the result does not
+/// depend on the grouping. Then, in consumed order, rejected records go to the
+/// dead-letter topic, and every record counts as applied.
 async fn apply_batch(
     pipeline: &Pipeline,
     checkpointer: &Checkpointer,
@@ -618,67 +619,85 @@ async fn apply_batch(
     workers: usize,
 ) -> Result<(), SourceError> {
     let now = now_ms();
-    let tps: Vec<TopicPartition> = batch
-        .iter()
-        .map(|m| TopicPartition::new(m.topic(), m.partition()))
-        .collect();
-    let mut results: Vec<Option<Result<(), Rejection>>> = vec![None; batch.len()];
-    let mut groups: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-    for (i, (msg, tp)) in batch.iter().zip(&tps).enumerate() {
-        if !checkpointer.already_applied(tp, msg.offset()) {
-            groups.entry(tp.partition).or_default().push(i);
+    // Per task, per topic-partition (first seen first), the records' indices in consumed order.
+    let mut tps: Vec<TopicPartition> = vec![];
+    let mut tasks: BTreeMap<i32, Vec<(usize, Vec<usize>)>> = BTreeMap::new();
+    let mut of_record = Vec::with_capacity(batch.len());
+    for (i, msg) in batch.iter().enumerate() {
+        let (topic, partition) = (msg.topic(), msg.partition());
+        let t = match tps
+            .iter()
+            .position(|tp| tp.partition == partition && &*tp.topic == topic)
+        {
+            Some(t) => t,
+            None => {
+                tps.push(TopicPartition::new(topic, partition));
+                tps.len() - 1
+            }
+        };
+        of_record.push(t);
+        if checkpointer.already_applied(&tps[t], msg.offset()) {
+            continue;
+        }
+        let groups = tasks.entry(partition).or_default();
+        match groups.iter_mut().find(|(g, _)| *g == t) {
+            Some((_, records)) => records.push(i),
+            None => groups.push((t, vec![i])),
         }
     }
-    let apply = |group: &[usize]| -> Vec<(usize, Result<(), Rejection>)> {
-        group
-            .iter()
-            .map(|&i| (i, pipeline.handle_record(&tps[i], batch[i].payload(), now)))
-            .collect()
-    };
-    let groups: Vec<Vec<usize>> = groups.into_values().collect();
-    let threads = workers.min(groups.len());
-    if threads <= 1 || batch.len() < PARALLEL_FROM {
-        for g in &groups {
-            for (i, r) in apply(g) {
-                results[i] = Some(r);
-            }
+    let apply = |groups: &[(usize, Vec<usize>)]| -> Vec<(usize, Result<(), Rejection>)> {
+        let mut out = vec![];
+        for (t, records) in groups {
+            let payloads = records.iter().map(|&i| batch[i].payload());
+            let results = pipeline.handle_records(&tps[*t], payloads, now);
+            out.extend(records.iter().copied().zip(results));
         }
+        out
+    };
+    let tasks: Vec<Vec<(usize, Vec<usize>)>> = tasks.into_values().collect();
+    let threads = workers.min(tasks.len());
+    let done: Vec<(usize, Result<(), Rejection>)> = if threads <= 1 || batch.len() < PARALLEL_FROM {
+        tasks.iter().flat_map(|g| apply(g)).collect()
     } else {
-        // Groups dealt round-robin to the threads; each thread applies its groups in turn.
-        let done = std::thread::scope(|scope| {
+        // Tasks dealt round-robin to the threads; each thread applies its tasks in turn.
+        std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let mine: Vec<&Vec<usize>> = groups.iter().skip(t).step_by(threads).collect();
+                .map(|n| {
+                    let mine: Vec<_> = tasks.iter().skip(n).step_by(threads).collect();
                     let apply = &apply;
                     scope.spawn(move || mine.into_iter().flat_map(|g| apply(g)).collect::<Vec<_>>())
                 })
                 .collect();
             handles
                 .into_iter()
-                .map(|h| {
+                .flat_map(|h| {
                     h.join()
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
                 })
-                .collect::<Vec<_>>()
-        });
-        for (i, r) in done.into_iter().flatten() {
-            results[i] = Some(r);
-        }
+                .collect()
+        })
+    };
+    let mut results: Vec<Option<Result<(), Rejection>>> = vec![None; batch.len()];
+    for (i, r) in done {
+        results[i] = Some(r);
     }
-    let mut last: BTreeMap<&TopicPartition, i64> = BTreeMap::new();
-    for ((msg, tp), result) in batch.iter().zip(&tps).zip(results) {
+    let mut last: Vec<Option<i64>> = vec![None; tps.len()];
+    for (i, (msg, result)) in batch.iter().zip(results).enumerate() {
         let Some(result) = result else {
             continue; // applied before the checkpoint it was restored from
         };
+        let tp = &tps[of_record[i]];
         if let Err(rejection) = result {
             tracing::debug!(%tp, offset = msg.offset(), reason = rejection.reason.as_str(), error = %rejection.message, "rejected");
             dead_letter(producer, &cfg.dead_letter_topic, msg, tp, &rejection).await?;
             pipeline.telemetry().dead_letters.inc();
         }
-        last.insert(tp, msg.offset());
+        last[of_record[i]] = Some(msg.offset());
     }
-    for (tp, offset) in last {
-        checkpointer.applied(tp, offset);
+    for (tp, offset) in tps.iter().zip(last) {
+        if let Some(offset) = offset {
+            checkpointer.applied(tp, offset);
+        }
     }
     Ok(())
 }
