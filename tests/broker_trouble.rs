@@ -6,21 +6,22 @@
 //! no trouble: every windowed series, and the same accepted and rejected counts (no
 //! record lost, none consumed twice), with `consumed = accepted + Σ rejected`.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use engaged::decode::encode;
 use engaged::demo::generator::{Generator, GeneratorConfig, partition_key, topic_of};
-use engaged::event::{EmailEvent, EmailEventType, Event, Millis, PageView, Purchase, PurchaseType};
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use engaged::event::{Event, Millis};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+use support::{
+    Cluster, Engaged, Rec, clock_events, engaged_topics, family, http_get, partition_of, sum,
+    value, windowed,
+};
 
 const PARTITIONS: i32 = 2;
 const TOPICS: [&str; 3] = ["pageviews", "emails", "purchases"];
@@ -36,31 +37,6 @@ const PATIENCE: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------
 // Records
 
-/// One record to produce: where, and what bytes.
-#[derive(Clone)]
-struct Rec {
-    topic: &'static str,
-    partition: i32,
-    key: String,
-    payload: Vec<u8>,
-}
-
-/// Co-partitioning (SPEC §1): the same hash of the customer (or visitor) key on every topic.
-fn partition_of(key: &str) -> i32 {
-    (key.bytes()
-        .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619))
-        % PARTITIONS as u32) as i32
-}
-
-fn rec(e: &Event, partition: i32) -> Rec {
-    Rec {
-        topic: topic_of(e),
-        partition,
-        key: partition_key(e).to_string(),
-        payload: encode::single_object(e),
-    }
-}
-
 /// Generated events (no surveys: three input topics keep the test small), with a
 /// producer retry (the same record again) every 150 records and an undecodable
 /// record every 400, so that rejections are part of the accounting.
@@ -71,7 +47,7 @@ fn records(events: &[Event]) -> Vec<Rec> {
         .filter(|e| TOPICS.contains(&topic_of(e)))
         .enumerate()
     {
-        let r = rec(e, partition_of(partition_key(e)));
+        let r = Rec::event(topic_of(e), partition_of(partition_key(e), PARTITIONS), e);
         out.push(r.clone());
         if i % 150 == 75 {
             out.push(r.clone());
@@ -81,52 +57,6 @@ fn records(events: &[Event]) -> Vec<Rec> {
                 payload: b"\x00\x00\x00\x00not avro at all".to_vec(),
                 ..r
             });
-        }
-    }
-    out
-}
-
-/// One event at `t` in every partition of every input topic, so that every partition
-/// ends at the same watermark, `t - allowed_lateness`, without waiting for idleness.
-fn clocks(t: Millis) -> Vec<Rec> {
-    let mut out = vec![];
-    for p in 0..PARTITIONS {
-        let customer = format!("clock-{p}");
-        let id = |family: &str| format!("clock-{family}-{p}");
-        for e in [
-            Event::PageView(PageView {
-                event_id: id("pv"),
-                event_time: t,
-                visitor_id: customer.clone(),
-                customer_id: None,
-                site: "shop.example".into(),
-                page: "/".into(),
-                referrer: None,
-                channel: None,
-            }),
-            Event::Email(EmailEvent {
-                event_id: id("email"),
-                event_time: t,
-                customer_id: customer.clone(),
-                campaign_id: "clock".into(),
-                message_id: id("msg"),
-                kind: EmailEventType::Sent,
-                url: None,
-            }),
-            Event::Purchase(Purchase {
-                event_id: id("purchase"),
-                event_time: t,
-                customer_id: customer.clone(),
-                order_id: id("order"),
-                kind: PurchaseType::Refund,
-                amount_minor: 0,
-                currency: "EUR".into(),
-                cost_minor: None,
-                items: 0,
-                campaign_id: None,
-            }),
-        ] {
-            out.push(rec(&e, p));
         }
     }
     out
@@ -147,287 +77,63 @@ fn batches() -> ([Vec<Rec>; 3], f64) {
     let one = records(&g.advance_to(start + 16 * HOUR));
     let two = records(&g.advance_to(start + 32 * HOUR));
     let mut three = records(&g.advance_to(end));
-    three.extend(clocks(end));
+    // One event at `end` in every partition of every input topic, so that every
+    // partition ends at the same watermark, `end - allowed_lateness`, without waiting
+    // for idleness.
+    three.extend(
+        clock_events("end", end, PARTITIONS)
+            .iter()
+            .filter(|(_, e)| TOPICS.contains(&topic_of(e)))
+            .map(|(p, e)| Rec::event(topic_of(e), *p, e)),
+    );
     ([one, two, three], (end - LATENESS) as f64 / 1000.0)
 }
 
 // ---------------------------------------------------------------------------
-// Mock cluster
-
-#[allow(unsafe_code)]
-fn no_initial_rebalance_delay(producer: &FutureProducer) {
-    // SAFETY: the producer owns the mock cluster; this only sets a mock option.
-    unsafe {
-        let mc = rdkafka_sys::rd_kafka_handle_mock_cluster(producer.client().native_ptr());
-        assert!(!mc.is_null());
-        rdkafka_sys::rd_kafka_mock_group_initial_rebalance_delay_ms(mc, 0);
-    }
-}
+// Mock cluster and engaged
 
 /// A one-broker mock cluster, owned by the (idempotent: no reordering, no duplicates
 /// while it retries through an outage) producer that feeds it.
-struct Cluster {
-    producer: FutureProducer,
-    bootstrap: String,
+fn mock_cluster() -> Cluster {
+    Cluster::with_producer(
+        &[
+            ("linger.ms", "5"),
+            ("enable.idempotence", "true"),
+            ("message.timeout.ms", "120000"),
+        ],
+        &engaged_topics(&TOPICS, PARTITIONS),
+    )
 }
 
-impl Cluster {
-    fn new() -> Cluster {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("test.mock.num.brokers", "1")
-            .set("linger.ms", "5")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", "120000")
-            .create()
-            .expect("mock cluster");
-        let bootstrap = {
-            let mock = producer.client().mock_cluster().expect("mock cluster");
-            for t in TOPICS {
-                mock.create_topic(t, PARTITIONS, 1).unwrap();
-            }
-            for t in [
-                "engagement.snapshots",
-                "engagement.dlq",
-                "engagement.checkpoints",
-            ] {
-                mock.create_topic(t, 1, 1).unwrap();
-            }
-            mock.bootstrap_servers()
-        };
-        no_initial_rebalance_delay(&producer);
-        Cluster {
-            producer,
-            bootstrap,
-        }
-    }
-
-    async fn produce(&self, records: &[Rec]) {
-        let mut pending = vec![];
-        for r in records {
-            let record = FutureRecord::to(r.topic)
-                .partition(r.partition)
-                .key(&r.key)
-                .payload(&r.payload);
-            pending.push(
-                self.producer
-                    .send_result(record)
-                    .map_err(|(e, _)| e)
-                    .unwrap(),
-            );
-        }
-        for d in pending {
-            d.await.unwrap().unwrap();
-        }
-        self.producer.flush(Duration::from_secs(60)).unwrap();
-    }
-
-    fn broker_down(&self, down: bool) {
-        let mock = self.producer.client().mock_cluster().unwrap();
-        if down {
-            mock.broker_down(-1).unwrap();
-        } else {
-            mock.broker_up(-1).unwrap();
-        }
-    }
-
-    fn request_errors(&self, api: RDKafkaApiKey, errors: &[RDKafkaRespErr]) {
-        let mock = self.producer.client().mock_cluster().unwrap();
-        mock.request_errors(api, errors);
-    }
-}
-
-// ---------------------------------------------------------------------------
-// engaged
-
-/// An `engaged run` child process, killed on drop.
-struct Engaged {
-    name: String,
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
-}
-
-impl Engaged {
-    fn start(name: &str, bootstrap: &str, dir: &Path) -> Engaged {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let config = dir.join(format!("{name}.toml"));
-        // `idle_timeout` (30 s) outlasts the injected trouble (a 4 s outage, request
-        // errors): a partition that cannot be fetched for a moment is not idle, and must
-        // not let its task's closing watermark jump ahead (docs/operations.md,
-        // "Guarantees"). engaged must not stall longer than that on its own. The session timeout outlasts it too (as
-        // librdkafka's default of 45 s does), so the outage does not cost the group
-        // membership; reconnects back off for at most 1 s.
-        let topics = TOPICS.map(|t| format!("\"{t}\"")).join(", ");
-        std::fs::write(
-            &config,
-            format!(
-                "bootstrap_servers = \"{bootstrap}\"\n\
-                 group_id = \"{GROUP}\"\n\
-                 input_topics = [{topics}]\n\
-                 listen = \"{addr}\"\n\
-                 windows = [\"1h\", \"24h\", \"7d\"]\n\
-                 snapshot_interval = \"300ms\"\n\
-                 checkpoint_interval = \"500ms\"\n\
-                 idle_timeout = \"30s\"\n\
-                 statistics_interval = \"1s\"\n\
-                 shutdown_timeout = \"20s\"\n\
-                 [kafka]\n\
-                 \"reconnect.backoff.max.ms\" = \"1000\"\n\
-                 [kafka_consumer]\n\
-                 \"session.timeout.ms\" = \"30000\"\n\
-                 \"heartbeat.interval.ms\" = \"500\"\n"
-            ),
-        )
-        .unwrap();
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_engaged"));
-        // engaged reads `ENGAGED_*` variables as configuration: only the file counts here.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("ENGAGED_") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Engaged {
-            name: name.to_string(),
-            child,
-            addr,
-            log,
-        }
-    }
-
-    /// `/metrics`, failing the test if the process has exited.
-    fn metrics(&mut self) -> Option<String> {
-        if let Ok(Some(s)) = self.child.try_wait() {
-            panic!("{} exited with {s}:\n{}", self.name, self.log_tail());
-        }
-        http_get(self.addr, "/metrics").map(|(_, body)| body)
-    }
-
-    fn ready(&self) -> Option<(u16, String)> {
-        http_get(self.addr, "/readyz")
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        log[log.len().saturating_sub(5000)..].to_string()
-    }
-
-    fn sigterm_and_wait(&mut self, timeout: Duration) -> ExitStatus {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -TERM {}", self.name);
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {timeout:?} of SIGTERM:\n{}",
-                self.name,
-                self.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Engaged {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // `KEEP_ENGAGED_LOGS=DIR` keeps the logs.
-        if let Some(keep) = std::env::var_os("KEEP_ENGAGED_LOGS") {
-            let _ = std::fs::create_dir_all(&keep);
-            let _ = std::fs::copy(
-                &self.log,
-                Path::new(&keep).join(format!("{}.log", self.name)),
-            );
-        }
-        if std::thread::panicking() {
-            eprintln!("--- {} log tail:\n{}", self.name, self.log_tail());
-        }
-    }
+/// The configuration of an `engaged run` (`listen` aside).
+fn config(bootstrap: &str) -> String {
+    // `idle_timeout` (30 s) outlasts the injected trouble (a 4 s outage, request
+    // errors): a partition that cannot be fetched for a moment is not idle, and must
+    // not let its task's closing watermark jump ahead (docs/operations.md,
+    // "Guarantees"). engaged must not stall longer than that on its own. The session timeout outlasts it too (as
+    // librdkafka's default of 45 s does), so the outage does not cost the group
+    // membership; reconnects back off for at most 1 s.
+    let topics = TOPICS.map(|t| format!("\"{t}\"")).join(", ");
+    format!(
+        "bootstrap_servers = \"{bootstrap}\"\n\
+         group_id = \"{GROUP}\"\n\
+         input_topics = [{topics}]\n\
+         windows = [\"1h\", \"24h\", \"7d\"]\n\
+         snapshot_interval = \"300ms\"\n\
+         checkpoint_interval = \"500ms\"\n\
+         idle_timeout = \"30s\"\n\
+         statistics_interval = \"1s\"\n\
+         shutdown_timeout = \"20s\"\n\
+         [kafka]\n\
+         \"reconnect.backoff.max.ms\" = \"1000\"\n\
+         [kafka_consumer]\n\
+         \"session.timeout.ms\" = \"30000\"\n\
+         \"heartbeat.interval.ms\" = \"500\"\n"
+    )
 }
 
 // ---------------------------------------------------------------------------
 // /metrics
-
-/// The windowed series (`name{labels}` → value).
-fn windowed(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            [
-                "engaged_web_",
-                "engaged_email_",
-                "engaged_commerce_",
-                "engaged_survey_",
-                "engaged_customers_",
-            ]
-            .iter()
-            .any(|p| l.starts_with(p))
-        })
-        .filter(|l| !l.starts_with("engaged_web_session_duration_seconds_"))
-        .filter_map(|l| {
-            l.rsplit_once(' ')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect()
-}
-
-/// Every series of the family `name` (`name{labels}` → value).
-fn family(text: &str, name: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| {
-            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ' | b'{'))
-        })
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
-fn sum(text: &str, name: &str) -> f64 {
-    family(text, name).values().sum()
-}
-
-fn value(text: &str, name: &str) -> Option<f64> {
-    family(text, name).get(name).copied()
-}
 
 /// Waits until `e` consumed `records` records, is at `watermark` (if given) and its
 /// numbers stopped changing; returns the last `/metrics` page.
@@ -469,7 +175,7 @@ impl ReadyWatch {
         let handle = std::thread::spawn(move || {
             let mut seen: Vec<Seen> = vec![];
             while !flag.load(Ordering::Relaxed) {
-                let r = http_get(addr, "/readyz");
+                let r = http_get(addr, "/readyz").ok();
                 let (status, body) = match r {
                     Some((s, b)) => (Some(s), b.trim().to_string()),
                     None => (None, String::new()),
@@ -511,8 +217,8 @@ async fn broker_outage_and_request_errors_lose_and_double_count_nothing() {
     let dir = tempfile::tempdir().unwrap();
 
     // Reference: the same records, no trouble.
-    let reference = Cluster::new();
-    let clean = Engaged::start("clean", &reference.bootstrap, dir.path());
+    let reference = mock_cluster();
+    let clean = Engaged::start("clean", dir.path(), &config(&reference.bootstrap));
     let reference_run = async {
         for batch in [&one, &two, &three] {
             reference.produce(batch).await;
@@ -527,8 +233,8 @@ async fn broker_outage_and_request_errors_lose_and_double_count_nothing() {
     };
 
     let trouble_run = async {
-        let cluster = Cluster::new();
-        let e = Engaged::start("troubled", &cluster.bootstrap, dir.path());
+        let cluster = mock_cluster();
+        let e = Engaged::start("troubled", dir.path(), &config(&cluster.bootstrap));
         cluster.produce(&one).await;
         let n1 = one.len();
         let mut e = blocking(move || {
@@ -640,7 +346,8 @@ async fn broker_outage_and_request_errors_lose_and_double_count_nothing() {
         );
         let ready_at_end = e.ready();
         let status = blocking(move || {
-            let s = e.sigterm_and_wait(Duration::from_secs(30));
+            e.sigterm();
+            let s = e.wait_exit(Duration::from_secs(30));
             (s, e)
         })
         .await

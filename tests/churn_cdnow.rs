@@ -4,13 +4,17 @@
 //! per-customer P(alive) that `lifetimes`' fitters give (within 0.005), for the
 //! default MBG/NBD and for BG/NBD.
 
+mod support;
+
 use std::collections::HashMap;
-use std::process::Command;
+use std::ffi::OsStr;
 
 use apache_avro::{Schema, Writer};
 use engaged::event::{EventKind, Purchase, PurchaseType};
 use engaged::model::{Model, Params};
 use serde_json::Value;
+
+use support::engaged_ok;
 
 const WEEK_MS: f64 = 7.0 * 86_400_000.0;
 /// End of the 39-week calibration period (any fixed instant works: only differences matter).
@@ -84,32 +88,31 @@ fn purchases(rows: &[Row]) -> Vec<Purchase> {
 fn replay(file: &std::path::Path, model: &str) -> HashMap<String, Value> {
     let dir = file.parent().unwrap();
     let risks = dir.join(format!("risks-{model}.jsonl"));
-    let out = Command::new(env!("CARGO_BIN_EXE_engaged"))
-        .arg("replay")
-        .arg(file)
-        .args([
-            "--at",
-            &END.to_string(),
-            "--windows",
-            "7d",
-            "--currency",
-            "USD",
-        ])
-        .args([
-            "--model",
-            model,
-            "--model-sample-size",
-            "0",
-            "--no-progress",
-        ])
-        .arg("--customer-risks")
-        .arg(&risks)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    engaged_ok(
+        [OsStr::new("replay"), file.as_os_str()]
+            .into_iter()
+            .chain(
+                [
+                    "--at",
+                    &END.to_string(),
+                    "--windows",
+                    "7d",
+                    "--currency",
+                    "USD",
+                ]
+                .map(OsStr::new),
+            )
+            .chain(
+                [
+                    "--model",
+                    model,
+                    "--model-sample-size",
+                    "0",
+                    "--no-progress",
+                ]
+                .map(OsStr::new),
+            )
+            .chain([OsStr::new("--customer-risks"), risks.as_os_str()]),
     );
     std::fs::read_to_string(&risks)
         .unwrap()

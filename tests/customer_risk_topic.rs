@@ -2,32 +2,20 @@
 //! `CustomerRisk` records on the customer-risk topic keyed by customer_id, with
 //! `engaged_churn_*` series on /metrics that agree with them.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use engaged::app::Sidecar;
 use engaged::config::RawConfig;
 use engaged::decode::{DecoderConfig, encode};
 use engaged::event::{Event, Purchase, PurchaseType};
 use engaged::metrics::churn_risk::CustomerRisk;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
+
+use support::{Cluster, Running, engaged_topics, fetch, read_topic, value};
 
 const DAY: i64 = 86_400_000;
-
-#[allow(unsafe_code)]
-fn no_initial_rebalance_delay(producer: &FutureProducer) {
-    // SAFETY: the producer owns the mock cluster; this only sets a mock option.
-    unsafe {
-        let mc = rdkafka_sys::rd_kafka_handle_mock_cluster(producer.client().native_ptr());
-        assert!(!mc.is_null());
-        rdkafka_sys::rd_kafka_mock_group_initial_rebalance_delay_ms(mc, 0);
-    }
-}
 
 fn order(customer: &str, n: usize, t: i64) -> Event {
     Event::Purchase(Purchase {
@@ -44,72 +32,28 @@ fn order(customer: &str, n: usize, t: i64) -> Event {
     })
 }
 
-fn metrics(addr: std::net::SocketAddr) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body.split_once("\r\n\r\n").unwrap().1.to_string()
-}
-
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit_once(' '))
-        .and_then(|(_, v)| v.parse().ok())
-}
-
-fn read_risks(bootstrap: &str) -> Vec<CustomerRisk> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "risk-reader")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("engagement.customer-risk", 0, Offset::Beginning)
-        .unwrap();
-    c.assign(&tpl).unwrap();
-    let mut out = vec![];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                let r = engaged::sink::decode_customer_risk_record(m.payload().unwrap()).unwrap();
-                assert_eq!(
-                    m.key(),
-                    Some(r.customer_id.as_bytes()),
-                    "keyed by customer_id"
-                );
-                out.push(r);
-            }
-            Some(Err(_)) => break, // end of partition
-            None => {}
-        }
-    }
-    out
+async fn read_risks(bootstrap: &str) -> Vec<CustomerRisk> {
+    read_topic(bootstrap, "engagement.customer-risk")
+        .await
+        .iter()
+        .map(|m| {
+            let r = engaged::sink::decode_customer_risk_record(m.payload().unwrap()).unwrap();
+            assert_eq!(
+                m.key(),
+                Some(r.customer_id.as_bytes()),
+                "keyed by customer_id"
+            );
+            r
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customer_risk_records_reach_the_topic_and_agree_with_metrics() {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("test.mock.num.brokers", "1")
-        .create()
-        .unwrap();
-    let bootstrap = {
-        let mock = producer.client().mock_cluster().unwrap();
-        mock.create_topic("purchases", 1, 1).unwrap();
-        for t in [
-            "engagement.snapshots",
-            "engagement.dlq",
-            "engagement.checkpoints",
-            "engagement.customer-risk",
-        ] {
-            mock.create_topic(t, 1, 1).unwrap();
-        }
-        mock.bootstrap_servers()
-    };
-    no_initial_rebalance_delay(&producer);
+    let mut topics = engaged_topics(&["purchases"], 1);
+    topics.push(("engagement.customer-risk", 1));
+    let cluster = Cluster::new(&topics);
+    let bootstrap = cluster.bootstrap.clone();
 
     // 60 weekly buyers who stopped 120 days ago, 60 who still buy weekly, 60 one-time buyers.
     let now = chrono::Utc::now().timestamp_millis();
@@ -139,20 +83,12 @@ async fn customer_risk_records_reach_the_topic_and_agree_with_metrics() {
     }
     events.sort_by_key(|e| e.event_time());
     for e in &events {
-        let payload = encode::single_object(e);
-        producer
-            .send(
-                FutureRecord::to("purchases")
-                    .partition(0)
-                    .key("k")
-                    .payload(&payload),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
+        cluster
+            .send("purchases", 0, "k", encode::single_object(e))
+            .await;
     }
 
-    let config = RawConfig {
+    let raw = RawConfig {
         bootstrap_servers: bootstrap.clone(),
         group_id: "risk".into(),
         input_topics: vec!["purchases".into()],
@@ -163,29 +99,17 @@ async fn customer_risk_records_reach_the_topic_and_agree_with_metrics() {
         idle_timeout: "1s".into(),
         risk_threshold: 0.5,
         ..RawConfig::default()
-    }
-    .validate()
-    .unwrap();
-    let sidecar = Sidecar::start(config, &DecoderConfig::default())
-        .await
-        .unwrap();
-    let addr = sidecar.http.addr;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(sidecar.run(async move {
-        let _ = rx.await;
-    }));
+    };
+    let sidecar = Running::start(raw, &DecoderConfig::default()).await;
+    let addr = sidecar.addr;
 
     // Wait for a fitted model and a sweep: at-risk customers on /metrics.
     let deadline = Instant::now() + Duration::from_secs(60);
     let text = loop {
-        let t = tokio::task::spawn_blocking(move || metrics(addr))
-            .await
-            .unwrap();
+        let t = fetch(addr, "/metrics").await.unwrap().1;
         if value(&t, "engaged_churn_at_risk_customers").is_some() {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            break tokio::task::spawn_blocking(move || metrics(addr))
-                .await
-                .unwrap();
+            break fetch(addr, "/metrics").await.unwrap().1;
         }
         assert!(
             Instant::now() < deadline,
@@ -193,8 +117,7 @@ async fn customer_risk_records_reach_the_topic_and_agree_with_metrics() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let _ = tx.send(());
-    run.await.unwrap().unwrap();
+    sidecar.stop().await.unwrap();
 
     assert_eq!(
         value(&text, "engaged_churn_model_fitted_customers"),
@@ -207,7 +130,7 @@ async fn customer_risk_records_reach_the_topic_and_agree_with_metrics() {
         )
         .is_some_and(|r| r > 0.0)
     );
-    let records = read_risks(&bootstrap);
+    let records = read_risks(&bootstrap).await;
     // The latest record per customer.
     let latest: HashMap<String, CustomerRisk> = records
         .into_iter()

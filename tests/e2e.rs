@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use engaged::decode::encode;
-use engaged::demo::generator::{Generator, GeneratorConfig, partition_key, topic_of};
+use engaged::demo::generator::{Generator, GeneratorConfig, topic_of};
 use engaged::event::{
     EmailEvent, EmailEventType, Event, PageView, Purchase, PurchaseType, SurveyKind, SurveyResponse,
 };
@@ -454,13 +454,13 @@ fn assert_designed_metrics(s: &Scenario, m: &support::Metrics) {
     for (name, want) in expect {
         assert_close(
             &format!("{name}{{window=\"24h\"}}"),
-            m.value(name, &w24),
+            m.val(name, &w24),
             want,
         );
     }
     assert_close(
         "engaged_web_page_views_by_site{site=\"shop\",window=\"24h\"}",
-        m.value(
+        m.val(
             "engaged_web_page_views_by_site",
             &[("site", "shop"), ("window", "24h")],
         ),
@@ -469,13 +469,13 @@ fn assert_designed_metrics(s: &Scenario, m: &support::Metrics) {
     // The clock views are the only open sessions.
     assert_close(
         "engaged_web_sessions_active",
-        m.value("engaged_web_sessions_active", &[]),
+        m.val("engaged_web_sessions_active", &[]),
         2.0,
     );
     // Nothing happened in the last hour before the watermark: zero counts, and the
     // ratios with a zero denominator are absent (SPEC §3), not 0 or NaN.
-    assert_close("page views 1h", m.value("engaged_web_page_views", &w1), 0.0);
-    assert_close("sessions 1h", m.value("engaged_web_sessions", &w1), 0.0);
+    assert_close("page views 1h", m.val("engaged_web_page_views", &w1), 0.0);
+    assert_close("sessions 1h", m.val("engaged_web_sessions", &w1), 0.0);
     for absent in [
         "engaged_web_bounce_ratio",
         "engaged_web_session_duration_avg_seconds",
@@ -489,12 +489,12 @@ fn assert_designed_metrics(s: &Scenario, m: &support::Metrics) {
     }
     // Session-duration histogram: {0, 0, 0, 900, 1200} s.
     let h = "engaged_web_session_duration_seconds";
-    assert_close("histogram count", m.value(&format!("{h}_count"), &[]), 5.0);
-    assert_close("histogram sum", m.value(&format!("{h}_sum"), &[]), 2100.0);
+    assert_close("histogram count", m.val(&format!("{h}_count"), &[]), 5.0);
+    assert_close("histogram sum", m.val(&format!("{h}_sum"), &[]), 2100.0);
     for (le, want) in [("0", 3.0), ("600", 3.0), ("1800", 5.0), ("+Inf", 5.0)] {
         assert_close(
             &format!("{h}_bucket{{le=\"{le}\"}}"),
-            m.value(&format!("{h}_bucket"), &[("le", le)]),
+            m.val(&format!("{h}_bucket"), &[("le", le)]),
             want,
         );
     }
@@ -503,7 +503,7 @@ fn assert_designed_metrics(s: &Scenario, m: &support::Metrics) {
     for ((topic, p), n) in s.counts() {
         assert_close(
             &format!("consumed {topic}/{p}"),
-            m.value(
+            m.val(
                 "engaged_events_consumed_total",
                 &[("partition", &p.to_string()), ("topic", &topic)],
             ),
@@ -518,7 +518,7 @@ fn assert_designed_metrics(s: &Scenario, m: &support::Metrics) {
     ] {
         assert_close(
             &format!("rejected {reason}"),
-            m.value("engaged_events_rejected_total", &[("reason", reason)]),
+            m.val("engaged_events_rejected_total", &[("reason", reason)]),
             want,
         );
     }
@@ -530,7 +530,7 @@ fn assert_designed_metrics(s: &Scenario, m: &support::Metrics) {
     ] {
         assert_close(
             &format!("accepted {topic}"),
-            m.value("engaged_events_accepted_total", &[("topic", topic)]),
+            m.val("engaged_events_accepted_total", &[("topic", topic)]),
             want,
         );
     }
@@ -545,20 +545,20 @@ fn assert_designed_metrics(s: &Scenario, m: &support::Metrics) {
     );
     assert_close(
         "engaged_dead_letter_records_total",
-        m.value("engaged_dead_letter_records_total", &[]),
+        m.val("engaged_dead_letter_records_total", &[]),
         3.0,
     );
     assert_close(
         "engaged_assigned_partitions",
-        m.value("engaged_assigned_partitions", &[]),
+        m.val("engaged_assigned_partitions", &[]),
         8.0,
     );
     assert_close(
         "engaged_watermark_timestamp_seconds",
-        m.value("engaged_watermark_timestamp_seconds", &[]),
+        m.val("engaged_watermark_timestamp_seconds", &[]),
         s.expected_watermark() as f64 / 1000.0,
     );
-    let delay = m.value("engaged_watermark_delay_seconds", &[]);
+    let delay = m.val("engaged_watermark_delay_seconds", &[]);
     assert!(
         (15.0 * 60.0..2.0 * 3600.0).contains(&delay),
         "watermark delay {delay} s: the watermark is ~25 min behind the wall clock"
@@ -1411,62 +1411,6 @@ fn email_commerce_survey_and_churn_through_tansu_reach_metrics_and_snapshots() {
 /// Partitions per input topic in the scale-out test: two tasks per instance.
 const SCALE_PARTITIONS: i32 = 4;
 
-/// The windowed series of a `/metrics` page (`name{labels}` → value as printed).
-fn scale_windowed(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            [
-                "engaged_web_",
-                "engaged_email_",
-                "engaged_commerce_",
-                "engaged_survey_",
-                "engaged_customers_",
-            ]
-            .iter()
-            .any(|p| l.starts_with(p))
-        })
-        // The duration histogram counts since the process started.
-        .filter(|l| !l.starts_with("engaged_web_session_duration_seconds_"))
-        .filter_map(|l| {
-            l.rsplit_once(' ')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect()
-}
-
-/// The additive windowed series (counts and sums: numerators and denominators, not
-/// ratios, averages, percentiles or scores), summed over instances.
-fn scale_summed(instances: &[&BTreeMap<String, String>]) -> BTreeMap<String, f64> {
-    let additive = |series: &str| {
-        let name = series.split('{').next().unwrap_or(series);
-        let name = ["_by_site", "_by_channel", "_by_campaign"]
-            .iter()
-            .find_map(|s| name.strip_suffix(s))
-            .unwrap_or(name);
-        !(name.ends_with("_ratio")
-            || name.contains("_avg_")
-            || name.contains("_p50_")
-            || name.contains("_p90_")
-            || [
-                "engaged_commerce_average_order_value_minor",
-                "engaged_commerce_orders_per_customer",
-                "engaged_commerce_profit_per_customer_minor",
-                "engaged_survey_nps",
-                "engaged_survey_csat",
-                "engaged_survey_ces",
-            ]
-            .contains(&name))
-    };
-    let mut out: BTreeMap<String, f64> = BTreeMap::new();
-    for m in instances {
-        for (k, v) in m.iter().filter(|(k, _)| additive(k)) {
-            *out.entry(k.clone()).or_default() += v.parse::<f64>().expect("a number");
-        }
-    }
-    out
-}
-
 /// Waits until every instance is at `watermark` (seconds), owns `partitions`
 /// topic-partitions (if given) and its windowed numbers stopped changing.
 fn scale_settled(
@@ -1489,7 +1433,7 @@ fn scale_settled(
                     "{}: watermark {w:?}, assigned {assigned:?}",
                     e.proc.name()
                 ));
-                let now = scale_windowed(&m.text);
+                let now = support::windowed(&m.text);
                 done &= w == Some(watermark)
                     && partitions.is_none_or(|n| assigned == Some(n))
                     && !now.is_empty()
@@ -1558,17 +1502,7 @@ fn two_instances_in_one_group_sum_to_a_single_instance_through_tansu() {
         visitors_per_hour: 30.0,
         ..GeneratorConfig::default()
     });
-    let routed = |events: Vec<Event>| -> Vec<(i32, Event)> {
-        events
-            .into_iter()
-            .map(|e| {
-                (
-                    support::partition_of(partition_key(&e), SCALE_PARTITIONS),
-                    e,
-                )
-            })
-            .collect()
-    };
+    let routed = |events: Vec<Event>| support::routed(events, SCALE_PARTITIONS);
     let (t1, t2) = (start + 10 * HOUR, start + 18 * HOUR);
     let one = routed(g.advance_to(t1));
     let mut two = routed(g.advance_to(t2));
@@ -1578,13 +1512,7 @@ fn two_instances_in_one_group_sum_to_a_single_instance_through_tansu() {
     let recs = |events: &[(i32, Event)]| -> Vec<Rec> {
         events
             .iter()
-            .map(|(p, e)| Rec {
-                topic: topic(topic_of(e)),
-                partition: *p,
-                key: partition_key(e).to_string(),
-                payload: encode::single_object(e),
-                headers: vec![],
-            })
+            .map(|(p, e)| Rec::event(topic(topic_of(e)), *p, e))
             .collect()
     };
     let (one, two, three) = (recs(&one), recs(&two), recs(&three));
@@ -1668,7 +1596,10 @@ fn two_instances_in_one_group_sum_to_a_single_instance_through_tansu() {
     let got = scale_settled(&mut [&mut a, &mut b], w2, Some(all_partitions / 2.0));
     let settled_at = support::now_ms();
     eprintln!("e2e scale: {:?}: phase 2 settled", started.elapsed());
-    let (want_sums, got_sums) = (scale_summed(&[&want]), scale_summed(&[&got[0], &got[1]]));
+    let (want_sums, got_sums) = (
+        support::summed([&want]),
+        support::summed([&got[0], &got[1]]),
+    );
     let keys: BTreeSet<&String> = want_sums.keys().chain(got_sums.keys()).collect();
     let differences: Vec<String> = keys
         .into_iter()

@@ -9,11 +9,11 @@
 //! `RUST_LOG=engaged=debug cargo test --test kafka_mock -- --nocapture` shows the
 //! sidecar's logs.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use engaged::app::{AppError, Sidecar};
 use engaged::config::RawConfig;
 use engaged::decode::{DecoderConfig, encode};
 use engaged::event::{
@@ -24,10 +24,11 @@ use engaged::snapshot::WindowSnapshot;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+
+use support::{
+    Cluster, Metrics, Running, close, fetch, init_tracing, now_ms, read_topic, scrape, settle,
+};
 
 const MIN: Millis = 60_000;
 const HOUR: Millis = 60 * MIN;
@@ -35,21 +36,6 @@ const HOUR: Millis = 60 * MIN;
 const LATENESS: Millis = 5 * MIN;
 /// Bucket of the `24h` window: W / 60.
 const BUCKET_24H: Millis = 24 * MIN;
-/// Overall limit for anything the tests wait for.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}
-
-fn now_ms() -> Millis {
-    chrono::Utc::now().timestamp_millis()
-}
 
 /// A recent-past start of event time, on a whole minute: now − 3 h.
 fn recent_t0() -> Millis {
@@ -112,142 +98,7 @@ fn survey(id: &str, t: Millis, customer: &str, kind: SurveyKind, score: i32) -> 
 }
 
 // ---------------------------------------------------------------------------
-// Mock cluster
-
-/// A mock cluster owned by a producer client (the cluster lives as long as it).
-struct Cluster {
-    producer: FutureProducer,
-    bootstrap: String,
-}
-
-/// Removes the mock's 3 s initial rebalance delay (not exposed by the Rust wrapper).
-#[allow(unsafe_code)]
-fn no_initial_rebalance_delay(producer: &FutureProducer) {
-    // SAFETY: the pointer comes from a live client that owns the mock cluster
-    // (`test.mock.num.brokers`); the call only sets a mock-cluster option.
-    unsafe {
-        let mc = rdkafka_sys::rd_kafka_handle_mock_cluster(producer.client().native_ptr());
-        assert!(!mc.is_null(), "the producer owns a mock cluster");
-        rdkafka_sys::rd_kafka_mock_group_initial_rebalance_delay_ms(mc, 0);
-    }
-}
-
-impl Cluster {
-    fn new(topics: &[(&str, i32)]) -> Cluster {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("test.mock.num.brokers", "1")
-            .set("linger.ms", "0")
-            .create()
-            .expect("mock cluster producer");
-        let bootstrap = {
-            let mock = producer
-                .client()
-                .mock_cluster()
-                .expect("test.mock.num.brokers creates a mock cluster");
-            for (t, n) in topics {
-                mock.create_topic(t, *n, 1).expect("create mock topic");
-            }
-            mock.bootstrap_servers()
-        };
-        no_initial_rebalance_delay(&producer);
-        assert!(
-            bootstrap.split(',').all(|b| b.starts_with("127.0.0.1:")),
-            "mock brokers listen on 127.0.0.1 only: {bootstrap}"
-        );
-        Cluster {
-            producer,
-            bootstrap,
-        }
-    }
-
-    /// Produces one record and returns its offset.
-    async fn send_raw(
-        &self,
-        topic: &str,
-        partition: i32,
-        key: &str,
-        payload: &[u8],
-        headers: Option<OwnedHeaders>,
-    ) -> i64 {
-        let mut record = FutureRecord::to(topic)
-            .partition(partition)
-            .key(key)
-            .payload(payload);
-        if let Some(h) = headers {
-            record = record.headers(h);
-        }
-        match self.producer.send(record, Duration::from_secs(10)).await {
-            Ok(d) => {
-                assert_eq!(d.partition, partition);
-                d.offset
-            }
-            Err((e, _)) => panic!("produce to {topic}/{partition} failed: {e}"),
-        }
-    }
-
-    async fn send(&self, topic: &str, partition: i32, key: &str, payload: Vec<u8>) -> i64 {
-        self.send_raw(topic, partition, key, &payload, None).await
-    }
-}
-
-/// Reads every record of `topic` (all partitions, up to the current end).
-async fn read_topic(bootstrap: &str, topic: &str) -> Vec<OwnedMessage> {
-    let bootstrap = bootstrap.to_string();
-    let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", format!("test-reader-{topic}"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("reader consumer");
-        let timeout = Duration::from_secs(10);
-        let md = c.fetch_metadata(Some(&topic), timeout).expect("metadata");
-        let partitions: Vec<i32> = md
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic)
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        assert!(!partitions.is_empty(), "topic {topic} exists");
-        let mut ends = BTreeMap::new();
-        let mut tpl = TopicPartitionList::new();
-        for p in partitions {
-            let (low, high) = c.fetch_watermarks(&topic, p, timeout).expect("watermarks");
-            if high > low {
-                tpl.add_partition_offset(&topic, p, Offset::Beginning)
-                    .expect("add partition");
-                ends.insert(p, high);
-            }
-        }
-        let mut out = vec![];
-        if ends.is_empty() {
-            return out;
-        }
-        c.assign(&tpl).expect("assign");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ends.is_empty() {
-            assert!(Instant::now() < deadline, "timed out reading {topic}");
-            match c.poll(Duration::from_millis(200)) {
-                None => {}
-                Some(Err(e)) => panic!("reading {topic}: {e}"),
-                Some(Ok(m)) => {
-                    let (p, o) = (m.partition(), m.offset());
-                    out.push(m.detach());
-                    if ends.get(&p).is_some_and(|end| o + 1 >= *end) {
-                        ends.remove(&p);
-                    }
-                }
-            }
-        }
-        out
-    })
-    .await
-    .expect("reader thread")
-}
-
-// ---------------------------------------------------------------------------
-// Sidecar
+// Sidecar and /metrics
 
 fn raw_config(bootstrap: &str, group: &str) -> RawConfig {
     RawConfig {
@@ -261,244 +112,6 @@ fn raw_config(bootstrap: &str, group: &str) -> RawConfig {
         kafka: BTreeMap::from([("session.timeout.ms".into(), "6000".into())]),
         ..RawConfig::default()
     }
-}
-
-/// A running sidecar. Dropping it (e.g. when an assertion panics) still stops it
-/// gracefully while the mock cluster is alive.
-struct Running {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), AppError>>>,
-}
-
-impl Running {
-    async fn start(raw: RawConfig, decoder: &DecoderConfig) -> Running {
-        let config = raw.validate().expect("valid test configuration");
-        let sidecar = Sidecar::start(config, decoder)
-            .await
-            .expect("sidecar start");
-        let addr = sidecar.http.addr;
-        assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(sidecar.run(async move {
-            let _ = rx.await;
-        }));
-        Running {
-            addr,
-            stop: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    /// Sends the shutdown signal and returns what `Sidecar::run` returned.
-    async fn stop(mut self) -> Result<(), AppError> {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let task = self.task.take().expect("running");
-        tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .expect("sidecar stops within 30 s")
-            .expect("sidecar task did not panic")
-    }
-
-    /// What `Sidecar::run` returned on its own (without a shutdown signal).
-    async fn join(mut self, limit: Duration) -> Result<(), AppError> {
-        let task = self.task.take().expect("running");
-        tokio::time::timeout(limit, task)
-            .await
-            .expect("sidecar returned in time")
-            .expect("sidecar task did not panic")
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::task::block_in_place(|| {
-                let _ = tokio::runtime::Handle::current()
-                    .block_on(tokio::time::timeout(Duration::from_secs(15), task));
-            });
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// /metrics
-
-#[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// One scrape of `/metrics`, parsed.
-#[derive(Debug, Clone)]
-struct Metrics {
-    text: String,
-    samples: Vec<Sample>,
-}
-
-fn parse_labels(s: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
-            chars.next();
-        }
-        let name: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        if name.is_empty() {
-            break;
-        }
-        assert_eq!(chars.next(), Some('"'), "label {name} in {{{s}}}");
-        let mut value = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                '"' => break,
-                '\\' => match chars.next() {
-                    Some('n') => value.push('\n'),
-                    Some(c) => value.push(c),
-                    None => break,
-                },
-                c => value.push(c),
-            }
-        }
-        out.insert(name.trim().to_string(), value);
-    }
-    out
-}
-
-impl Metrics {
-    fn parse(text: String) -> Metrics {
-        let mut samples = vec![];
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (name, labels, rest) = match line.find('{') {
-                Some(i) => {
-                    let j = line.rfind('}').expect("closing brace");
-                    (&line[..i], parse_labels(&line[i + 1..j]), &line[j + 1..])
-                }
-                None => {
-                    let i = line.find(' ').expect("value");
-                    (&line[..i], BTreeMap::new(), &line[i..])
-                }
-            };
-            let value = rest.split_whitespace().next().expect("value");
-            let value: f64 = value
-                .parse()
-                .unwrap_or_else(|_| panic!("bad value in {line:?}"));
-            samples.push(Sample {
-                name: name.to_string(),
-                labels,
-                value,
-            });
-        }
-        Metrics { text, samples }
-    }
-
-    /// The sample with exactly these labels.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let want: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.samples
-            .iter()
-            .find(|s| s.name == name && s.labels == want)
-            .map(|s| s.value)
-    }
-
-    /// Like [`Metrics::get`], but the sample must exist.
-    fn val(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels).unwrap_or_else(|| {
-            panic!(
-                "no sample {name}{labels:?} in /metrics:\n{}",
-                self.relevant(name)
-            )
-        })
-    }
-
-    /// Sum over every series of `name` (0 when absent).
-    fn sum(&self, name: &str) -> f64 {
-        self.samples
-            .iter()
-            .filter(|s| s.name == name)
-            .map(|s| s.value)
-            .sum()
-    }
-
-    fn relevant(&self, prefix: &str) -> String {
-        let lines: Vec<&str> = self
-            .text
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .collect();
-        if lines.is_empty() {
-            self.text.clone()
-        } else {
-            lines.join("\n")
-        }
-    }
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let path = path.to_string();
-    let fetch = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.set_write_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
-        let mut buf = vec![];
-        s.read_to_end(&mut buf)?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
-    });
-    let text = fetch.await.map_err(std::io::Error::other)??;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status line: {head:?}")))?;
-    Ok((status, body.to_string()))
-}
-
-async fn scrape(addr: SocketAddr) -> Metrics {
-    let (status, body) = http_get(addr, "/metrics").await.expect("GET /metrics");
-    assert_eq!(status, 200, "{body}");
-    Metrics::parse(body)
-}
-
-/// Scrapes until `ready` holds (failing after [`PATIENCE`]), then once more after
-/// two snapshot rounds, so that the returned scrape shows a complete round.
-async fn settle(addr: SocketAddr, what: &str, ready: impl Fn(&Metrics) -> bool) -> Metrics {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let m = scrape(addr).await;
-        if ready(&m) {
-            tokio::time::sleep(Duration::from_millis(600)).await;
-            let m = scrape(addr).await;
-            assert!(ready(&m), "{what}: condition flapped:\n{}", m.text);
-            return m;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out waiting for {what}; last /metrics:\n{}", m.text);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * b.abs().max(1.0)
 }
 
 fn assert_close(actual: f64, expected: f64, what: &str) {
@@ -838,7 +451,7 @@ async fn three_wire_formats_give_hand_computed_metrics_and_snapshots() {
     assert_eq!(m.val(&format!("{hist}_bucket"), &[("le", "600")]), 5.0);
     assert_eq!(m.val(&format!("{hist}_bucket"), &[("le", "1800")]), 7.0);
 
-    let (status, body) = http_get(sidecar.addr, "/readyz").await.expect("readyz");
+    let (status, body) = fetch(sidecar.addr, "/readyz").await.expect("readyz");
     assert_eq!(status, 200, "{body}");
 
     if let Err(e) = sidecar.stop().await {

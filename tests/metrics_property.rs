@@ -5,6 +5,8 @@
 //! accepted events; and the interleaving of partitions and topics does not
 //! change any number.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use engaged::event::{
@@ -16,6 +18,8 @@ use engaged::state::delta::Form;
 use engaged::state::{CoreConfig, Engine, SavedTask, TopicPartition};
 use engaged::window::WindowSpec;
 use proptest::prelude::*;
+
+use support::{EMAIL_TYPES, PURCHASE_TYPES, SURVEY_KINDS};
 
 const MIN: i64 = 60_000;
 const LATENESS: i64 = 5 * MIN;
@@ -60,23 +64,6 @@ struct Rec {
 fn customer_partition(c: u32) -> i32 {
     (c % PARTITIONS) as i32
 }
-
-const EMAIL_TYPES: [EmailEventType; 7] = [
-    EmailEventType::Sent,
-    EmailEventType::Delivered,
-    EmailEventType::Bounced,
-    EmailEventType::Opened,
-    EmailEventType::Clicked,
-    EmailEventType::Unsubscribed,
-    EmailEventType::Complained,
-];
-const PURCHASE_TYPES: [PurchaseType; 4] = [
-    PurchaseType::Order,
-    PurchaseType::Refund,
-    PurchaseType::Renewal,
-    PurchaseType::Cancellation,
-];
-const SURVEY_KINDS: [SurveyKind; 3] = [SurveyKind::Nps, SurveyKind::Csat, SurveyKind::Ces];
 
 fn stream() -> impl Strategy<Value = Vec<Rec>> {
     let step = (

@@ -1,11 +1,15 @@
 //! `engaged replay` on a file written by Python fastavro (tests/fixtures/make_fixtures.py)
 //! prints per-window snapshots equal to an independent recomputation.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 
 use apache_avro::types::Value;
 use serde_json::Value as Json;
+
+use support::engaged_ok;
 
 const FIXTURE: &str = "tests/fixtures/mixed_events.avro";
 const TIMEOUT_MS: i64 = 30 * 60_000;
@@ -85,19 +89,7 @@ fn sessions(views: &[View]) -> Vec<(i64, i64, usize)> {
 }
 
 fn replay(args: &[&str]) -> Vec<Json> {
-    let out = Command::new(env!("CARGO_BIN_EXE_engaged"))
-        .arg("replay")
-        .arg(FIXTURE)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
+    engaged_ok(["replay", FIXTURE].iter().chain(args))
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()

@@ -18,27 +18,25 @@
 //! input topic, so every partition — and every instance — ends the phase at the same
 //! watermark, whatever partitions it owns.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use engaged::decode::encode;
-use engaged::demo::generator::{Generator, GeneratorConfig, partition_key, topic_of};
-use engaged::event::{
-    EmailEvent, EmailEventType, Event, Millis, PageView, Purchase, PurchaseType, SurveyKind,
-    SurveyResponse,
-};
+use engaged::demo::generator::{Generator, GeneratorConfig};
+use engaged::event::{Event, Millis};
 use engaged::sink::decode_snapshot_record;
 use engaged::snapshot::WindowSnapshot;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Headers;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
+
+use support::{
+    Cluster, Engaged, checkpoint_restores, clock_events, engaged_topics, routed, sum, summed,
+    value, windowed,
+};
 
 const PARTITIONS: i32 = 4;
 const TOPICS: [&str; 4] = ["pageviews", "emails", "purchases", "surveys"];
@@ -52,148 +50,10 @@ const LATENESS: Millis = 5 * MIN;
 /// Overall limit for anything the test waits for.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-// ---------------------------------------------------------------------------
-// Mock cluster
-
-#[allow(unsafe_code)]
-fn no_initial_rebalance_delay(producer: &FutureProducer) {
-    // SAFETY: the producer owns the mock cluster; this only sets a mock option.
-    unsafe {
-        let mc = rdkafka_sys::rd_kafka_handle_mock_cluster(producer.client().native_ptr());
-        assert!(!mc.is_null());
-        rdkafka_sys::rd_kafka_mock_group_initial_rebalance_delay_ms(mc, 0);
-    }
-}
-
-/// A mock cluster, owned by the producer that feeds it.
-struct Cluster {
-    producer: FutureProducer,
-    bootstrap: String,
-}
-
-impl Cluster {
-    fn new() -> Cluster {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("test.mock.num.brokers", "1")
-            .set("linger.ms", "5")
-            .create()
-            .expect("mock cluster");
-        let bootstrap = {
-            let mock = producer.client().mock_cluster().expect("mock cluster");
-            for t in TOPICS {
-                mock.create_topic(t, PARTITIONS, 1).unwrap();
-            }
-            for t in [SNAPSHOTS, DEAD_LETTERS, "engagement.checkpoints"] {
-                mock.create_topic(t, 1, 1).unwrap();
-            }
-            mock.bootstrap_servers()
-        };
-        no_initial_rebalance_delay(&producer);
-        Cluster {
-            producer,
-            bootstrap,
-        }
-    }
-
-    async fn produce(&self, records: &[(i32, Event)]) {
-        let mut pending = vec![];
-        for (p, e) in records {
-            let payload = encode::single_object(e);
-            let record = FutureRecord::to(topic_of(e))
-                .partition(*p)
-                .key(partition_key(e))
-                .payload(&payload);
-            pending.push(
-                self.producer
-                    .send_result(record)
-                    .map_err(|(e, _)| e)
-                    .unwrap(),
-            );
-        }
-        for d in pending {
-            d.await.unwrap().unwrap();
-        }
-        self.producer.flush(Duration::from_secs(10)).unwrap();
-    }
-}
-
-/// Co-partitioning (SPEC §1): the partition is a hash of the customer (or visitor) key,
-/// the same function on every input topic.
-fn partition_of(key: &str) -> i32 {
-    (key.bytes()
-        .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619))
-        % PARTITIONS as u32) as i32
-}
-
-fn routed(events: Vec<Event>) -> Vec<(i32, Event)> {
-    events
-        .into_iter()
-        .map(|e| (partition_of(partition_key(&e)), e))
-        .collect()
-}
-
-/// One event at `t` in every partition of every input topic: afterwards every
-/// partition watermark is `t - allowed_lateness`. Its customer `clock-P` lives in
-/// partition P of every topic, so co-partitioning holds for it too.
-fn clocks(tag: &str, t: Millis) -> Vec<(i32, Event)> {
-    let mut out = vec![];
-    for p in 0..PARTITIONS {
-        let id = |family: &str| format!("clock-{tag}-{family}-{p}");
-        let customer = format!("clock-{p}");
-        out.push((
-            p,
-            Event::PageView(PageView {
-                event_id: id("pv"),
-                event_time: t,
-                visitor_id: customer.clone(),
-                customer_id: None,
-                site: "shop.example".into(),
-                page: "/".into(),
-                referrer: None,
-                channel: None,
-            }),
-        ));
-        out.push((
-            p,
-            Event::Email(EmailEvent {
-                event_id: id("email"),
-                event_time: t,
-                customer_id: customer.clone(),
-                campaign_id: "clock".into(),
-                message_id: id("msg"),
-                kind: EmailEventType::Sent,
-                url: None,
-            }),
-        ));
-        out.push((
-            p,
-            Event::Purchase(Purchase {
-                event_id: id("purchase"),
-                event_time: t,
-                customer_id: customer.clone(),
-                order_id: id("order"),
-                kind: PurchaseType::Refund,
-                amount_minor: 0,
-                currency: "EUR".into(),
-                cost_minor: None,
-                items: 0,
-                campaign_id: None,
-            }),
-        ));
-        out.push((
-            p,
-            Event::Survey(SurveyResponse {
-                event_id: id("survey"),
-                event_time: t,
-                customer_id: None,
-                survey_id: "clock".into(),
-                kind: SurveyKind::Nps,
-                score: 9,
-                comment: None,
-            }),
-        ));
-    }
-    out
+/// A mock cluster with the input topics and engaged's output topics, owned by the
+/// producer that feeds it.
+fn mock_cluster() -> Cluster {
+    Cluster::with_producer(&[("linger.ms", "5")], &engaged_topics(&TOPICS, PARTITIONS))
 }
 
 /// The stream in three phases, and the watermark each phase ends at (seconds).
@@ -218,11 +78,11 @@ fn phases() -> Phases {
     });
     let t1 = start + 30 * HOUR;
     let t2 = start + 55 * HOUR;
-    let one = routed(g.advance_to(t1));
-    let mut two = routed(g.advance_to(t2));
-    two.extend(clocks("two", t2));
-    let mut three = routed(g.advance_to(end));
-    three.extend(clocks("end", end));
+    let one = routed(g.advance_to(t1), PARTITIONS);
+    let mut two = routed(g.advance_to(t2), PARTITIONS);
+    two.extend(clock_events("two", t2, PARTITIONS));
+    let mut three = routed(g.advance_to(end), PARTITIONS);
+    three.extend(clock_events("end", end, PARTITIONS));
     let seconds = |t: Millis| (t - LATENESS) as f64 / 1000.0;
     Phases {
         one,
@@ -236,218 +96,31 @@ fn phases() -> Phases {
 // ---------------------------------------------------------------------------
 // engaged processes
 
-/// An `engaged run` child process, killed on drop.
-struct Engaged {
-    name: String,
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Engaged {
-    fn start(name: &str, bootstrap: &str, group: &str, dir: &Path) -> Engaged {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let config = dir.join(format!("{name}.toml"));
-        // With a clock event closing every phase, every partition ends a phase at the
-        // same watermark: idleness is not needed to reach it. `idle_timeout` is longer
-        // than the test, so that no input is ever idle: after a pause longer than
-        // `idle_timeout`, the first input of a task to wake up moves the task's closing
-        // watermark alone, and where sessions close then depends on which topic the
-        // consumer happens to fetch first (see docs/operations.md, "Guarantees").
-        std::fs::write(
-            &config,
-            format!(
-                "bootstrap_servers = \"{bootstrap}\"\n\
-                 group_id = \"{group}\"\n\
-                 listen = \"{addr}\"\n\
-                 windows = [\"1h\", \"24h\", \"7d\"]\n\
-                 snapshot_interval = \"400ms\"\n\
-                 checkpoint_interval = \"500ms\"\n\
-                 idle_timeout = \"10m\"\n\
-                 statistics_interval = \"1s\"\n\
-                 shutdown_timeout = \"20s\"\n\
-                 [kafka_consumer]\n\
-                 \"session.timeout.ms\" = \"6000\"\n\
-                 \"heartbeat.interval.ms\" = \"500\"\n"
-            ),
-        )
-        .unwrap();
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_engaged"));
-        // engaged reads `ENGAGED_*` variables as configuration: only the file counts here.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("ENGAGED_") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Engaged {
-            name: name.to_string(),
-            child,
-            addr,
-            log,
-        }
-    }
-
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).ok()?;
-        let (head, body) = raw.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, body.to_string()))
-    }
-
-    fn metrics(&mut self) -> Option<String> {
-        if let Ok(Some(s)) = self.child.try_wait() {
-            panic!("{} exited early with {s}:\n{}", self.name, self.log_tail());
-        }
-        self.get("/metrics").map(|(_, body)| body)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn log_tail(&self) -> String {
-        let log = self.log();
-        log[log.len().saturating_sub(4000)..].to_string()
-    }
-
-    /// `kill -TERM` (graceful shutdown, SPEC §5).
-    fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -TERM {}", self.name);
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {timeout:?}:\n{}",
-                self.name,
-                self.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Engaged {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // `KEEP_ENGAGED_LOGS=DIR` keeps the logs.
-        if let Some(keep) = std::env::var_os("KEEP_ENGAGED_LOGS") {
-            let _ = std::fs::create_dir_all(&keep);
-            let _ = std::fs::copy(
-                &self.log,
-                Path::new(&keep).join(format!("{}.log", self.name)),
-            );
-        }
-        if std::thread::panicking() {
-            eprintln!("--- {} log tail:\n{}", self.name, self.log_tail());
-        }
-    }
+/// The configuration of an instance of `group` (`listen` aside).
+fn config(bootstrap: &str, group: &str) -> String {
+    // With a clock event closing every phase, every partition ends a phase at the
+    // same watermark: idleness is not needed to reach it. `idle_timeout` is longer
+    // than the test, so that no input is ever idle: after a pause longer than
+    // `idle_timeout`, the first input of a task to wake up moves the task's closing
+    // watermark alone, and where sessions close then depends on which topic the
+    // consumer happens to fetch first (see docs/operations.md, "Guarantees").
+    format!(
+        "bootstrap_servers = \"{bootstrap}\"\n\
+         group_id = \"{group}\"\n\
+         windows = [\"1h\", \"24h\", \"7d\"]\n\
+         snapshot_interval = \"400ms\"\n\
+         checkpoint_interval = \"500ms\"\n\
+         idle_timeout = \"10m\"\n\
+         statistics_interval = \"1s\"\n\
+         shutdown_timeout = \"20s\"\n\
+         [kafka_consumer]\n\
+         \"session.timeout.ms\" = \"6000\"\n\
+         \"heartbeat.interval.ms\" = \"500\"\n"
+    )
 }
 
 // ---------------------------------------------------------------------------
 // /metrics
-
-/// The windowed series (`name{labels}` → value): state-derived numbers, not
-/// process-cumulative counters.
-fn windowed(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            [
-                "engaged_web_",
-                "engaged_email_",
-                "engaged_commerce_",
-                "engaged_survey_",
-                "engaged_customers_",
-            ]
-            .iter()
-            .any(|p| l.starts_with(p))
-        })
-        // The duration histogram counts since the process started.
-        .filter(|l| !l.starts_with("engaged_web_session_duration_seconds_"))
-        .filter_map(|l| {
-            l.rsplit_once(' ')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect()
-}
-
-/// Whether a family is a count or a sum (a numerator or a denominator), which
-/// instances add up; ratios, averages, percentiles and scores do not.
-fn additive(series: &str) -> bool {
-    let name = series.split('{').next().unwrap_or(series);
-    let name = ["_by_site", "_by_channel", "_by_campaign"]
-        .iter()
-        .find_map(|s| name.strip_suffix(s))
-        .unwrap_or(name);
-    !(name.ends_with("_ratio")
-        || name.contains("_avg_")
-        || name.contains("_p50_")
-        || name.contains("_p90_")
-        || [
-            "engaged_commerce_average_order_value_minor",
-            "engaged_commerce_orders_per_customer",
-            "engaged_commerce_profit_per_customer_minor",
-            "engaged_survey_nps",
-            "engaged_survey_csat",
-            "engaged_survey_ces",
-        ]
-        .contains(&name))
-}
-
-/// The additive windowed series, summed over instances (a missing series counts 0).
-fn summed<'a>(
-    instances: impl IntoIterator<Item = &'a BTreeMap<String, String>>,
-) -> BTreeMap<String, f64> {
-    let mut out: BTreeMap<String, f64> = BTreeMap::new();
-    for m in instances {
-        for (k, v) in m.iter().filter(|(k, _)| additive(k)) {
-            *out.entry(k.clone()).or_default() += v.parse::<f64>().unwrap();
-        }
-    }
-    out
-}
-
-fn value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit_once(' '))
-        .and_then(|(_, v)| v.parse().ok())
-}
 
 /// Waits until every instance is at `watermark` (and, if given, owns `partitions`
 /// topic-partitions) and its numbers stop changing; returns its windowed series.
@@ -669,13 +342,6 @@ fn dead_letters(bootstrap: &str) -> BTreeMap<(String, String), usize> {
     out
 }
 
-fn restores(log: &str) -> Vec<String> {
-    log.lines()
-        .filter(|l| l.contains("restored from checkpoints") && !l.contains("restored=0"))
-        .map(String::from)
-        .collect()
-}
-
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -691,20 +357,27 @@ async fn two_instances_sum_to_one_and_hand_over_through_checkpoints() {
         p.three.len()
     );
     let dir = tempfile::tempdir().unwrap();
-    let reference = Cluster::new();
-    let cluster = Cluster::new();
-    let r = Engaged::start("reference", &reference.bootstrap, GROUP, dir.path());
-    let mut a = Engaged::start("a", &cluster.bootstrap, GROUP, dir.path());
+    let reference = mock_cluster();
+    let cluster = mock_cluster();
+    let r = Engaged::start(
+        "reference",
+        dir.path(),
+        &config(&reference.bootstrap, GROUP),
+    );
+    let mut a = Engaged::start("a", dir.path(), &config(&cluster.bootstrap, GROUP));
 
     // Phase 1: A alone.
-    tokio::join!(reference.produce(&p.one), cluster.produce(&p.one));
+    tokio::join!(
+        reference.produce_events(&p.one),
+        cluster.produce_events(&p.one)
+    );
     let n1 = p.one.len() as f64;
     let a = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let consumed = a
                 .metrics()
-                .map(|t| sum_of(&t, "engaged_events_consumed_total"));
+                .map(|t| sum(&t, "engaged_events_consumed_total"));
             if consumed == Some(n1) {
                 return a;
             }
@@ -717,8 +390,11 @@ async fn two_instances_sum_to_one_and_hand_over_through_checkpoints() {
     eprintln!("{:?}: A consumed phase 1", started.elapsed());
 
     // Phase 2: B joins while the phase is produced.
-    let b = Engaged::start("b", &cluster.bootstrap, GROUP, dir.path());
-    tokio::join!(reference.produce(&p.two), cluster.produce(&p.two));
+    let b = Engaged::start("b", dir.path(), &config(&cluster.bootstrap, GROUP));
+    tokio::join!(
+        reference.produce_events(&p.two),
+        cluster.produce_events(&p.two)
+    );
     let w2 = p.two_watermark;
     let (r, a, b, want, got) = tokio::task::spawn_blocking(move || {
         let (mut r, mut a, mut b) = (r, a, b);
@@ -847,7 +523,7 @@ async fn two_instances_sum_to_one_and_hand_over_through_checkpoints() {
         ));
     }
     assert!(
-        !restores(&b.log()).is_empty(),
+        !checkpoint_restores(&b.log()).is_empty(),
         "B did not restore A's checkpoints when it joined:\n{}",
         b.log_tail()
     );
@@ -858,7 +534,11 @@ async fn two_instances_sum_to_one_and_hand_over_through_checkpoints() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         a.sigterm();
     };
-    tokio::join!(reference.produce(first), cluster.produce(first), leave);
+    tokio::join!(
+        reference.produce_events(first),
+        cluster.produce_events(first),
+        leave
+    );
     let status = tokio::task::spawn_blocking(move || {
         let mut a = a;
         let s = a.wait_exit(Duration::from_secs(30));
@@ -872,7 +552,7 @@ async fn two_instances_sum_to_one_and_hand_over_through_checkpoints() {
         "A did not exit 0 on SIGTERM: {status}\n{}",
         a.log_tail()
     );
-    tokio::join!(reference.produce(rest), cluster.produce(rest));
+    tokio::join!(reference.produce_events(rest), cluster.produce_events(rest));
     let wend = p.final_watermark;
     let (want, got, b) = tokio::task::spawn_blocking(move || {
         let (mut r, mut b) = (r, b);
@@ -888,7 +568,7 @@ async fn two_instances_sum_to_one_and_hand_over_through_checkpoints() {
         .extend(dead_letter_problems(&reference, &cluster, "at the end", &mut dead_lettered).await);
     assert_no_differences(&compare_exact("final", &want, &got), want.len());
     assert!(want.len() > 100, "compared only {} series", want.len());
-    let b_restores = restores(&b.log());
+    let b_restores = checkpoint_restores(&b.log());
     assert!(
         b_restores.len() >= 2,
         "B restored from checkpoints {} time(s), expected on joining and when A left:\n{}",
@@ -904,13 +584,4 @@ async fn two_instances_sum_to_one_and_hand_over_through_checkpoints() {
         started.elapsed()
     );
     assert!(problems.is_empty(), "{problems:#?}");
-}
-
-fn sum_of(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ' | b'{'))
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
 }

@@ -1,11 +1,15 @@
 //! `schemas/*.avsc` are the source of truth: every one parses, and every input
 //! event type round-trips through its schema, with our codec and apache-avro's.
 
+mod support;
+
 use engaged::decode::{Decoder, DecoderConfig, encode};
 use engaged::event::*;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+use support::{EMAIL_TYPES, PURCHASE_TYPES, SURVEY_KINDS};
 
 fn schema_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas")
@@ -95,15 +99,7 @@ fn event() -> impl Strategy<Value = Event> {
                 customer_id: c,
                 campaign_id: camp,
                 message_id: m,
-                kind: [
-                    EmailEventType::Sent,
-                    EmailEventType::Delivered,
-                    EmailEventType::Bounced,
-                    EmailEventType::Opened,
-                    EmailEventType::Clicked,
-                    EmailEventType::Unsubscribed,
-                    EmailEventType::Complained,
-                ][k],
+                kind: EMAIL_TYPES[k],
                 url: u,
             })
         ),
@@ -123,12 +119,7 @@ fn event() -> impl Strategy<Value = Event> {
                     event_time: t,
                     customer_id: c,
                     order_id: ord,
-                    kind: [
-                        PurchaseType::Order,
-                        PurchaseType::Refund,
-                        PurchaseType::Renewal,
-                        PurchaseType::Cancellation,
-                    ][k],
+                    kind: PURCHASE_TYPES[k],
                     amount_minor: amt,
                     currency: cur,
                     cost_minor: cost,
@@ -150,7 +141,7 @@ fn event() -> impl Strategy<Value = Event> {
                 event_time: t,
                 customer_id: c,
                 survey_id: s,
-                kind: [SurveyKind::Nps, SurveyKind::Csat, SurveyKind::Ces][k],
+                kind: SURVEY_KINDS[k],
                 score,
                 comment: com,
             })),

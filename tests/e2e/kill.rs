@@ -41,10 +41,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use engaged::decode::encode;
-use engaged::demo::generator::{
-    DEFAULT_START, Generator, GeneratorConfig, partition_key, topic_of,
-};
+use engaged::demo::generator::{DEFAULT_START, Generator, GeneratorConfig, topic_of};
 use engaged::event::Millis;
 
 use super::support::{self, Engaged, Metrics, Rec};
@@ -97,17 +94,10 @@ fn stream(run: &str) -> Vec<Rec> {
         generated.iter().all(|e| e.event_time() < END),
         "the clocks must be the last event time"
     );
-    generated
+    support::routed(generated, PARTITIONS)
         .into_iter()
-        .map(|e| (support::partition_of(partition_key(&e), PARTITIONS), e))
         .chain(support::clock_events("end", END, PARTITIONS))
-        .map(|(p, e)| Rec {
-            topic: format!("{run}-{}", topic_of(&e)),
-            partition: p,
-            key: partition_key(&e).to_string(),
-            payload: encode::single_object(&e),
-            headers: vec![],
-        })
+        .map(|(p, e)| Rec::event(format!("{run}-{}", topic_of(&e)), p, &e))
         .collect()
 }
 
@@ -469,10 +459,7 @@ fn killed_twelve_times_through_tansu_counts_every_event_exactly_once() {
     );
 
     // Restarts that got their partitions restored their tasks from checkpoints.
-    let restores = log
-        .lines()
-        .filter(|l| l.contains("restored from checkpoints") && !l.contains("restored=0"))
-        .count();
+    let restores = support::checkpoint_restores(&log).len();
     assert!(
         restores >= 3,
         "only {restores} restores from a checkpoint:\n{}",

@@ -1,6 +1,7 @@
 //! Helpers of the end-to-end tests: the environment `scripts/e2e.sh` sets up, child
-//! processes that cannot outlive a test, a minimal HTTP client, a Prometheus text
-//! parser, and Kafka (Tansu) helpers.
+//! processes that cannot outlive a test, and Kafka (Tansu) helpers. The helpers the
+//! end-to-end tests share with the others (HTTP client, Prometheus text parser,
+//! generated streams) are in `tests/support/`, re-exported here.
 //!
 //! Every child process is owned by a [`Proc`] guard: dropping it (also while a test
 //! panics) kills the process, and its pid is written to `ENGAGED_E2E_PIDDIR` so that
@@ -8,10 +9,13 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
+#[path = "../support/mod.rs"]
+mod shared;
+
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -22,6 +26,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+pub use shared::{
+    Metrics, Rec, checkpoint_restores, clock_events, free_port, http_get, now_ms, routed, summed,
+    windowed,
+};
 
 // ---------------------------------------------------------------------------------------
 // Environment
@@ -101,21 +110,6 @@ pub fn unique(prefix: &str) -> String {
         nanos % 0xffff_ffff,
         N.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// A free loopback port (bound, then released; good enough on a test machine).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
 }
 
 /// Retries `f` until it returns `Ok` or `timeout` passes; then panics with the last error.
@@ -257,33 +251,7 @@ impl Drop for Proc {
 }
 
 // ---------------------------------------------------------------------------------------
-// HTTP (HTTP/1.0 over a TcpStream: no client dependency)
-
-/// `GET path`; returns the status code and the body.
-pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("write to {addr}: {e}"))?;
-    let mut raw = vec![];
-    s.read_to_end(&mut raw)
-        .map_err(|e| format!("read from {addr}: {e}"))?;
-    let raw = String::from_utf8(raw).map_err(|e| format!("response is not UTF-8: {e}"))?;
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("malformed HTTP response: {raw:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("no status code in {head:?}"))?;
-    Ok((status, body.to_string()))
-}
+// HTTP
 
 /// Percent-encodes a query-string value.
 pub fn urlencode(s: &str) -> String {
@@ -295,137 +263,6 @@ pub fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-// ---------------------------------------------------------------------------------------
-// Prometheus text exposition
-
-/// One sample line of a text exposition.
-#[derive(Debug, Clone)]
-pub struct Sample {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub value: f64,
-}
-
-/// A parsed `/metrics` page.
-#[derive(Debug, Clone)]
-pub struct Metrics {
-    pub text: String,
-    pub samples: Vec<Sample>,
-}
-
-fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    let mut rest = s;
-    while !rest.is_empty() {
-        let (name, after) = rest
-            .split_once("=\"")
-            .ok_or_else(|| format!("bad labels {s:?}"))?;
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let mut end = None;
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => match chars.next() {
-                    Some((_, 'n')) => value.push('\n'),
-                    Some((_, c)) => value.push(c),
-                    None => break,
-                },
-                '"' => {
-                    end = Some(i);
-                    break;
-                }
-                c => value.push(c),
-            }
-        }
-        let end = end.ok_or_else(|| format!("unterminated label value in {s:?}"))?;
-        out.insert(name.trim_start_matches(',').trim().to_string(), value);
-        rest = after[end + 1..].trim_start_matches(',');
-    }
-    Ok(out)
-}
-
-impl Metrics {
-    pub fn parse(text: &str) -> Result<Metrics, String> {
-        let mut samples = vec![];
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (series, value) = match line.rfind('}') {
-                Some(close) => (&line[..=close], line[close + 1..].trim()),
-                None => line
-                    .split_once(' ')
-                    .ok_or_else(|| format!("bad sample line {line:?}"))?,
-            };
-            let value = value.split_whitespace().next().unwrap_or("");
-            let value: f64 = match value {
-                "+Inf" => f64::INFINITY,
-                "-Inf" => f64::NEG_INFINITY,
-                v => v.parse().map_err(|_| format!("bad value in {line:?}"))?,
-            };
-            let (name, labels) = match series.split_once('{') {
-                Some((n, l)) => (n, parse_labels(l.trim_end_matches('}'))?),
-                None => (series, BTreeMap::new()),
-            };
-            samples.push(Sample {
-                name: name.to_string(),
-                labels,
-                value,
-            });
-        }
-        Ok(Metrics {
-            text: text.to_string(),
-            samples,
-        })
-    }
-
-    /// The value of the series `name` with exactly these labels.
-    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let want: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.samples
-            .iter()
-            .find(|s| s.name == name && s.labels == want)
-            .map(|s| s.value)
-    }
-
-    /// Like [`Metrics::get`], but the series must exist.
-    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels).unwrap_or_else(|| {
-            panic!(
-                "series {name}{labels:?} missing from /metrics:\n{}",
-                self.text
-            )
-        })
-    }
-
-    /// Sum over every series of `name`.
-    pub fn sum(&self, name: &str) -> f64 {
-        self.samples
-            .iter()
-            .filter(|s| s.name == name)
-            .map(|s| s.value)
-            .sum()
-    }
-
-    /// Every series of `name`.
-    pub fn series(&self, name: &str) -> Vec<&Sample> {
-        self.samples.iter().filter(|s| s.name == name).collect()
-    }
-}
-
-/// Scrapes `/metrics` of `addr`.
-pub fn scrape(addr: SocketAddr) -> Result<Metrics, String> {
-    let (status, body) = http_get(addr, "/metrics")?;
-    if status != 200 {
-        return Err(format!("/metrics answered {status}: {body}"));
-    }
-    Metrics::parse(&body)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -456,16 +293,6 @@ pub fn create_topic(name: &str, partitions: i32) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// One record to produce.
-#[derive(Debug, Clone)]
-pub struct Rec {
-    pub topic: String,
-    pub partition: i32,
-    pub key: String,
-    pub payload: Vec<u8>,
-    pub headers: Vec<(String, String)>,
 }
 
 /// Where a record landed.
@@ -653,7 +480,7 @@ impl Engaged {
     /// Scrapes `/metrics`, failing the test if the process has died.
     pub fn scrape(&mut self) -> Result<Metrics, String> {
         self.proc.assert_running();
-        scrape(self.addr)
+        Metrics::scrape(self.addr)
     }
 }
 
@@ -761,85 +588,4 @@ pub fn promtool(args: &[&str], stdin: &str) -> (bool, String) {
 /// The absolute path of a file of this repository.
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-// ---------------------------------------------------------------------------------------
-// Generated streams
-
-/// Co-partitioning (SPEC §1): one hash (FNV-1a) of the customer (or visitor) key on every
-/// topic, modulo `partitions`.
-pub fn partition_of(key: &str, partitions: i32) -> i32 {
-    (key.bytes()
-        .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619))
-        % partitions as u32) as i32
-}
-
-/// One "clock" event at `t` in every partition of every input topic: afterwards every
-/// partition (hence every instance) is at the watermark `t - allowed_lateness`. Customer
-/// `clock-P` lives in partition P of every topic only, so co-partitioning holds for it
-/// too; the purchase is a zero refund and the survey answer anonymous, so the clocks add
-/// no ORDER history to the churn model. `tag` keeps event ids unique per phase.
-pub fn clock_events(tag: &str, t: i64, partitions: i32) -> Vec<(i32, engaged::event::Event)> {
-    use engaged::event::{
-        EmailEvent, EmailEventType, Event, PageView, Purchase, PurchaseType, SurveyKind,
-        SurveyResponse,
-    };
-    let mut out = vec![];
-    for p in 0..partitions {
-        let id = |family: &str| format!("clock-{tag}-{family}-{p}");
-        let customer = format!("clock-{p}");
-        out.push((
-            p,
-            Event::PageView(PageView {
-                event_id: id("pv"),
-                event_time: t,
-                visitor_id: customer.clone(),
-                customer_id: None,
-                site: "shop.example".into(),
-                page: "/".into(),
-                referrer: None,
-                channel: None,
-            }),
-        ));
-        out.push((
-            p,
-            Event::Email(EmailEvent {
-                event_id: id("email"),
-                event_time: t,
-                customer_id: customer.clone(),
-                campaign_id: "clock".into(),
-                message_id: id("msg"),
-                kind: EmailEventType::Sent,
-                url: None,
-            }),
-        ));
-        out.push((
-            p,
-            Event::Purchase(Purchase {
-                event_id: id("purchase"),
-                event_time: t,
-                customer_id: customer.clone(),
-                order_id: id("order"),
-                kind: PurchaseType::Refund,
-                amount_minor: 0,
-                currency: "EUR".into(),
-                cost_minor: None,
-                items: 0,
-                campaign_id: None,
-            }),
-        ));
-        out.push((
-            p,
-            Event::Survey(SurveyResponse {
-                event_id: id("survey"),
-                event_time: t,
-                customer_id: None,
-                survey_id: "clock".into(),
-                kind: SurveyKind::Nps,
-                score: 9,
-                comment: None,
-            }),
-        ));
-    }
-    out
 }
