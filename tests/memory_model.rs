@@ -47,6 +47,14 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The counter is process-wide: scenarios run one at a time (the lock is taken
+/// before a test builds anything), whatever `--test-threads` says.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 const T0: i64 = 1_790_000_000_000;
 const MIN: i64 = 60_000;
 
@@ -119,6 +127,7 @@ fn view(i: u64) -> (TopicPartition, Event) {
 
 #[test]
 fn a_customer_with_one_order_costs_what_the_model_says() {
+    let _one_at_a_time = serial();
     let n = 40_000;
     let events: Vec<_> = (0..n).map(order).collect();
     // The watermark passes every order: attribution forgets them, as in steady state.
@@ -128,6 +137,7 @@ fn a_customer_with_one_order_costs_what_the_model_says() {
 
 #[test]
 fn an_open_session_costs_what_the_model_says() {
+    let _one_at_a_time = serial();
     let n = 40_000;
     let events: Vec<_> = (0..n).map(view).collect();
     let (held, size) = measure(events, None);
@@ -136,6 +146,7 @@ fn an_open_session_costs_what_the_model_says() {
 
 #[test]
 fn closed_sessions_cost_what_the_model_says() {
+    let _one_at_a_time = serial();
     let n = 40_000;
     let events: Vec<_> = (0..n).map(view).collect();
     // Every session closes (30 minutes after its view); the event ids expire.
@@ -152,6 +163,7 @@ fn closed_sessions_cost_what_the_model_says() {
 
 #[test]
 fn a_remembered_message_costs_what_the_model_says() {
+    let _one_at_a_time = serial();
     let n = 40_000;
     let events: Vec<_> = (0..n)
         .map(|i| {
@@ -175,6 +187,7 @@ fn a_remembered_message_costs_what_the_model_says() {
 
 #[test]
 fn a_remembered_event_id_costs_what_the_model_says() {
+    let _one_at_a_time = serial();
     let n = 40_000;
     let events: Vec<_> = (0..n)
         .map(|i| {
