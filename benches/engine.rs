@@ -8,12 +8,12 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use engaged::checkpoint::delta::Form;
 use engaged::decode::{Decoder, encode};
 use engaged::demo::generator::{DEFAULT_START, Generator, GeneratorConfig};
 use engaged::demo::runner::demo_decoder_config;
 use engaged::event::Event;
 use engaged::pipeline::Pipeline;
-use engaged::state::delta::Form;
 use engaged::state::{CoreConfig, Engine, SavedTask, TopicPartition};
 use engaged::telemetry::Telemetry;
 

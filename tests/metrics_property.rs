@@ -9,12 +9,12 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use engaged::checkpoint::delta::Form;
 use engaged::event::{
     EmailEvent, EmailEventType, Event, Millis, PageView, Purchase, PurchaseType, SurveyKind,
     SurveyResponse,
 };
 use engaged::snapshot::{self, WindowSnapshot};
-use engaged::state::delta::Form;
 use engaged::state::{CoreConfig, Engine, SavedTask, TopicPartition};
 use engaged::window::WindowSpec;
 use proptest::prelude::*;

@@ -3,7 +3,7 @@
 //! Pure encoding and decoding; the Kafka I/O is in `source::checkpointer`. A
 //! task (partition number `p` of consumer group `g`) is saved as a *base* (its
 //! whole state) followed by *deltas* (what changed since the previous save, see
-//! `state::delta`), each cut into chunk records of at most `chunk_bytes`:
+//! [`delta`]), each cut into chunk records of at most `chunk_bytes`:
 //!
 //! * base chunks, key `g/p/slot/i`; delta `j` of the chain on that base, key
 //!   `g/p/slot/dj/i`; value `generation (8 bytes LE) ++ bytes`;
@@ -19,6 +19,8 @@
 //! The key space is bounded (two slots, a bounded chain), so a compacted topic
 //! stays small. Only tasks that handled records since their last checkpoint
 //! are saved, and a delta's size follows the keys that changed.
+
+pub mod delta;
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -17,9 +17,9 @@ use std::hash::{BuildHasher, Hasher};
 use serde::{Deserialize, Serialize};
 
 use super::{CustomerId, CustomerIds};
+use crate::checkpoint::delta::{Kept, Merge, Tracked};
 use crate::event::Millis;
 use crate::model::{GammaGammaParams, Model, Params, Scorer};
-use crate::state::delta::{Kept, Merge, Tracked};
 use crate::window::{BucketRing, WindowSpec};
 
 pub const DAY_MS: f64 = 86_400_000.0;

@@ -9,8 +9,8 @@
 //! it (new), so `returning = purchasing_customers - new_customers`.
 
 use super::CustomerId;
+use crate::checkpoint::delta::{Merge, Tracked};
 use crate::event::{Millis, Purchase, PurchaseType};
-use crate::state::delta::{Merge, Tracked};
 use crate::window::distinct::SharedDistinct;
 use crate::window::{BucketRing, WindowSpec};
 

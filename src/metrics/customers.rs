@@ -21,8 +21,8 @@ use std::collections::BTreeSet;
 use super::CustomerId;
 use smallvec::SmallVec;
 
+use crate::checkpoint::delta::{Merge, Tracked};
 use crate::event::Millis;
-use crate::state::delta::{Merge, Tracked};
 use crate::window::distinct::SharedDistinct;
 use crate::window::{BucketRing, WindowSpec};
 

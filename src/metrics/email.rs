@@ -18,8 +18,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::Labels;
+use crate::checkpoint::delta::{Kept, Merge, Tracked};
 use crate::event::{EmailEvent, EmailEventType, Millis};
-use crate::state::delta::{Kept, Merge, Tracked};
 use crate::window::{BucketRing, WindowSpec};
 
 /// Additive email aggregates of one bucket or window.
@@ -500,12 +500,12 @@ mod tests {
         assert!(st.pending.is_empty());
         // Restored, the queue is rebuilt from the kept orders.
         st.on_order("later", 20 * MIN);
-        let bytes = crate::state::delta::in_form(crate::state::delta::Form::Base, || {
+        let bytes = crate::checkpoint::delta::in_form(crate::checkpoint::delta::Form::Base, || {
             postcard::to_stdvec(&st)
         })
         .expect("encodes");
         let mut back: EmailState =
-            crate::state::delta::in_form(crate::state::delta::Form::Base, || {
+            crate::checkpoint::delta::in_form(crate::checkpoint::delta::Form::Base, || {
                 postcard::from_bytes(&bytes)
             })
             .expect("decodes");

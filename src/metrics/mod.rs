@@ -13,7 +13,7 @@ pub mod web;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::state::delta::{self, Form, Merge};
+use crate::checkpoint::delta::{self, Form, Merge};
 
 /// Interns label values (sites, channels, campaigns) so events allocate nothing for them.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]

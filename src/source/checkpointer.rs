@@ -18,9 +18,9 @@ use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::checkpoint::delta::Form;
 use crate::checkpoint::{self, CheckpointLog, Manifest, Piece};
 use crate::pipeline::Pipeline;
-use crate::state::delta::Form;
 use crate::state::{SavedTask, TopicPartition};
 
 /// Largest chunk value; well under Kafka's default 1 MB message limit.

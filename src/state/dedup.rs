@@ -4,7 +4,7 @@
 //! time plus `dedup_window`. Expiry is checked on lookup, and sweeping only frees
 //! memory, so whether a record is a duplicate never depends on when a sweep ran.
 
-use super::delta::{Kept, Merge, Tracked};
+use crate::checkpoint::delta::{Kept, Merge, Tracked};
 use crate::event::Millis;
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]

@@ -13,7 +13,6 @@
 //! time only.
 
 pub mod dedup;
-pub mod delta;
 pub mod memory;
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,6 +22,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use serde::Serialize;
 
+use crate::checkpoint::delta::{self, Form, Merge};
 use crate::event::{EmailEventType, Event, InvalidEvent, Millis, PurchaseType};
 use crate::metrics::churn_risk::{RiskModel, RiskState, Sweep};
 use crate::metrics::commerce::{CommerceCounts, CommerceState};
@@ -34,7 +34,6 @@ use crate::metrics::{CustomerIds, Dim};
 use crate::time::PartitionClock;
 use crate::window::WindowSpec;
 use dedup::Dedup;
-use delta::{Form, Merge};
 
 /// A Kafka topic-partition (for replay: topic `replay`, partition 0).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -49,8 +49,8 @@ use std::hash::Hash;
 
 use smallvec::SmallVec;
 
+use crate::checkpoint::delta::{Kept, Merge, Tracked};
 use crate::event::Millis;
-use crate::state::delta::{Kept, Merge, Tracked};
 
 /// One key's event buckets (grain-aligned), ascending, without duplicates.
 type Buckets = SmallVec<[Millis; 2]>;

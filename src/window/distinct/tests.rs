@@ -1,7 +1,7 @@
 //! Brute-force checks of [`SharedDistinct`]: every count equals a scan of the events.
 
 use super::*;
-use crate::state::delta::{Form, in_form};
+use crate::checkpoint::delta::{Form, in_form};
 use proptest::prelude::*;
 
 /// Distinct keys with an event in `[end - len, end)`, by scanning every event.
