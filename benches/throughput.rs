@@ -743,8 +743,21 @@ async fn engaged_run(
 ) -> Res<EngagedRun> {
     let group = format!("{}-{label}", env.prefix);
     let running = start(engaged_config(env, &group, topics, checkpoint_interval)).await?;
+    let cpu0 = env.cpu();
     let consumed = until_consumed(&running, n, label).await?;
+    let cpu1 = env.cpu();
     let t = running.telemetry.clone();
+    // How busy the process was (cores) and how the loop batched records for its workers.
+    let batches = t.consumer_batch.get_sample_count().max(1);
+    println!(
+        "engaged {label}: {:.2} cores busy while consuming (broker {:.2}); {} batches of {:.0} \
+         records on average; the loop idle {:.1}s",
+        (cpu1.0 - cpu0.0) / consumed.seconds,
+        (cpu1.1 - cpu0.1) / consumed.seconds,
+        batches,
+        t.consumer_batch.get_sample_sum() / batches as f64,
+        t.consumer_idle.get()
+    );
     let run = EngagedRun {
         label: label.to_string(),
         checkpoint_interval: checkpoint_interval.to_string(),

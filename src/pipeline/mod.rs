@@ -181,13 +181,8 @@ impl Pipeline {
         }
     }
 
-    fn decode_and_apply(
-        &self,
-        tp: &TopicPartition,
-        payload: Option<&[u8]>,
-        now: Millis,
-    ) -> Result<(), Rejection> {
-        let decoded = match payload {
+    fn decode(&self, tp: &TopicPartition, payload: Option<&[u8]>) -> Result<Event, Rejection> {
+        match payload {
             None => Err(Rejection::new(
                 RejectReason::Undecodable,
                 "record has no value",
@@ -196,8 +191,17 @@ impl Pipeline {
                 .decoder
                 .decode(&tp.topic, bytes)
                 .map_err(|e| Rejection::new(RejectReason::Undecodable, e.to_string())),
-        };
-        decoded.and_then(|event| self.apply(tp, &event, Some(now)))
+        }
+    }
+
+    fn decode_and_apply(
+        &self,
+        tp: &TopicPartition,
+        payload: Option<&[u8]>,
+        now: Millis,
+    ) -> Result<(), Rejection> {
+        self.decode(tp, payload)
+            .and_then(|event| self.apply(tp, &event, Some(now)))
     }
 
     /// Consecutive records of one topic-partition, arriving at wall time `now`:
@@ -212,18 +216,24 @@ impl Pipeline {
         let counters = self.counters(tp);
         self.touch(tp, now);
         let (mut accepted, mut consumed) = (0, 0);
-        let results: Vec<_> = payloads
-            .into_iter()
-            .map(|payload| {
-                consumed += 1;
-                let result = self.decode_and_apply(tp, payload, now);
-                match &result {
-                    Ok(()) => accepted += 1,
-                    Err(r) => self.telemetry.count_rejected(r.reason),
-                }
-                result
-            })
-            .collect();
+        // One lock of the task for the whole run of records.
+        let results: Vec<_> = self.engine.with_task(tp.partition, |task| {
+            payloads
+                .into_iter()
+                .map(|payload| {
+                    consumed += 1;
+                    let result = self.decode(tp, payload).and_then(|event| {
+                        self.check_skew(&event, Some(now))?;
+                        task.apply(&tp.topic, &event)
+                    });
+                    match &result {
+                        Ok(()) => accepted += 1,
+                        Err(r) => self.telemetry.count_rejected(r.reason),
+                    }
+                    result
+                })
+                .collect()
+        });
         counters.consumed.inc_by(consumed);
         counters.accepted.inc_by(accepted);
         results
@@ -256,10 +266,16 @@ impl Pipeline {
         event: &Event,
         now: Option<Millis>,
     ) -> Result<(), Rejection> {
+        self.check_skew(event, now)?;
+        self.engine.apply(tp, event)
+    }
+
+    /// SPEC §2: an event too far ahead of the wall clock `now` is invalid (`None`: no check).
+    fn check_skew(&self, event: &Event, now: Option<Millis>) -> Result<(), Rejection> {
         if let (Some(now), Some(skew)) = (now, self.max_clock_skew_ms) {
             event.check_clock_skew(now, skew)?;
         }
-        self.engine.apply(tp, event)
+        Ok(())
     }
 
     fn account(&self, counters: &PartitionCounters, result: &Result<(), Rejection>) {

@@ -599,8 +599,11 @@ enum Step<'a> {
     Record(Result<BorrowedMessage<'a>, KafkaError>),
 }
 
-/// Records taken from librdkafka's queue per step of the consumer loop at most.
-const MAX_BATCH: usize = 4096;
+/// Records taken from librdkafka's queue per step of the consumer loop at most. Large:
+/// librdkafka queues a partition's records in fetch-sized runs (thousands), and a batch
+/// must span several partitions for its tasks to apply in parallel (measured: 4,096 kept
+/// one core busy, 32,768 about 1.35 of two with the broker on the same machine).
+const MAX_BATCH: usize = 32_768;
 /// Below this many records a batch is applied on the loop's thread.
 const PARALLEL_FROM: usize = 256;
 
@@ -806,6 +809,10 @@ pub async fn run(
                         Err(_) => break,
                     }
                 }
+                pipeline
+                    .telemetry()
+                    .consumer_batch
+                    .observe(batch.len() as f64);
                 apply_batch(&pipeline, &checkpointer, &producer, cfg, &batch, workers).await?;
                 if let Some(e) = error {
                     tracing::warn!(error = %e, "consumer error");

@@ -17,7 +17,7 @@ pub mod memory;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
 use serde::Serialize;
@@ -426,11 +426,41 @@ impl Merge for TaskState {
 
 /// Applies events to sharded task state and reads window aggregates out of it.
 ///
-/// `Engine` is `Sync`: the consumer applies events while the snapshot task reads.
-/// A `DashMap` shard lock is held only for one event or one task's read.
+/// `Engine` is `Sync`: workers apply events to different tasks at once, and the
+/// snapshot reads. Each task has its own lock, taken once per batch of its
+/// records ([`Engine::with_task`]); the map of tasks is locked only to find one.
 pub struct Engine {
     cfg: Arc<CoreConfig>,
-    tasks: DashMap<i32, TaskState>,
+    tasks: DashMap<i32, Arc<Mutex<TaskState>>>,
+}
+
+fn lock(task: &Mutex<TaskState>) -> MutexGuard<'_, TaskState> {
+    task.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One task, locked: applies events to it ([`Engine::with_task`]).
+pub struct TaskApplier<'a> {
+    cfg: &'a CoreConfig,
+    task: &'a mut TaskState,
+}
+
+impl TaskApplier<'_> {
+    /// Validates and applies one decoded event from `topic` of this task. Rejected events change nothing.
+    pub fn apply(&mut self, topic: &Arc<str>, event: &Event) -> Result<(), Rejection> {
+        event.validate()?;
+        if let Event::Purchase(p) = event
+            && p.currency != self.cfg.currency
+        {
+            return Err(Rejection::new(
+                RejectReason::Invalid,
+                format!(
+                    "currency {:?} is not the configured currency {:?}",
+                    p.currency, self.cfg.currency
+                ),
+            ));
+        }
+        self.task.apply(self.cfg, topic, event)
+    }
 }
 
 /// Leads every saved task state: postcard is not self-describing, so a state
@@ -538,33 +568,37 @@ impl Engine {
         &self.cfg
     }
 
+    /// The task of `partition`, created empty on first use.
+    fn task(&self, partition: i32) -> Arc<Mutex<TaskState>> {
+        if let Some(t) = self.tasks.get(&partition) {
+            return t.clone();
+        }
+        self.tasks
+            .entry(partition)
+            .or_insert_with(|| Arc::new(Mutex::new(TaskState::new(&self.cfg))))
+            .clone()
+    }
+
+    /// Runs `f` with the task of `partition` locked: a worker applies a batch of
+    /// the task's records under one lock, while other workers apply other tasks.
+    pub fn with_task<R>(&self, partition: i32, f: impl FnOnce(&mut TaskApplier<'_>) -> R) -> R {
+        let task = self.task(partition);
+        let mut guard = lock(&task);
+        f(&mut TaskApplier {
+            cfg: &self.cfg,
+            task: &mut guard,
+        })
+    }
+
     /// Validates and applies one decoded event from `tp`. Rejected events change nothing.
     pub fn apply(&self, tp: &TopicPartition, event: &Event) -> Result<(), Rejection> {
-        event.validate()?;
-        if let Event::Purchase(p) = event
-            && p.currency != self.cfg.currency
-        {
-            return Err(Rejection::new(
-                RejectReason::Invalid,
-                format!(
-                    "currency {:?} is not the configured currency {:?}",
-                    p.currency, self.cfg.currency
-                ),
-            ));
-        }
-        let mut task = self
-            .tasks
-            .entry(tp.partition)
-            .or_insert_with(|| TaskState::new(&self.cfg));
-        task.apply(&self.cfg, &tp.topic, event)
+        self.with_task(tp.partition, |t| t.apply(&tp.topic, event))
     }
 
     /// Moves `tp`'s watermark to at least `watermark` (end of a replay).
     pub fn advance(&self, tp: &TopicPartition, watermark: Millis) {
-        let mut task = self
-            .tasks
-            .entry(tp.partition)
-            .or_insert_with(|| TaskState::new(&self.cfg));
+        let task = self.task(tp.partition);
+        let mut task = lock(&task);
         let cfg = &self.cfg;
         let input = task
             .inputs
@@ -577,10 +611,8 @@ impl Engine {
     /// Marks `tp` idle or active (the edge decides, from `idle_timeout`); an idle
     /// input does not hold its task's closing watermark back.
     pub fn set_idle(&self, tp: &TopicPartition, idle: bool) {
-        let mut task = self
-            .tasks
-            .entry(tp.partition)
-            .or_insert_with(|| TaskState::new(&self.cfg));
+        let task = self.task(tp.partition);
+        let mut task = lock(&task);
         let input = task
             .inputs
             .entry(tp.topic.clone())
@@ -595,12 +627,13 @@ impl Engine {
     pub fn watermarks(&self) -> Vec<(TopicPartition, Option<Millis>)> {
         let lateness = self.cfg.allowed_lateness_ms;
         let mut out = vec![];
-        for task in self.tasks.iter() {
+        for entry in self.tasks.iter() {
+            let task = lock(entry.value());
             for (topic, input) in &task.inputs {
                 out.push((
                     TopicPartition {
                         topic: topic.clone(),
-                        partition: *task.key(),
+                        partition: *entry.key(),
                     },
                     input.clock.watermark(lateness),
                 ));
@@ -613,6 +646,7 @@ impl Engine {
     /// The watermark of `tp`, if it has accepted anything (or was advanced).
     pub fn watermark_of(&self, tp: &TopicPartition) -> Option<Millis> {
         let task = self.tasks.get(&tp.partition)?;
+        let task = lock(task.value());
         let input = task.inputs.get(&tp.topic)?;
         input.clock.watermark(self.cfg.allowed_lateness_ms)
     }
@@ -624,7 +658,10 @@ impl Engine {
 
     /// The latest watermark any task was evicted at (snapshots must not go earlier).
     pub fn evicted_at(&self) -> Option<Millis> {
-        self.tasks.iter().filter_map(|t| t.evicted_at).max()
+        self.tasks
+            .iter()
+            .filter_map(|t| lock(t.value()).evicted_at)
+            .max()
     }
 
     /// The partition numbers that have state.
@@ -637,7 +674,8 @@ impl Engine {
     /// Serialises one task's state (for a checkpoint) as a base or as a delta of
     /// what changed since its last save; `None` if it has no state.
     pub fn save_task(&self, partition: i32, form: Form) -> Option<Result<Vec<u8>, StateError>> {
-        let mut task = self.tasks.get_mut(&partition)?;
+        let task = self.tasks.get(&partition)?.value().clone();
+        let mut task = lock(&task);
         Some(encode_task(&mut task, form))
     }
 
@@ -692,7 +730,7 @@ impl Engine {
         });
         let decoded: Vec<(i32, TaskState)> = decoded.into_iter().collect::<Result<_, _>>()?;
         for (p, task) in decoded {
-            self.tasks.insert(p, task);
+            self.tasks.insert(p, Arc::new(Mutex::new(task)));
         }
         Ok(())
     }
@@ -700,7 +738,8 @@ impl Engine {
     /// Sums window `idx` over every task for `[start, end)`.
     pub fn aggregate(&self, idx: usize, start: Millis, end: Millis) -> WindowAggregates {
         let mut agg = WindowAggregates::default();
-        for task in self.tasks.iter() {
+        for entry in self.tasks.iter() {
+            let task = lock(entry.value());
             task.web.collect(idx, start, end, &mut agg.web);
             task.email
                 .collect(idx, start, end, &mut agg.email, &mut agg.email_by_campaign);
@@ -718,7 +757,8 @@ impl Engine {
     /// Open sessions now, per dimension, over every task.
     pub fn open_sessions(&self) -> HashMap<Dim, u64> {
         let mut open = HashMap::new();
-        for task in self.tasks.iter() {
+        for entry in self.tasks.iter() {
+            let task = lock(entry.value());
             task.web.collect_open(&mut open);
         }
         open
@@ -732,10 +772,15 @@ impl Engine {
         at: Millis,
         sample: usize,
     ) -> (Vec<crate::model::History>, Vec<(u32, f64)>) {
-        let total: usize = self.tasks.iter().map(|t| t.risk.customers()).sum();
+        let total: usize = self
+            .tasks
+            .iter()
+            .map(|t| lock(t.value()).risk.customers())
+            .sum();
         let keep_below = crate::metrics::churn_risk::sample_threshold(sample, total);
         let (mut rfm, mut spend) = (vec![], vec![]);
-        for task in self.tasks.iter() {
+        for entry in self.tasks.iter() {
+            let task = lock(entry.value());
             task.risk
                 .histories(&task.customer_ids, at, keep_below, &mut rfm, &mut spend);
         }
@@ -752,7 +797,8 @@ impl Engine {
         count_crossings: bool,
     ) -> Sweep {
         let mut sweep = Sweep::default();
-        for mut task in self.tasks.iter_mut() {
+        for entry in self.tasks.iter() {
+            let mut task = lock(entry.value());
             let task = &mut *task;
             sweep.merge(task.risk.rescore(
                 &task.customer_ids,
@@ -776,6 +822,7 @@ impl Engine {
         let mut out = vec![];
         for p in self.tasks() {
             if let Some(task) = self.tasks.get(&p) {
+                let task = lock(task.value());
                 out.extend(task.risk.risks(&task.customer_ids, at, model, threshold));
             }
         }
@@ -785,7 +832,8 @@ impl Engine {
     /// The cumulative session-duration histogram over every task.
     pub fn duration_histogram(&self) -> DurationHistogram {
         let mut h = DurationHistogram::default();
-        for task in self.tasks.iter() {
+        for entry in self.tasks.iter() {
+            let task = lock(entry.value());
             h.merge(task.web.histogram());
         }
         h
@@ -793,7 +841,8 @@ impl Engine {
 
     /// Drops buckets no window can show again once the instance watermark is `watermark`.
     pub fn evict(&self, watermark: Millis) {
-        for mut task in self.tasks.iter_mut() {
+        for entry in self.tasks.iter() {
+            let mut task = lock(entry.value());
             task.evicted_at = Some(task.evicted_at.map_or(watermark, |e| e.max(watermark)));
             let lower_bound = task.closing_watermark(&self.cfg);
             for (idx, spec) in self.cfg.windows.iter().enumerate() {
@@ -812,7 +861,8 @@ impl Engine {
     pub fn state_size(&self) -> memory::StateSize {
         use memory::StateKind;
         let mut size = memory::StateSize::default();
-        for t in self.tasks.iter() {
+        for entry in self.tasks.iter() {
+            let t = lock(entry.value());
             size.add(StateKind::Customer, t.customer_ids.len());
             let ids: usize = t.inputs.values().map(|i| i.dedup.len()).sum();
             size.add(StateKind::EventId, ids);
@@ -833,6 +883,7 @@ impl Engine {
         self.tasks
             .iter()
             .map(|t| {
+                let t = lock(t.value());
                 t.web.size()
                     + t.email.size()
                     + t.commerce.size()
@@ -921,7 +972,7 @@ mod tests {
             .restore_tasks(&[saved(0, &base, &[&d1, &d2])], 1)
             .unwrap();
         assert_eq!(third.state_entries(), second.state_entries());
-        let ids = |e: &Engine| e.tasks.get(&0).unwrap().customer_ids.len();
+        let ids = |e: &Engine| lock(e.tasks.get(&0).unwrap().value()).customer_ids.len();
         assert_eq!(ids(&third), 3);
     }
 

@@ -52,6 +52,7 @@ pub struct Telemetry {
     pub checkpoint_duration: Histogram,
     pub checkpoint_pause: Histogram,
     pub consumer_idle: prometheus::Counter,
+    pub consumer_batch: Histogram,
     pub checkpoint_bytes_written: IntCounter,
     pub checkpoint_pieces: IntCounterVec,
     pub checkpoint_state_bytes: IntGauge,
@@ -262,6 +263,17 @@ impl Telemetry {
                     "Time the consumer loop waited with nothing to do: no record fetched and no snapshot or \
                      checkpoint due. One minus its rate is how busy the loop is (Flink's idleTimeMsPerSecond); \
                      near zero, the sidecar is the bottleneck, not the broker.",
+                )
+                .expect("valid"),
+            ),
+            consumer_batch: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "engaged_consumer_batch_records",
+                        "Records per batch the consumer loop applied (tasks of a batch apply in parallel).",
+                    )
+                    .buckets(vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]),
                 )
                 .expect("valid"),
             ),
