@@ -234,6 +234,7 @@ pub fn replay(
             Some(Err(e)) => eprintln!("churn model not fitted: {e}"),
             None => {}
         }
+        pipeline.rescore(at);
         summary.snapshots = pipeline.snapshot_at(at, None);
         if let Some(path) = &opts.customer_risks {
             let mut f = File::create(path).map_err(|source| ReplayError::Open {

@@ -157,6 +157,19 @@ impl Sweep {
     }
 }
 
+/// What a rescoring sweep scores with: the watermark, the fitted model and the thresholds.
+#[derive(Debug, Clone, Copy)]
+pub struct Rescore<'a> {
+    pub at: Millis,
+    pub model: &'a RiskModel,
+    pub threshold: f64,
+    /// A customer's record is published again when its risk moved by more than this.
+    pub delta: f64,
+    /// False for the first sweep with a new fit: customers moved by a refit are
+    /// not the churn-spike signal.
+    pub count_crossings: bool,
+}
+
 /// Histories and risk crossings of one task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RiskState {
@@ -267,15 +280,39 @@ impl RiskState {
         delta: f64,
         count_crossings: bool,
     ) -> Sweep {
+        let all = 0..u32::try_from(names.len()).unwrap_or(u32::MAX);
+        let rescore = Rescore {
+            at,
+            model: m,
+            threshold,
+            delta,
+            count_crossings,
+        };
+        self.rescore_range(names, all, &rescore)
+    }
+
+    /// Rescores the customers numbered in `ids` (a sweep visits a task in such
+    /// chunks, so that it holds the task's lock only briefly). A history changes
+    /// only where `above` or `published` moves: only those go into the next
+    /// checkpoint delta.
+    pub fn rescore_range(
+        &mut self,
+        names: &CustomerIds,
+        ids: std::ops::Range<u32>,
+        r: &Rescore<'_>,
+    ) -> Sweep {
         let mut sweep = Sweep::default();
+        let m = r.model;
         let population_value = m.spend.and_then(|s| s.population_mean());
-        // A sweep rescores everybody but changes a history only where `above` or
-        // `published` moves: only those go into the next checkpoint delta.
-        self.customers.retain(|c, h| {
-            if h.first > at {
-                return Kept::Unchanged;
+        for id in ids {
+            let c = CustomerId::from_index(id);
+            let Some(h) = self.customers.get(&c) else {
+                continue;
+            };
+            if h.first > r.at {
+                continue;
             }
-            let (x, t_x, age) = h.rfm(at);
+            let (x, t_x, age) = h.rfm(r.at);
             let score = m.scorer.score(x, t_x, age, HORIZON_DAYS);
             let risk = (1.0 - score.p_alive).clamp(0.0, 1.0);
             let own_mean = h.total_minor as f64 / h.orders.max(1) as f64;
@@ -285,8 +322,8 @@ impl RiskState {
             }
             .unwrap_or(own_mean);
             let predicted = score.expected_purchases * value;
-            let above = risk >= threshold;
-            let crossed_up = above && !h.above && count_crossings;
+            let above = risk >= r.threshold;
+            let crossed_up = above && !h.above && r.count_crossings;
             sweep.customers += 1;
             sweep.at_risk += u64::from(above);
             sweep.crossings += u64::from(crossed_up);
@@ -297,34 +334,31 @@ impl RiskState {
                 .position(|b| risk <= *b)
                 .unwrap_or(RISK_BUCKETS.len() - 1);
             sweep.distribution[bucket] += 1;
-            let moved = h.published.is_none_or(|p| (risk - p).abs() > delta);
-            let changed = above != h.above || moved;
-            if changed {
-                h.published = Some(risk);
-                sweep.changed.push(CustomerRisk {
-                    customer_id: names.name(*c).to_string(),
-                    churn_risk: risk,
-                    p_alive: score.p_alive,
-                    expected_orders_30d: score.expected_purchases,
-                    predicted_value_minor: predicted,
-                    x: i64::from(x),
-                    t_x_days: t_x,
-                    t_days: age,
-                    watermark: at,
-                    model: m.model.name().to_string(),
-                    at_risk: above,
-                });
+            let moved = h.published.is_none_or(|p| (risk - p).abs() > r.delta);
+            if above == h.above && !moved {
+                continue;
             }
+            sweep.changed.push(CustomerRisk {
+                customer_id: names.name(c).to_string(),
+                churn_risk: risk,
+                p_alive: score.p_alive,
+                expected_orders_30d: score.expected_purchases,
+                predicted_value_minor: predicted,
+                x: i64::from(x),
+                t_x_days: t_x,
+                t_days: age,
+                watermark: r.at,
+                model: m.model.name().to_string(),
+                at_risk: above,
+            });
+            // Marks the history changed (for the next checkpoint delta).
+            let h = self.customers.get_mut(&c).expect("present: read above");
+            h.published = Some(risk);
             h.above = above;
-            if changed {
-                Kept::Changed
-            } else {
-                Kept::Unchanged
-            }
-        });
+        }
         if sweep.crossings > 0 {
             for ring in &mut self.crossings {
-                *ring.bucket_mut(at) += sweep.crossings as i64;
+                *ring.bucket_mut(r.at) += sweep.crossings as i64;
             }
         }
         sweep
@@ -484,6 +518,52 @@ mod tests {
             (1, 0, 0)
         );
         assert_eq!(st.collect(0, 371 * 86_400_000, 401 * 86_400_000), 1);
+    }
+
+    #[test]
+    fn a_sweep_in_chunks_equals_one_sweep_over_everybody() {
+        let spec = [WindowSpec::with_default_buckets("30d", 30 * 86_400_000)];
+        let mut ids = crate::metrics::CustomerIds::default();
+        let mut whole = RiskState::new(&spec);
+        // 300 customers, every third without an ORDER (numbers the sweep skips).
+        for i in 0..300i64 {
+            let c = ids.get(&format!("c{i}"));
+            if i % 3 == 2 {
+                continue;
+            }
+            for k in 0..(1 + i % 5) {
+                whole.on_order(c, (i + 11 * k) * 86_400_000, 100 + i);
+            }
+        }
+        let mut chunked = whole.clone();
+        let m = model();
+        for at_day in [100, 250, 400] {
+            let at = at_day * 86_400_000;
+            let one = whole.rescore(&ids, at, &m, 0.5, 0.05, true);
+            let r = Rescore {
+                at,
+                model: &m,
+                threshold: 0.5,
+                delta: 0.05,
+                count_crossings: true,
+            };
+            let mut parts = Sweep::default();
+            let mut from = 0;
+            for to in [1, 7, 64, 65, 200, 300] {
+                parts.merge(chunked.rescore_range(&ids, from..to, &r));
+                from = to;
+            }
+            assert_eq!(parts, one, "at day {at_day}");
+            assert!(one.at_risk > 0, "{one:?}");
+            // Customers whose first ORDER is after the sweep's watermark are not scored.
+            let expected = (0..300).filter(|i| i % 3 != 2 && i * 86_400_000 <= at).count();
+            assert_eq!(one.customers, expected as u64);
+        }
+        let window = (371 * 86_400_000, 401 * 86_400_000);
+        assert_eq!(
+            chunked.collect(0, window.0, window.1),
+            whole.collect(0, window.0, window.1)
+        );
     }
 
     #[test]

@@ -43,6 +43,13 @@ impl Labels {
 )]
 pub struct CustomerId(u32);
 
+impl CustomerId {
+    /// The customer numbered `i` (numbers are dense from 0, see [`CustomerIds`]).
+    pub fn from_index(i: u32) -> CustomerId {
+        CustomerId(i)
+    }
+}
+
 /// The customer ids of one task: id string ↔ [`CustomerId`]. Serialised as the
 /// list of id strings in number order (each once); the lookup map is rebuilt.
 /// Numbers are never reused, so a checkpoint delta holds the ids added since

@@ -28,6 +28,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, TopicPartitionList};
 
+use super::background::Background;
 use super::checkpointer::{Checkpointer, Write};
 use crate::config::Config;
 use crate::event::Millis;
@@ -472,45 +473,6 @@ async fn dead_letter(
     }
 }
 
-/// Refits the churn model in the background: soon after start (once there are
-/// customers), then every `interval`. The fit runs on the blocking pool, so the
-/// consumer loop never waits for it.
-fn spawn_refits(pipeline: Arc<Pipeline>, interval: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let first = interval.min(Duration::from_secs(30));
-        let mut wait = first;
-        loop {
-            tokio::time::sleep(wait).await;
-            let p = pipeline.clone();
-            let started = std::time::Instant::now();
-            let fitted = tokio::task::spawn_blocking(move || p.fit_risk_model()).await;
-            match fitted {
-                Ok(Some(Ok(m))) => {
-                    tracing::info!(model = m.model.name(), customers = m.customers, converged = m.converged,
-                        r = m.params.r, alpha = m.params.alpha, a = m.params.a, b = m.params.b,
-                        elapsed = ?started.elapsed(), "churn model fitted");
-                    pipeline
-                        .telemetry()
-                        .model_fit_duration
-                        .set(started.elapsed().as_secs_f64());
-                    pipeline.install_risk_model(m);
-                    wait = interval;
-                }
-                Ok(Some(Err(e))) => {
-                    tracing::warn!(error = %e, "churn model fit failed; keeping the previous model");
-                    wait = interval;
-                }
-                // No customers yet: try again soon.
-                Ok(None) => wait = first,
-                Err(e) => {
-                    tracing::error!(error = %e, "churn model fit panicked");
-                    wait = interval;
-                }
-            }
-        }
-    })
-}
-
 /// Publishes the customer-risk records of the last sweeps (at-least-once).
 async fn publish_customer_risks(pipeline: &Pipeline, producer: &OutputProducer, topic: &str) {
     let changes = pipeline.take_risk_changes();
@@ -746,7 +708,7 @@ pub async fn run(
     let mut checkpoint_tick = tokio::time::interval(cfg.checkpoint_interval);
     checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     checkpoint_tick.tick().await;
-    let refits = spawn_refits(pipeline.clone(), cfg.model_refit_interval);
+    let background = Background::start(&pipeline, cfg.model_refit_interval, cfg.snapshot_interval);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     tokio::pin!(shutdown);
     loop {
@@ -826,10 +788,11 @@ pub async fn run(
         }
     }
 
-    refits.abort();
+    drop(background);
     tracing::info!("shutting down: final snapshot, checkpoint, commit, leave group");
     let graceful = async {
         publish_snapshots(&pipeline, &producer, &cfg.snapshot_topic, &health).await;
+        publish_customer_risks(&pipeline, &producer, &cfg.customer_risk_topic).await;
         health.set_not_ready("shutting down");
         let commit = checkpointer
             .checkpoint(&pipeline, None, Write::Wait)

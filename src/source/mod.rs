@@ -1,4 +1,5 @@
 //! Sources: where records come from. Kafka (consumer group) for `run` and `demo`.
 
+pub mod background;
 pub mod checkpointer;
 pub mod kafka;

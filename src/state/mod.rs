@@ -541,6 +541,9 @@ fn parallel_map<T: Sync, R: Send>(
     out.into_iter().map(|(_, r)| r).collect()
 }
 
+/// Customers a rescoring sweep scores per lock of a task (about 1 µs each).
+pub const RESCORE_CHUNK: u32 = 4096;
+
 /// Window aggregates of the whole instance for one window.
 #[derive(Debug, Clone, Default)]
 pub struct WindowAggregates {
@@ -787,27 +790,30 @@ impl Engine {
         (rfm, spend)
     }
 
-    /// Rescores every customer of every task at `at` with a fitted model.
-    pub fn rescore(
-        &self,
-        at: Millis,
-        model: &RiskModel,
-        threshold: f64,
-        delta: f64,
-        count_crossings: bool,
-    ) -> Sweep {
+    /// Rescores every customer of every task with a fitted model (a sweep).
+    ///
+    /// Each task is visited in chunks of [`RESCORE_CHUNK`] customer numbers, its
+    /// lock taken once per chunk: a sweep may run beside the workers applying
+    /// records (in the background, off the snapshot) and delays a task's records
+    /// by one chunk at most. Tasks in partition order, customers in number order.
+    pub fn rescore(&self, r: &crate::metrics::churn_risk::Rescore<'_>) -> Sweep {
         let mut sweep = Sweep::default();
-        for entry in self.tasks.iter() {
-            let mut task = lock(entry.value());
-            let task = &mut *task;
-            sweep.merge(task.risk.rescore(
-                &task.customer_ids,
-                at,
-                model,
-                threshold,
-                delta,
-                count_crossings,
-            ));
+        for p in self.tasks() {
+            let Some(task) = self.tasks.get(&p).map(|t| t.value().clone()) else {
+                continue;
+            };
+            let mut from = 0u32;
+            loop {
+                let mut guard = lock(&task);
+                let task = &mut *guard;
+                let len = u32::try_from(task.customer_ids.len()).unwrap_or(u32::MAX);
+                if from >= len {
+                    break;
+                }
+                let to = len.min(from.saturating_add(RESCORE_CHUNK));
+                sweep.merge(task.risk.rescore_range(&task.customer_ids, from..to, r));
+                from = to;
+            }
         }
         sweep
     }
