@@ -1,6 +1,11 @@
 //! Configuration: defaults → TOML file → `ENGAGED_*` env → flags, then pure validation.
 //!
-//! [`RawConfig`] is what serde reads (unknown keys are errors). [`RawConfig::validate`]
+//! [`RawConfig`] is what serde reads (unknown keys in a file are errors). Of the
+//! environment, only `ENGAGED_<KEY>` variables whose key is a configuration key
+//! are read ([`EnvVars`]): Kubernetes injects `ENGAGED_PORT`, `ENGAGED_SERVICE_HOST`
+//! and more into every pod of a namespace with a Service named `engaged`, and those
+//! must not stop start-up. They are logged by name (never by value) and ignored.
+//! [`RawConfig::validate`]
 //! turns it into a typed [`Config`] without any I/O, and every error names the
 //! key, the value and what is allowed. Reading schema files happens later, in
 //! [`Config::decoder_config`], where a missing file is also reported by key.
@@ -10,8 +15,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::decode::DecoderConfig;
@@ -276,9 +282,168 @@ fn window(value: &str) -> Result<WindowSpec, ConfigError> {
     })
 }
 
+/// The prefix of configuration environment variables (`ENGAGED_<KEY>`).
+pub const ENV_PREFIX: &str = "ENGAGED_";
+
+/// The top-level configuration keys (the fields of [`RawConfig`]).
+pub fn config_keys() -> Vec<String> {
+    match serde_json::to_value(RawConfig::default()) {
+        Ok(serde_json::Value::Object(fields)) => fields.keys().cloned().collect(),
+        _ => unreachable!("RawConfig serializes to a map of its fields"),
+    }
+}
+
+/// Whether `name` is one of the variables Kubernetes injects for a Service named
+/// `engaged` (service links): `ENGAGED_SERVICE_HOST`, `ENGAGED_SERVICE_PORT[_<NAME>]`,
+/// `ENGAGED_PORT` and `ENGAGED_PORT_<PORT>_<PROTOCOL>[_PROTO|_PORT|_ADDR]`.
+pub fn is_service_link(name: &str) -> bool {
+    let Some(rest) = strip_prefix_ignore_case(name, ENV_PREFIX) else {
+        return false;
+    };
+    let rest = rest.to_ascii_uppercase();
+    if rest == "SERVICE_HOST" || rest == "SERVICE_PORT" || rest.starts_with("SERVICE_PORT_") {
+        return true;
+    }
+    if rest == "PORT" {
+        return true;
+    }
+    let Some(port) = rest.strip_prefix("PORT_") else {
+        return false;
+    };
+    let mut parts = port.splitn(3, '_');
+    let number = parts.next().unwrap_or_default();
+    let protocol = parts.next().unwrap_or_default();
+    let field = parts.next();
+    !number.is_empty()
+        && number.bytes().all(|b| b.is_ascii_digit())
+        && matches!(protocol, "TCP" | "UDP" | "SCTP")
+        && matches!(field, None | Some("PROTO" | "PORT" | "ADDR"))
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    (s.len() >= prefix.len()
+        && s.is_char_boundary(prefix.len())
+        && s[..prefix.len()].eq_ignore_ascii_case(prefix))
+    .then(|| &s[prefix.len()..])
+}
+
+/// The `ENGAGED_*` environment variables, split into configuration keys (a figment
+/// provider, read like figment's `Env`: values parsed the same way, `.` nests) and
+/// the others, which are ignored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EnvVars {
+    /// `(key, value)`: the lower-cased name without the prefix, and the raw value.
+    keys: Vec<(String, String)>,
+    /// Names of the `ENGAGED_*` variables that are not configuration keys.
+    pub ignored: Vec<String>,
+}
+
+impl EnvVars {
+    /// The process environment.
+    pub fn from_env() -> EnvVars {
+        EnvVars::from_vars(std::env::vars_os().map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        }))
+    }
+
+    /// `(name, value)` pairs; names are matched without regard to case, as figment does.
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> EnvVars {
+        let known = config_keys();
+        let mut out = EnvVars::default();
+        for (name, value) in vars {
+            let Some(rest) = strip_prefix_ignore_case(name.trim(), ENV_PREFIX) else {
+                continue;
+            };
+            let key = rest.trim().to_ascii_lowercase();
+            let top = key.split('.').next().unwrap_or_default();
+            if !key.split('.').any(str::is_empty) && known.iter().any(|k| k == top) {
+                out.keys.push((key, value));
+            } else {
+                out.ignored.push(name);
+            }
+        }
+        out.keys.sort();
+        out.ignored.sort();
+        out
+    }
+
+    /// Logs the ignored variables, by name only: their values may be secrets.
+    /// Kubernetes service links at debug level, anything else (a typo?) as a warning.
+    pub fn log_ignored(&self) {
+        for name in &self.ignored {
+            if is_service_link(name) {
+                tracing::debug!(
+                    variable = %name,
+                    "ignoring environment variable {name}: a Kubernetes service link, not a configuration key"
+                );
+            } else {
+                tracing::warn!(
+                    variable = %name,
+                    "ignoring environment variable {name}: not a configuration key (the keys are listed in README.md)"
+                );
+            }
+        }
+    }
+}
+
+/// Inserts `value` at the dotted `path` (`kafka.security.protocol`), making dicts on the way.
+fn insert_path(dict: &mut Dict, path: &str, value: Value) {
+    match path.split_once('.') {
+        None => {
+            dict.insert(path.to_string(), value);
+        }
+        Some((head, rest)) => {
+            let entry = dict
+                .entry(head.to_string())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if !matches!(entry, Value::Dict(..)) {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+impl Provider for EnvVars {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(format!("`{ENV_PREFIX}` environment variable(s)")).interpolater(
+            |_: &Profile, k: &[&str]| {
+                let keys: Vec<_> = k.iter().map(|k| k.to_ascii_uppercase()).collect();
+                format!("{ENV_PREFIX}{}", keys.join("."))
+            },
+        )
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, value) in &self.keys {
+            let parsed: Value = value.parse().unwrap_or_else(|e| match e {});
+            insert_path(&mut dict, key, parsed);
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
 impl RawConfig {
     /// Layers defaults, an optional TOML file, `ENGAGED_*` env vars and `overrides` (flags).
+    /// Environment variables that are not configuration keys are logged and ignored.
     pub fn load(file: Option<&Path>, overrides: &impl Serialize) -> Result<RawConfig, ConfigError> {
+        let env = EnvVars::from_env();
+        env.log_ignored();
+        RawConfig::load_with_env(file, env, overrides)
+    }
+
+    /// [`RawConfig::load`] with the given environment variables instead of the process's.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: EnvVars,
+        overrides: &impl Serialize,
+    ) -> Result<RawConfig, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(RawConfig::default()));
         if let Some(f) = file {
             if !f.exists() {
@@ -286,9 +451,7 @@ impl RawConfig {
             }
             fig = fig.merge(Toml::file(f));
         }
-        fig = fig
-            .merge(Env::prefixed("ENGAGED_").map(|k| k.as_str().to_ascii_lowercase().into()))
-            .merge(Serialized::defaults(overrides));
+        fig = fig.merge(env).merge(Serialized::defaults(overrides));
         fig.extract().map_err(|e| {
             let key = e.path.join(".");
             let mut msg = e.to_string();
@@ -631,5 +794,118 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no_such_key"), "{e}");
+    }
+
+    /// What Kubernetes injects into every pod of a namespace with a Service named
+    /// `engaged` (ports 9898 `http`), as `kubectl exec … env` shows it.
+    const KUBERNETES_SERVICE_LINKS: [(&str, &str); 8] = [
+        ("ENGAGED_SERVICE_HOST", "10.96.14.7"),
+        ("ENGAGED_SERVICE_PORT", "9898"),
+        ("ENGAGED_SERVICE_PORT_HTTP", "9898"),
+        ("ENGAGED_PORT", "tcp://10.96.14.7:9898"),
+        ("ENGAGED_PORT_9898_TCP", "tcp://10.96.14.7:9898"),
+        ("ENGAGED_PORT_9898_TCP_PROTO", "tcp"),
+        ("ENGAGED_PORT_9898_TCP_PORT", "9898"),
+        ("ENGAGED_PORT_9898_TCP_ADDR", "10.96.14.7"),
+    ];
+
+    fn env(vars: &[(&str, &str)]) -> EnvVars {
+        EnvVars::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn kubernetes_service_links_do_not_stop_start_up_and_real_keys_still_apply() {
+        let mut vars = KUBERNETES_SERVICE_LINKS.to_vec();
+        vars.extend([
+            ("ENGAGED_GROUP_ID", "from-env"),
+            ("ENGAGED_WINDOWS", "5m,1h"),
+            ("ENGAGED_RISK_THRESHOLD", "0.8"),
+            ("HOME", "/root"),
+            ("ENGAGED_BOOTSTRAP_SERVER", "typo:9092"),
+        ]);
+        let env = env(&vars);
+        let mut expected: Vec<&str> = KUBERNETES_SERVICE_LINKS.iter().map(|(k, _)| *k).collect();
+        expected.push("ENGAGED_BOOTSTRAP_SERVER");
+        expected.sort();
+        assert_eq!(env.ignored, expected);
+        for (name, _) in KUBERNETES_SERVICE_LINKS {
+            assert!(is_service_link(name), "{name}");
+        }
+        // A typo is ignored too, but it is not a service link: it is logged as a warning.
+        assert!(!is_service_link("ENGAGED_BOOTSTRAP_SERVER"));
+        assert!(!is_service_link("ENGAGED_PORT_X_TCP"));
+        assert!(!is_service_link("ENGAGED_PORT_9898_HTTP"));
+
+        let no_flags = BTreeMap::<String, String>::new();
+        let raw = RawConfig::load_with_env(None, env, &no_flags).unwrap();
+        assert_eq!(raw.group_id, "from-env");
+        assert_eq!(raw.windows, ["5m", "1h"]);
+        assert_eq!(raw.risk_threshold, 0.8);
+        assert_eq!(raw.bootstrap_servers, "localhost:9092");
+        raw.validate().unwrap();
+    }
+
+    #[test]
+    fn a_bad_value_of_a_real_key_in_the_environment_still_stops_start_up() {
+        let no_flags = BTreeMap::<String, String>::new();
+        let load = |vars: &[(&str, &str)]| RawConfig::load_with_env(None, env(vars), &no_flags);
+        let e = load(&[("ENGAGED_RISK_THRESHOLD", "high")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("risk_threshold")
+                && e.contains("ENGAGED_RISK_THRESHOLD")
+                && e.contains("\"high\"")
+                && e.contains("f64"),
+            "{e}"
+        );
+        let e = load(&[("ENGAGED_MAX_DIMENSION_VALUES", "-3")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_dimension_values") && e.contains("-3") && e.contains("usize"),
+            "{e}"
+        );
+        // Values that parse but do not validate: the key, the value and what is allowed.
+        let raw = load(&[("ENGAGED_WINDOWS", "5x"), ("ENGAGED_PORT", "tcp://x:1")]).unwrap();
+        let e = raw.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("`windows`") && e.contains("5x") && e.contains("windows like"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_a_file_still_stop_start_up_whatever_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("engaged.toml");
+        std::fs::write(&f, "port = 9898\n").unwrap();
+        let no_flags = BTreeMap::<String, String>::new();
+        let e = RawConfig::load_with_env(Some(&f), env(&KUBERNETES_SERVICE_LINKS), &no_flags)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field") && e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn environment_keys_nest_with_dots_and_ignore_case_like_figment_env() {
+        let no_flags = BTreeMap::<String, String>::new();
+        let raw = RawConfig::load_with_env(
+            None,
+            env(&[("ENGAGED_KAFKA_CONSUMER.fetch.wait.max.ms", "50")]),
+            &no_flags,
+        );
+        // `.` nests, as with figment's `Env`: a librdkafka property with dots cannot be
+        // set this way (use the file), and saying so beats silently setting another key.
+        let e = raw.unwrap_err().to_string();
+        assert!(e.contains("ENGAGED_KAFKA_CONSUMER.FETCH"), "{e}");
+        let raw = RawConfig::load_with_env(
+            None,
+            env(&[("ENGAGED_KAFKA.acks", "all"), ("engaged_group_id", "lower")]),
+            &no_flags,
+        )
+        .unwrap();
+        assert_eq!(raw.kafka.get("acks").map(String::as_str), Some("all"));
+        assert_eq!(raw.group_id, "lower");
     }
 }

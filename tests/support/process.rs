@@ -79,6 +79,12 @@ impl Engaged {
     /// to a free loopback port, and stderr appended to `DIR/NAME.log`. Only the file
     /// configures it: the caller's `ENGAGED_*` variables are removed.
     pub fn start(name: &str, dir: &Path, config: &str) -> Engaged {
+        Engaged::start_with_env(name, dir, config, &[])
+    }
+
+    /// [`Engaged::start`] with extra environment variables for the child (set after
+    /// the caller's `ENGAGED_*` variables are removed, `RUST_LOG` included).
+    pub fn start_with_env(name: &str, dir: &Path, config: &str, env: &[(&str, &str)]) -> Engaged {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let file = dir.join(format!("{name}.toml"));
         std::fs::write(&file, format!("listen = \"{addr}\"\n{config}")).unwrap();
@@ -99,6 +105,7 @@ impl Engaged {
             .arg(&file)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
