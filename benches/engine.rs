@@ -19,13 +19,13 @@ use engaged::telemetry::Telemetry;
 
 const PARTITIONS: i32 = 4;
 
-fn traffic() -> Vec<(TopicPartition, Vec<u8>, i64)> {
+fn traffic(hours: i64) -> Vec<(TopicPartition, Vec<u8>, i64)> {
     let mut g = Generator::new(GeneratorConfig {
         visitors_per_hour: 20_000.0,
         customers: 20_000,
         ..GeneratorConfig::default()
     });
-    let events = g.advance_to(DEFAULT_START + 6 * 3_600_000);
+    let events = g.advance_to(DEFAULT_START + hours * 3_600_000);
     events
         .iter()
         .map(|e| {
@@ -53,7 +53,7 @@ fn pipeline() -> Pipeline {
 }
 
 fn bench(c: &mut Criterion) {
-    let records = traffic();
+    let records = traffic(6);
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(records.len() as u64));
     g.sample_size(10);
@@ -75,6 +75,13 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
+    // A snapshot round over `ENGAGED_BENCH_SNAPSHOT_HOURS` of traffic (default 6; 24 for
+    // "a day of sessions").
+    let hours = std::env::var("ENGAGED_BENCH_SNAPSHOT_HOURS")
+        .ok()
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(6);
+    let records = if hours == 6 { records } else { traffic(hours) };
     let p = pipeline();
     let mut last = 0;
     for (tp, payload, t) in &records {
@@ -83,7 +90,7 @@ fn bench(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group("snapshot");
     g.sample_size(10);
-    g.bench_function("all_windows", |b| {
+    g.bench_function(format!("all_windows_{hours}h"), |b| {
         b.iter(|| {
             black_box(engaged::snapshot::build(
                 p.engine(),

@@ -556,7 +556,9 @@ mod tests {
             assert_eq!(parts, one, "at day {at_day}");
             assert!(one.at_risk > 0, "{one:?}");
             // Customers whose first ORDER is after the sweep's watermark are not scored.
-            let expected = (0..300).filter(|i| i % 3 != 2 && i * 86_400_000 <= at).count();
+            let expected = (0..300)
+                .filter(|i| i % 3 != 2 && i * 86_400_000 <= at)
+                .count();
             assert_eq!(one.customers, expected as u64);
         }
         let window = (371 * 86_400_000, 401 * 86_400_000);

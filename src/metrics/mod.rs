@@ -247,9 +247,95 @@ pub fn nearest_rank(values: &[u64], p: f64) -> Option<u64> {
     Some(*v.select_nth_unstable(rank - 1).1)
 }
 
+/// The nearest-rank `p`-th percentile of the union of sorted `runs` (the same
+/// value as [`nearest_rank`] of all their values), found without merging them:
+/// the smallest value `x` with at least `rank` values `<= x`, by bisection over
+/// values. Each run keeps the index range still in play (values before it are
+/// below the bracket, values after it above), so a step costs one binary search
+/// per run over what is left: O(runs × log(values) × 64) at most.
+pub fn nearest_rank_runs(runs: &[&[u64]], p: f64) -> Option<u64> {
+    let n: usize = runs.iter().map(|r| r.len()).sum();
+    if n == 0 {
+        return None;
+    }
+    let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
+    let mut lo = runs.iter().filter_map(|r| r.first()).copied().min()?;
+    let mut hi = runs.iter().filter_map(|r| r.last()).copied().max()?;
+    // Per run still in play: values before `a` are < lo, values from `b` on are
+    // > hi; `k` is the cut of the current step. A run with nothing left in play
+    // leaves, its `a` values (all below any later midpoint) added to `below`.
+    let mut span: Vec<(&[u64], usize, usize, usize)> = runs
+        .iter()
+        .filter(|r| !r.is_empty())
+        .map(|r| (*r, 0, r.len(), 0))
+        .collect();
+    let mut below = 0;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let mut at_most = below;
+        for (r, a, b, k) in span.iter_mut() {
+            *k = *a + r[*a..*b].partition_point(|v| *v <= mid);
+            at_most += *k;
+        }
+        if at_most >= rank {
+            hi = mid;
+            span.iter_mut().for_each(|(_, _, b, k)| *b = *k);
+        } else {
+            lo = mid + 1;
+            span.iter_mut().for_each(|(_, a, _, k)| *a = *k);
+        }
+        span.retain(|(_, a, b, _)| {
+            if a == b {
+                below += a;
+            }
+            a < b
+        });
+    }
+    Some(lo)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nearest_rank_of_runs_equals_nearest_rank_of_their_union() {
+        // A small LCG: runs of random lengths with duplicates, extremes and empties.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |m: u64| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (x >> 33) % m
+        };
+        for case in 0..300 {
+            let runs: Vec<Vec<u64>> = (0..next(6))
+                .map(|_| {
+                    let len = next(40);
+                    let range = if case % 3 == 0 {
+                        5
+                    } else {
+                        1 << (next(40) + 1)
+                    };
+                    let mut r: Vec<u64> = (0..len).map(|_| next(range)).collect();
+                    if case % 7 == 0 {
+                        r.push(u64::MAX);
+                    }
+                    r.sort_unstable();
+                    r
+                })
+                .collect();
+            let all: Vec<u64> = runs.iter().flatten().copied().collect();
+            let slices: Vec<&[u64]> = runs.iter().map(|r| r.as_slice()).collect();
+            for p in [0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 1.0] {
+                assert_eq!(
+                    nearest_rank_runs(&slices, p),
+                    nearest_rank(&all, p),
+                    "case {case}, p {p}, runs {runs:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn nearest_rank_matches_sorting() {

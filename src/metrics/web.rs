@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
-use super::{Dim, Labels, NO_CHANNEL, nearest_rank};
+use super::{Dim, Labels, NO_CHANNEL, nearest_rank_runs};
 use crate::event::{Millis, PageView};
 use crate::window::{BucketRing, WindowSpec};
 
@@ -36,34 +36,97 @@ pub struct WebCounts {
     pub durations_ms: Durations,
 }
 
-/// Session durations (ms) as a multiset: appended unsorted, one push per closed
-/// session (8 bytes, where a sorted map entry took about 30 and a tree insert),
-/// and selected at query time ([`nearest_rank`], linear in the window's sessions,
-/// as merging sorted maps was).
+/// Session durations (ms) as a multiset of sorted runs, read by selection
+/// without copying.
+///
+/// A bucket appends one value per closed session to an unsorted tail (8 bytes,
+/// no tree insert) and [`Durations::seal`] sorts the tail into the bucket's one
+/// shared run before a snapshot reads it (a merge of the new values, since the
+/// run is already sorted). A window's aggregate only shares the buckets' runs
+/// (`Arc` clones) and [`Durations::percentile`] finds the exact nearest rank by
+/// bisection over values ([`nearest_rank_runs`]): a snapshot costs
+/// O(runs × log values) instead of a copy of every session in the window.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Durations(Vec<u64>);
+#[serde(from = "Vec<u64>", into = "Vec<u64>")]
+pub struct Durations {
+    runs: Vec<Arc<Vec<u64>>>,
+    tail: Vec<u64>,
+}
+
+impl From<Vec<u64>> for Durations {
+    fn from(mut v: Vec<u64>) -> Durations {
+        v.sort_unstable();
+        let runs = if v.is_empty() {
+            vec![]
+        } else {
+            vec![Arc::new(v)]
+        };
+        Durations { runs, tail: vec![] }
+    }
+}
+
+/// Saved as the flat list of values (the checkpoint form does not change).
+impl From<Durations> for Vec<u64> {
+    fn from(d: Durations) -> Vec<u64> {
+        let mut v = Vec::with_capacity(d.len());
+        d.runs.iter().for_each(|r| v.extend_from_slice(r));
+        v.extend_from_slice(&d.tail);
+        v
+    }
+}
 
 impl Durations {
     pub fn push(&mut self, ms: u64) {
-        self.0.push(ms);
+        self.tail.push(ms);
     }
 
+    /// Sorts the values appended since the last seal into one run with the
+    /// others (in place when no snapshot still shares the run).
+    pub fn seal(&mut self) {
+        if self.tail.is_empty() && self.runs.len() <= 1 {
+            return;
+        }
+        let mut all = match self.runs.len() {
+            0 => Vec::new(),
+            1 => Arc::unwrap_or_clone(self.runs.pop().expect("one run")),
+            _ => {
+                let mut v = Vec::with_capacity(self.len());
+                self.runs.drain(..).for_each(|r| v.extend_from_slice(&r));
+                v
+            }
+        };
+        all.append(&mut self.tail);
+        // A stable sort merges the sorted runs it finds in linear time.
+        all.sort();
+        self.runs = vec![Arc::new(all)];
+    }
+
+    /// Adds `other`'s values: its runs are shared, an unsealed tail is copied.
     pub fn extend(&mut self, other: &Durations) {
-        self.0.extend_from_slice(&other.0);
+        self.runs
+            .extend(other.runs.iter().filter(|r| !r.is_empty()).cloned());
+        if !other.tail.is_empty() {
+            let mut t = other.tail.clone();
+            t.sort_unstable();
+            self.runs.push(Arc::new(t));
+        }
     }
 
-    /// The nearest-rank `p`-th percentile (see [`nearest_rank`]).
+    /// The nearest-rank `p`-th percentile (see [`super::nearest_rank`]).
     pub fn percentile(&self, p: f64) -> Option<u64> {
-        nearest_rank(&self.0, p)
+        let mut tail = self.tail.clone();
+        tail.sort_unstable();
+        let mut runs: Vec<&[u64]> = self.runs.iter().map(|r| r.as_slice()).collect();
+        runs.push(&tail);
+        nearest_rank_runs(&runs, p)
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.runs.iter().map(|r| r.len()).sum::<usize>() + self.tail.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 }
 
@@ -71,11 +134,11 @@ impl Durations {
 impl PartialEq for Durations {
     fn eq(&self, other: &Durations) -> bool {
         let sorted = |d: &Durations| {
-            let mut v = d.0.clone();
+            let mut v: Vec<u64> = d.clone().into();
             v.sort_unstable();
             v
         };
-        self.0.len() == other.0.len() && sorted(self) == sorted(other)
+        self.len() == other.len() && sorted(self) == sorted(other)
     }
 }
 
@@ -393,15 +456,24 @@ impl WebState {
         });
     }
 
-    /// Adds this partition's buckets of window `idx` in `[start, end)` to `into`.
+    /// Adds this partition's buckets of window `idx` in `[start, end)` to `into`,
+    /// sealing their session durations first ([`Durations::seal`]: only values
+    /// appended since the last snapshot are sorted in).
     pub fn collect(
-        &self,
+        &mut self,
         idx: usize,
         start: Millis,
         end: Millis,
         into: &mut HashMap<Dim, WebCounts>,
     ) {
-        for (_, bucket) in self.windows[idx].range(start, end) {
+        for (_, bucket) in self.windows[idx].range_mut(start, end) {
+            bucket.all.durations_ms.seal();
+            bucket.site.values_mut().for_each(|c| c.durations_ms.seal());
+            bucket
+                .channel
+                .values_mut()
+                .for_each(|c| c.durations_ms.seal());
+            let bucket = &*bucket;
             into.entry(Dim::All).or_default().merge(&bucket.all);
             for (v, c) in &bucket.site {
                 into.entry(Dim::Site(v.clone())).or_default().merge(c);

@@ -271,9 +271,18 @@ pub fn build(
         .collect();
     let mut out = vec![];
     let open_now = engine.open_sessions();
-    for (idx, spec) in cfg.windows.iter().enumerate() {
-        let (start, end) = spec.bounds_at(watermark);
-        let agg = engine.aggregate(idx, start, end);
+    let bounds: Vec<Option<(Millis, Millis)>> = cfg
+        .windows
+        .iter()
+        .map(|spec| Some(spec.bounds_at(watermark)))
+        .collect();
+    let aggs = engine.aggregate_windows(&bounds);
+    for ((spec, (start, end)), agg) in cfg
+        .windows
+        .iter()
+        .zip(bounds.into_iter().flatten())
+        .zip(aggs)
+    {
         let kept = top_values(&agg.web, &open_now, cfg.max_dimension_values);
         let keep = |d: &Dim| kept.contains(d);
         let web = fold_top_n(agg.web, &keep, |a, b| a.merge(b));

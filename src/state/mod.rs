@@ -740,21 +740,38 @@ impl Engine {
 
     /// Sums window `idx` over every task for `[start, end)`.
     pub fn aggregate(&self, idx: usize, start: Millis, end: Millis) -> WindowAggregates {
-        let mut agg = WindowAggregates::default();
-        for entry in self.tasks.iter() {
-            let task = lock(entry.value());
-            task.web.collect(idx, start, end, &mut agg.web);
-            task.email
-                .collect(idx, start, end, &mut agg.email, &mut agg.email_by_campaign);
-            agg.purchasing_customers += task.commerce.collect(idx, start, end, &mut agg.commerce);
-            task.survey.collect(idx, start, end, &mut agg.survey);
-            let c = task.customers.collect(idx, start, end);
-            agg.customers.active_customers += c.active_customers;
-            agg.customers.churned_customers += c.churned_customers;
-            agg.customers.customers_at_start += c.customers_at_start;
-            agg.risk_crossings += task.risk.collect(idx, start, end);
+        let mut bounds = vec![None; self.cfg.windows.len()];
+        bounds[idx] = Some((start, end));
+        self.aggregate_windows(&bounds).swap_remove(idx)
+    }
+
+    /// Sums every window `i` with `bounds[i] = Some((start, end))` over every
+    /// task, locking each task once (for the whole snapshot round).
+    pub fn aggregate_windows(&self, bounds: &[Option<(Millis, Millis)>]) -> Vec<WindowAggregates> {
+        let mut aggs = vec![WindowAggregates::default(); bounds.len()];
+        for p in self.tasks() {
+            let Some(task) = self.tasks.get(&p).map(|t| t.value().clone()) else {
+                continue;
+            };
+            let mut task = lock(&task);
+            for (idx, (agg, b)) in aggs.iter_mut().zip(bounds).enumerate() {
+                let Some((start, end)) = *b else {
+                    continue;
+                };
+                task.web.collect(idx, start, end, &mut agg.web);
+                task.email
+                    .collect(idx, start, end, &mut agg.email, &mut agg.email_by_campaign);
+                agg.purchasing_customers +=
+                    task.commerce.collect(idx, start, end, &mut agg.commerce);
+                task.survey.collect(idx, start, end, &mut agg.survey);
+                let c = task.customers.collect(idx, start, end);
+                agg.customers.active_customers += c.active_customers;
+                agg.customers.churned_customers += c.churned_customers;
+                agg.customers.customers_at_start += c.customers_at_start;
+                agg.risk_crossings += task.risk.collect(idx, start, end);
+            }
         }
-        agg
+        aggs
     }
 
     /// Open sessions now, per dimension, over every task.

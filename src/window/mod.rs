@@ -84,6 +84,20 @@ impl<T: Default> BucketRing<T> {
         self.buckets.range(r).map(|(k, v)| (*k, v))
     }
 
+    /// Buckets whose start lies in `[start, end)`, oldest first, to change.
+    pub fn range_mut(
+        &mut self,
+        start: Millis,
+        end: Millis,
+    ) -> impl Iterator<Item = (Millis, &mut T)> {
+        let r = if start < end {
+            start..end
+        } else {
+            start..start
+        };
+        self.buckets.range_mut(r).map(|(k, v)| (*k, v))
+    }
+
     /// Drops every bucket that starts before `t`.
     pub fn evict_before(&mut self, t: Millis) {
         self.buckets = self.buckets.split_off(&t);
