@@ -246,12 +246,13 @@ pub async fn run(
     // a minute into the demo at the default speed), a fifth of the customers stop
     // buying and engaging; at_risk_customers and risk_crossings climb after it.
     let spike = start + WARMUP_MS + 12 * 3_600_000;
+    let addr = sidecar.http.addr;
     println!(
-        "engaged demo: in-process Kafka at {}, metrics at http://{}/metrics — Ctrl-C to stop\n\
+        "engaged demo: live page at http://{addr}/ and metrics at http://{addr}/metrics — Ctrl-C to stop\n\
+         in-process Kafka at {}\n\
          three days of history are produced at once, then event time runs {}x the wall clock\n\
          (never past now); churn_horizon is 1d in the demo; a churn spike starts at {}",
         raw.bootstrap_servers,
-        sidecar.http.addr,
         opts.speed,
         chrono::DateTime::from_timestamp_millis(spike)
             .map_or("-".into(), |d| d.format("%Y-%m-%d %H:%M UTC").to_string())

@@ -6,7 +6,9 @@
 //! ratio with a zero denominator is simply absent (SPEC §3) and a scrape never
 //! sees half of an update.
 
-use std::sync::{Arc, RwLock};
+pub mod history;
+
+use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus::core::Collector;
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
@@ -63,7 +65,16 @@ pub struct Telemetry {
     pub model_converged: IntGauge,
     pub model_fit_duration: prometheus::Gauge,
     pub model_fitted_at: prometheus::Gauge,
-    published: RwLock<Arc<Published>>,
+    published: RwLock<Round>,
+    /// The last hour of published rounds, for the live page's charts.
+    history: Mutex<history::History>,
+}
+
+/// The latest published round and its sequence number (0: none yet).
+#[derive(Debug, Clone, Default)]
+struct Round {
+    seq: u64,
+    published: Arc<Published>,
 }
 
 fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -367,7 +378,8 @@ impl Telemetry {
                 .expect("valid"),
             ),
             registry: r,
-            published: RwLock::new(Arc::new(Published::default())),
+            published: RwLock::new(Round::default()),
+            history: Mutex::new(history::History::default()),
         };
         for reason in RejectReason::ALL {
             t.rejected.with_label_values(&[reason.as_str()]);
@@ -408,22 +420,54 @@ impl Telemetry {
             .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
     }
 
-    /// Replaces the snapshots the windowed families are rendered from.
+    /// Replaces the snapshots the windowed families are rendered from, and keeps the
+    /// round in the bounded history of the live page.
     pub fn publish(&self, p: Published) {
-        *self.published.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
+        let now = chrono::Utc::now().timestamp_millis();
+        // The history first: a reader that sees round n on /metrics finds it there too.
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let mut round = self.published.write().unwrap_or_else(|e| e.into_inner());
+        let seq = round.seq + 1;
+        history.record(seq, now, &p.snapshots);
+        *round = Round {
+            seq,
+            published: Arc::new(p),
+        };
     }
 
     pub fn latest(&self) -> Arc<Published> {
-        self.published
-            .read()
+        self.latest_round().1
+    }
+
+    /// The latest round with its sequence number (1 = the first published; 0 = none
+    /// yet), as `engaged_snapshot_sequence` shows it.
+    pub fn latest_round(&self) -> (u64, Arc<Published>) {
+        let r = self.published.read().unwrap_or_else(|e| e.into_inner());
+        (r.seq, r.published.clone())
+    }
+
+    /// The bounded history of published rounds (see [`history`]), oldest first.
+    pub fn history(&self) -> Vec<Arc<history::HistoryPoint>> {
+        self.history
+            .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .points()
+            .cloned()
+            .collect()
     }
 
     /// The Prometheus text exposition of everything.
     pub fn render(&self) -> String {
         let mut families = self.registry.gather();
-        families.extend(windowed_families(&self.latest()));
+        let (seq, latest) = self.latest_round();
+        families.extend(windowed_families(&latest));
+        families.push(family(
+            "engaged_snapshot_sequence".into(),
+            "Sequence number of the snapshot round the windowed families of this scrape come \
+             from (1 = the first published since start; the live page at / shows the same number).",
+            MetricType::GAUGE,
+            vec![gauge(vec![], seq as f64)],
+        ));
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut buf = vec![];
         TextEncoder::new()
@@ -786,6 +830,57 @@ const WINDOWED: &[(&str, &str, Rows, Extract)] = &[
         |s| s.retention_rate,
     ),
 ];
+
+/// The value of the windowed family `name` (its `all` series, as on `/metrics`) in
+/// snapshot `s`: `None` where `/metrics` has no sample, or `name` is not windowed.
+pub fn windowed_value(name: &str, s: &WindowSnapshot) -> Option<f64> {
+    WINDOWED
+        .iter()
+        .find(|(n, ..)| *n == name)
+        .and_then(|(.., extract)| extract(s))
+}
+
+/// The help text of a windowed family, as on `/metrics`.
+pub fn windowed_help(name: &str) -> Option<&'static str> {
+    WINDOWED
+        .iter()
+        .find(|(n, ..)| *n == name)
+        .map(|(_, help, ..)| *help)
+}
+
+/// The families that are "now", not windowed, with their help text: the unlabelled
+/// series `/metrics` renders from the first `all` row of a round.
+pub const NOW_FAMILIES: [(&str, &str); 4] = [
+    (
+        "engaged_web_sessions_active",
+        "Open sessions at the watermark.",
+    ),
+    (
+        "engaged_churn_at_risk_customers",
+        "Customers whose churn risk is at or above risk_threshold.",
+    ),
+    (
+        "engaged_churn_expected_orders_30d",
+        "Sum over customers of the expected ORDERs in the next 30 days.",
+    ),
+    (
+        "engaged_churn_predicted_value_30d_minor",
+        "Sum over customers of the predicted value of the next 30 days (minor currency units).",
+    ),
+];
+
+/// The value of a "now" family ([`NOW_FAMILIES`]) in a round's snapshots, as
+/// `/metrics` shows it: from the first `all` row.
+pub fn now_value(name: &str, snapshots: &[WindowSnapshot]) -> Option<f64> {
+    let s = snapshots.iter().find(|s| s.dimension == "all")?;
+    match name {
+        "engaged_web_sessions_active" => Some(s.sessions_active as f64),
+        "engaged_churn_at_risk_customers" => s.at_risk_customers.map(|v| v as f64),
+        "engaged_churn_expected_orders_30d" => s.expected_orders_30d,
+        "engaged_churn_predicted_value_30d_minor" => s.predicted_value_30d_minor,
+        _ => None,
+    }
+}
 
 fn label(name: &str, value: &str) -> LabelPair {
     let mut l = LabelPair::default();
