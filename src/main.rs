@@ -204,6 +204,11 @@ fn init_logs(default: &str) {
         .init();
 }
 
+/// mimalloc instead of glibc malloc: the state is millions of small allocations
+/// (per-customer bucket lists, histories); see README "Performance".
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli) {
