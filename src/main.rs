@@ -78,6 +78,10 @@ struct ConfigFlags {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     email_dedup_ttl: Option<String>,
+    /// Forget a customer whose last ORDER is longer ago than this (e.g. `365d`); `off` (default): never.
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_ttl: Option<String>,
     /// Churn-risk model: `mbg_nbd` (default) or `bg_nbd`.
     #[arg(long, value_name = "MODEL")]
     #[serde(skip_serializing_if = "Option::is_none")]

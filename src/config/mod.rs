@@ -129,6 +129,9 @@ pub struct RawConfig {
     /// Memory the state may use (e.g. `2GiB`); empty: no limit. A configuration whose
     /// fixed per-task state cannot fit is refused at start-up.
     pub max_memory: String,
+    /// A customer whose last ORDER is longer ago than this (event time) is forgotten:
+    /// its next ORDER is a first ORDER. `off` (default): kept for ever.
+    pub state_ttl: String,
 }
 
 impl Default for RawConfig {
@@ -171,6 +174,7 @@ impl Default for RawConfig {
             risk_delta: 0.1,
             customer_risk_topic: "engagement.customer-risk".into(),
             max_memory: String::new(),
+            state_ttl: "off".into(),
         }
     }
 }
@@ -570,6 +574,26 @@ impl RawConfig {
             "" => None,
             v => Some(bytes("max_memory", v)?),
         };
+        let state_ttl = match self.state_ttl.trim() {
+            "" | "off" => None,
+            v => {
+                let ttl = ms(positive("state_ttl", v)?);
+                let longest = windows.iter().map(|w| w.length_ms).max().unwrap_or(0);
+                let least = longest.max(churn_horizon) + ms(lateness);
+                if ttl < least {
+                    return Err(invalid(
+                        "state_ttl",
+                        v,
+                        format!(
+                            "`off` or at least {}s: the longest of `windows` and \
+                             `churn_horizon`, plus `allowed_lateness`",
+                            least / 1000
+                        ),
+                    ));
+                }
+                Some(ttl)
+            }
+        };
         let config = Config {
             bootstrap_servers: self.bootstrap_servers.clone(),
             group_id: self.group_id.clone(),
@@ -601,6 +625,7 @@ impl RawConfig {
                     &self.attribution_window,
                 )?),
                 churn_horizon_ms: churn_horizon,
+                state_ttl_ms: state_ttl,
                 input_topics: self.input_topics.clone(),
                 model,
                 model_sample_size: self.model_sample_size,
@@ -709,6 +734,46 @@ mod tests {
         assert!(
             e.contains("`snapshot_topic`") && e.contains("not also an input"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn state_ttl_is_off_by_default_and_never_shorter_than_what_needs_the_state() {
+        assert_eq!(
+            RawConfig::default().validate().unwrap().core.state_ttl_ms,
+            None
+        );
+        let with = |v: &str| {
+            RawConfig {
+                state_ttl: v.into(),
+                ..RawConfig::default()
+            }
+            .validate()
+        };
+        assert_eq!(with("off").unwrap().core.state_ttl_ms, None);
+        assert_eq!(
+            with("365d").unwrap().core.state_ttl_ms,
+            Some(365 * 86_400_000)
+        );
+        // Default churn_horizon 90d (longer than the 30d window) + allowed_lateness 5m.
+        let e = with("90d").unwrap_err().to_string();
+        assert!(
+            e.contains("`state_ttl`")
+                && e.contains("90d")
+                && e.contains("`churn_horizon`")
+                && e.contains("`allowed_lateness`"),
+            "{e}"
+        );
+        // Exactly the least allowed value is accepted.
+        assert_eq!(
+            with("90d 5m").unwrap().core.state_ttl_ms,
+            Some(90 * 86_400_000 + 300_000)
+        );
+        assert!(
+            with("soon")
+                .unwrap_err()
+                .to_string()
+                .contains("`state_ttl`")
         );
     }
 

@@ -168,6 +168,8 @@ pub struct Rescore<'a> {
     /// False for the first sweep with a new fit: customers moved by a refit are
     /// not the churn-spike signal.
     pub count_crossings: bool,
+    /// `state_ttl`: a customer whose last ORDER is longer ago than this is not scored.
+    pub ttl_ms: Option<i64>,
 }
 
 /// Histories and risk crossings of one task.
@@ -188,6 +190,11 @@ impl Merge for RiskState {
     fn saved(&mut self) {
         self.customers.saved();
     }
+}
+
+/// Whether `state_ttl` forgot the customer at `at`: its last ORDER is more than `ttl` before.
+fn expired(h: &History, at: Millis, ttl_ms: Option<i64>) -> bool {
+    ttl_ms.is_some_and(|ttl| at - h.last > ttl)
 }
 
 /// A stable 64-bit hash of a customer id, for uniform, deterministic sampling.
@@ -244,12 +251,16 @@ impl RiskState {
         &self,
         names: &CustomerIds,
         at: Millis,
+        ttl_ms: Option<i64>,
         keep_below: Option<u64>,
         rfm: &mut Vec<crate::model::History>,
         spend: &mut Vec<(u32, f64)>,
     ) {
         for (c, h) in self.customers.iter() {
-            if keep_below.is_some_and(|k| sample_hash(names.name(*c)) >= k) || h.first > at {
+            if keep_below.is_some_and(|k| sample_hash(names.name(*c)) >= k)
+                || h.first > at
+                || expired(h, at, ttl_ms)
+            {
                 continue;
             }
             let (x, t_x, age) = h.rfm(at);
@@ -262,6 +273,36 @@ impl RiskState {
 
     pub fn buckets(&self) -> usize {
         self.crossings.iter().map(|w| w.len()).sum()
+    }
+
+    /// The time of the customer's last ORDER, if it has a history.
+    pub fn last_order(&self, c: CustomerId) -> Option<Millis> {
+        self.customers.get(&c).map(|h| h.last)
+    }
+
+    /// Whether customer `c` has a repeat-purchase history.
+    pub fn holds(&self, c: CustomerId) -> bool {
+        self.customers.get(&c).is_some()
+    }
+
+    /// Forgets a customer's history (`state_ttl`: its next ORDER starts a new one).
+    pub fn forget(&mut self, c: CustomerId) {
+        self.customers.remove(&c);
+    }
+
+    /// Forgets every customer whose last ORDER is before `cutoff`; returns them.
+    pub fn expire_before(&mut self, cutoff: Millis) -> Vec<CustomerId> {
+        let mut gone = vec![];
+        self.customers.retain(|c, h| {
+            if h.last < cutoff {
+                gone.push(*c);
+                Kept::Removed
+            } else {
+                Kept::Unchanged
+            }
+        });
+        gone.sort_unstable();
+        gone
     }
 
     pub fn customers(&self) -> usize {
@@ -287,6 +328,7 @@ impl RiskState {
             threshold,
             delta,
             count_crossings,
+            ttl_ms: None,
         };
         self.rescore_range(names, all, &rescore)
     }
@@ -309,7 +351,7 @@ impl RiskState {
             let Some(h) = self.customers.get(&c) else {
                 continue;
             };
-            if h.first > r.at {
+            if h.first > r.at || expired(h, r.at, r.ttl_ms) {
                 continue;
             }
             let (x, t_x, age) = h.rfm(r.at);
@@ -371,13 +413,23 @@ impl RiskState {
         at: Millis,
         m: &RiskModel,
         threshold: f64,
+        ttl_ms: Option<i64>,
     ) -> Vec<CustomerRisk> {
         let mut clone = self.clone();
         clone.customers.retain(|_, h| {
             h.published = None;
             Kept::Changed
         });
-        let mut out = clone.rescore(names, at, m, threshold, 0.0, false).changed;
+        let all = 0..u32::try_from(names.len()).unwrap_or(u32::MAX);
+        let r = Rescore {
+            at,
+            model: m,
+            threshold,
+            delta: 0.0,
+            count_crossings: false,
+            ttl_ms,
+        };
+        let mut out = clone.rescore_range(names, all, &r).changed;
         out.sort_by(|a, b| a.customer_id.cmp(&b.customer_id));
         out
     }
@@ -546,6 +598,7 @@ mod tests {
                 threshold: 0.5,
                 delta: 0.05,
                 count_crossings: true,
+                ttl_ms: None,
             };
             let mut parts = Sweep::default();
             let mut from = 0;

@@ -137,6 +137,16 @@ impl CommerceState {
     }
 
     /// Adds this task's buckets and distinct positions to the memory accounting.
+    /// Whether any state of `customer` is held (first ORDER, distinct buckets).
+    pub fn holds(&self, customer: CustomerId) -> bool {
+        self.first_order.get(&customer).is_some() || self.purchasing.contains(&customer)
+    }
+
+    /// Forgets a customer's first ORDER (`state_ttl`: its next ORDER is a first ORDER).
+    pub fn forget(&mut self, customer: CustomerId) {
+        self.first_order.remove(&customer);
+    }
+
     pub fn account(&self, size: &mut crate::state::memory::StateSize) {
         use crate::state::memory::StateKind;
         size.add(

@@ -153,6 +153,11 @@ impl CustomerState {
         }
     }
 
+    /// Whether any state of customer `c` is held (distinct buckets, an open run).
+    pub fn holds(&self, c: CustomerId) -> bool {
+        self.activity.contains(&c) || self.runs.get(&c).is_some()
+    }
+
     /// Adds this task's buckets and distinct positions to the memory accounting.
     pub fn account(&self, size: &mut crate::state::memory::StateSize) {
         use crate::state::memory::StateKind;

@@ -55,6 +55,12 @@ impl CustomerId {
 /// Numbers are never reused, so a checkpoint delta holds the ids added since
 /// the last save (with the number of the first).
 ///
+/// A number can be *released* ([`CustomerIds::release`], `state_ttl`) once no
+/// family holds state for it: its id leaves the lookup table (the customer gets
+/// a new number if it comes back) and reads as `""` (saved so; customer ids are
+/// never empty), and its bytes leave the arena at the next compaction. Only the
+/// 8-byte end of a released number stays.
+///
 /// The id strings live end to end in one arena, with the end of each; the lookup
 /// table holds only numbers (hashing the string found through the arena). About
 /// `len + 13` bytes per customer, where a map of reference-counted strings took
@@ -62,13 +68,22 @@ impl CustomerId {
 #[derive(Clone, Default)]
 pub struct CustomerIds {
     arena: String,
-    /// End of each id in `arena`, by number (u64: no input can make it overflow).
+    /// End of each id in `arena`, by number (u64: no input can make it overflow),
+    /// with [`RELEASED`] set for a released number (then its id is empty).
     ends: Vec<u64>,
     table: hashbrown::HashTable<CustomerId>,
     hasher: foldhash::fast::RandomState,
     /// Ids saved so far; in a decoded delta, the number of its first id.
     saved: usize,
+    /// Released numbers, and the arena bytes of their ids not yet compacted away.
+    released: usize,
+    released_bytes: usize,
+    /// Numbers below `saved` released since the last save (a delta lists them).
+    released_since_save: Vec<u32>,
 }
+
+/// Marks a released number in [`CustomerIds`]' `ends`.
+const RELEASED: u64 = 1 << 63;
 
 impl std::fmt::Debug for CustomerIds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,16 +100,24 @@ impl CustomerIds {
         self.hasher.hash_one(name)
     }
 
+    /// The arena range of number `i`'s id (empty when released).
+    fn span(ends: &[u64], i: usize) -> std::ops::Range<usize> {
+        let end = ends[i];
+        if end & RELEASED != 0 {
+            return 0..0;
+        }
+        let start = if i == 0 { 0 } else { ends[i - 1] & !RELEASED };
+        start as usize..end as usize
+    }
+
     /// The number of `name`, given on first sight.
     pub fn get(&mut self, name: &str) -> CustomerId {
         let hash = self.hash(name);
         let (arena, ends) = (&self.arena, &self.ends);
-        let slice = |id: &CustomerId| {
-            let i = id.0 as usize;
-            let start = if i == 0 { 0 } else { ends[i - 1] as usize };
-            &arena[start..ends[i] as usize]
-        };
-        if let Some(id) = self.table.find(hash, |id| slice(id) == name) {
+        if let Some(id) = self
+            .table
+            .find(hash, |id| &arena[Self::span(ends, id.0 as usize)] == name)
+        {
             return *id;
         }
         // Unreachable in practice: 2^32 customers (or 4 GiB of ids) in one task would need
@@ -106,18 +129,60 @@ impl CustomerIds {
         let (arena, ends) = (&self.arena, &self.ends);
         self.table.insert_unique(hash, id, |id| {
             use std::hash::BuildHasher;
-            let i = id.0 as usize;
-            let start = if i == 0 { 0 } else { ends[i - 1] as usize };
-            hasher.hash_one(&arena[start..ends[i] as usize])
+            hasher.hash_one(&arena[Self::span(ends, id.0 as usize)])
         });
         id
     }
 
-    /// The id string of a number given by [`CustomerIds::get`].
+    /// The id string of a number given by [`CustomerIds::get`] (`""` once released).
     pub fn name(&self, id: CustomerId) -> &str {
+        &self.arena[Self::span(&self.ends, id.0 as usize)]
+    }
+
+    /// Appends a released number (restoring a saved `""`).
+    fn push_released(&mut self) {
+        self.ends.push(self.arena.len() as u64 | RELEASED);
+        self.released += 1;
+    }
+
+    /// Releases number `id`: its id leaves the lookup table and the arena (at
+    /// the next compaction); the number is never given again.
+    pub fn release(&mut self, id: CustomerId) {
         let i = id.0 as usize;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.arena[start..self.ends[i] as usize]
+        if i >= self.ends.len() || self.ends[i] & RELEASED != 0 {
+            return;
+        }
+        let span = Self::span(&self.ends, i);
+        let hash = self.hash(&self.arena[span.clone()]);
+        if let Ok(entry) = self.table.find_entry(hash, |x| *x == id) {
+            entry.remove();
+        }
+        self.ends[i] |= RELEASED;
+        self.released += 1;
+        if i < self.saved {
+            self.released_since_save.push(id.0);
+        }
+        self.released_bytes += span.len();
+        if self.released_bytes > 4096 && self.released_bytes * 2 > self.arena.len() {
+            self.compact();
+        }
+    }
+
+    /// Rewrites the arena without the ids of released numbers (numbers stay).
+    fn compact(&mut self) {
+        let mut arena = String::with_capacity(self.arena.len() - self.released_bytes);
+        let mut ends = Vec::with_capacity(self.ends.len());
+        for i in 0..self.ends.len() {
+            arena.push_str(&self.arena[Self::span(&self.ends, i)]);
+            ends.push(arena.len() as u64 | (self.ends[i] & RELEASED));
+        }
+        (self.arena, self.ends, self.released_bytes) = (arena, ends, 0);
+        // The table holds numbers: unchanged, though its hashes come from the arena.
+    }
+
+    /// Numbers not released: the customers the task holds.
+    pub fn live(&self) -> usize {
+        self.ends.len() - self.released
     }
 
     /// The id strings in number order, from number `from` on.
@@ -140,9 +205,10 @@ impl serde::Serialize for CustomerIds {
         match delta::form() {
             Form::Base => s.collect_seq(self.names_from(0)),
             Form::Delta => {
-                let mut t = s.serialize_tuple(2)?;
+                let mut t = s.serialize_tuple(3)?;
                 t.serialize_element(&(self.saved as u64))?;
                 t.serialize_element(&self.names_from(self.saved).collect::<Vec<&str>>())?;
+                t.serialize_element(&self.released_since_save)?;
                 t.end()
             }
         }
@@ -151,14 +217,18 @@ impl serde::Serialize for CustomerIds {
 
 impl<'de> serde::Deserialize<'de> for CustomerIds {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (first, names): (u64, Vec<Box<str>>) = match delta::form() {
-            Form::Base => (0, serde::Deserialize::deserialize(d)?),
+        let (first, names, released): (u64, Vec<Box<str>>, Vec<u32>) = match delta::form() {
+            Form::Base => (0, serde::Deserialize::deserialize(d)?, vec![]),
             Form::Delta => serde::Deserialize::deserialize(d)?,
         };
         let mut out = CustomerIds::default();
         // A length read from the input is only a hint: bound what it reserves.
         out.ends.reserve(names.len().min(1 << 20));
         for n in names {
+            if n.is_empty() {
+                out.push_released();
+                continue;
+            }
             let before = out.len();
             if out.get(&n).0 as usize != before {
                 return Err(serde::de::Error::custom(format!(
@@ -166,6 +236,7 @@ impl<'de> serde::Deserialize<'de> for CustomerIds {
                 )));
             }
         }
+        out.released_since_save = released;
         out.saved = match delta::form() {
             Form::Base => out.len(),
             Form::Delta => usize::try_from(first).map_err(serde::de::Error::custom)?,
@@ -183,7 +254,20 @@ impl Merge for CustomerIds {
                 self.len()
             ));
         }
-        for n in newer.names_from(0) {
+        for &r in &newer.released_since_save {
+            if r as usize >= self.len() {
+                return Err(format!(
+                    "a delta releases customer number {r}, which does not exist"
+                ));
+            }
+            self.release(CustomerId(r));
+        }
+        for i in 0..newer.len() {
+            let n = newer.name(CustomerId(i as u32));
+            if n.is_empty() {
+                self.push_released();
+                continue;
+            }
             let before = self.len();
             if self.get(n).0 as usize != before {
                 return Err(format!("customer id {n:?} appears twice"));
@@ -194,6 +278,7 @@ impl Merge for CustomerIds {
 
     fn saved(&mut self) {
         self.saved = self.len();
+        self.released_since_save.clear();
     }
 }
 

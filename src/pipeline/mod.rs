@@ -398,6 +398,7 @@ impl Pipeline {
             threshold: cfg.risk_threshold,
             delta: cfg.risk_delta,
             count_crossings: same_model,
+            ttl_ms: cfg.state_ttl_ms,
         });
         lock(&self.risk_changes).extend(std::mem::take(&mut sweep.changed));
         *lock(&self.last_sweep) = Some(sweep);

@@ -30,7 +30,7 @@ use crate::metrics::customers::{CustomerCounts, CustomerState};
 use crate::metrics::email::{EmailCounts, EmailState};
 use crate::metrics::survey::{SurveyCounts, SurveyState};
 use crate::metrics::web::{DurationHistogram, WebCounts, WebState};
-use crate::metrics::{CustomerIds, Dim};
+use crate::metrics::{CustomerId, CustomerIds, Dim};
 use crate::time::PartitionClock;
 use crate::window::WindowSpec;
 use dedup::Dedup;
@@ -72,6 +72,9 @@ pub struct CoreConfig {
     pub attribution_window_ms: i64,
     /// Inactivity after which a customer has churned.
     pub churn_horizon_ms: i64,
+    /// A customer whose last ORDER is longer ago than this is forgotten (its next
+    /// ORDER is a first ORDER; it is no longer scored); `None`: kept for ever.
+    pub state_ttl_ms: Option<i64>,
     /// The churn-risk model.
     pub model: crate::model::Model,
     /// Customers a refit uses at most (a uniform sample); 0 = all.
@@ -109,6 +112,7 @@ impl Default for CoreConfig {
             email_dedup_ttl_ms: 30 * DAY,
             attribution_window_ms: 7 * DAY,
             churn_horizon_ms: 90 * DAY,
+            state_ttl_ms: None,
             input_topics: vec![],
             currency: "EUR".into(),
             model: crate::model::Model::MbgNbd,
@@ -225,6 +229,9 @@ pub struct TaskState {
     /// The closing watermark the families last saw (`None` inside: not yet).
     #[serde(skip)]
     closed_at: Option<Option<Millis>>,
+    /// The lower bound of the last `state_ttl` pass ([`TaskState::expire_customers`]).
+    #[serde(skip)]
+    expired_at: Option<Millis>,
 }
 
 impl TaskState {
@@ -244,6 +251,7 @@ impl TaskState {
             risk: RiskState::new(&cfg.windows),
             customer_ids: CustomerIds::default(),
             closed_at: None,
+            expired_at: None,
         }
     }
 
@@ -340,6 +348,16 @@ impl TaskState {
             }
             Event::Purchase(p) => {
                 let customer = self.customer_ids.get(&p.customer_id);
+                // `state_ttl`: an ORDER more than the TTL after the customer's last one
+                // starts over (first ORDER, new history), whether or not the memory
+                // pass ([`Engine::evict`]) has removed the old one yet.
+                if p.kind == PurchaseType::Order
+                    && let Some(ttl) = cfg.state_ttl_ms
+                    && self.risk.last_order(customer).is_some_and(|l| t - l > ttl)
+                {
+                    self.risk.forget(customer);
+                    self.commerce.forget(customer);
+                }
                 self.commerce.on_event(p, customer);
                 if p.kind == PurchaseType::Order {
                     self.email.on_order(&p.customer_id, t);
@@ -365,6 +383,32 @@ impl TaskState {
             self.close_at(w);
         }
         Ok(())
+    }
+
+    /// Frees the lifetime state (first ORDER, repeat-purchase history) of customers
+    /// whose last ORDER is more than `ttl` before the lower bound `f`: every later
+    /// ORDER would start them over anyway ([`TaskState::apply`]), so this changes
+    /// no number. A pass over the histories at most once per `ttl / 16` of progress.
+    fn expire_customers(&mut self, f: Millis, ttl: i64) {
+        if self.expired_at.is_some_and(|e| f - e < (ttl / 16).max(1)) {
+            return;
+        }
+        self.expired_at = Some(f);
+        for c in self.risk.expire_before(f - ttl) {
+            self.commerce.forget(c);
+        }
+        // Numbers no family holds anything for any more (also those a restore
+        // brought back without state) leave the id table.
+        for i in 0..u32::try_from(self.customer_ids.len()).unwrap_or(u32::MAX) {
+            let c = CustomerId::from_index(i);
+            if !self.customer_ids.name(c).is_empty()
+                && !self.risk.holds(c)
+                && !self.commerce.holds(c)
+                && !self.customers.holds(c)
+            {
+                self.customer_ids.release(c);
+            }
+        }
     }
 
     fn on_watermark(&mut self, cfg: &CoreConfig) {
@@ -395,6 +439,7 @@ impl Merge for TaskState {
             risk,
             customer_ids,
             closed_at: _,
+            expired_at: _,
         } = newer;
         for (topic, input) in inputs {
             match self.inputs.get_mut(&topic) {
@@ -467,10 +512,11 @@ impl TaskApplier<'_> {
 /// written by another layout must be refused, not misread. Bump on any change
 /// of `TaskState`'s serialised form (2: customers as numbers, `CustomerIds`;
 /// 3: bases and deltas; 4: distinct-count buckets as relative bucket numbers;
-/// 5: one distinct counter per event set, shared by every window).
-const BASE_FORMAT: &[u8] = b"engaged-task-state/5\n";
+/// 5: one distinct counter per event set, shared by every window; 6: released
+/// customer numbers, `""` in bases and listed in deltas).
+const BASE_FORMAT: &[u8] = b"engaged-task-state/6\n";
 /// Leads every saved delta (see [`delta`]).
-const DELTA_FORMAT: &[u8] = b"engaged-task-delta/5\n";
+const DELTA_FORMAT: &[u8] = b"engaged-task-delta/6\n";
 
 fn format_tag(form: Form) -> &'static [u8] {
     match form {
@@ -801,8 +847,14 @@ impl Engine {
         let (mut rfm, mut spend) = (vec![], vec![]);
         for entry in self.tasks.iter() {
             let task = lock(entry.value());
-            task.risk
-                .histories(&task.customer_ids, at, keep_below, &mut rfm, &mut spend);
+            task.risk.histories(
+                &task.customer_ids,
+                at,
+                self.cfg.state_ttl_ms,
+                keep_below,
+                &mut rfm,
+                &mut spend,
+            );
         }
         (rfm, spend)
     }
@@ -846,7 +898,13 @@ impl Engine {
         for p in self.tasks() {
             if let Some(task) = self.tasks.get(&p) {
                 let task = lock(task.value());
-                out.extend(task.risk.risks(&task.customer_ids, at, model, threshold));
+                out.extend(task.risk.risks(
+                    &task.customer_ids,
+                    at,
+                    model,
+                    threshold,
+                    self.cfg.state_ttl_ms,
+                ));
             }
         }
         out
@@ -877,6 +935,10 @@ impl Engine {
                 task.commerce.evict(idx, start, end, lower_bound);
                 task.customers.evict(idx, start, end, lower_bound);
             }
+            // After the families forgot what they could: numbers left without state are released.
+            if let (Some(ttl), Some(f)) = (self.cfg.state_ttl_ms, lower_bound) {
+                task.expire_customers(f, ttl);
+            }
         }
     }
 
@@ -886,7 +948,7 @@ impl Engine {
         let mut size = memory::StateSize::default();
         for entry in self.tasks.iter() {
             let t = lock(entry.value());
-            size.add(StateKind::Customer, t.customer_ids.len());
+            size.add(StateKind::Customer, t.customer_ids.live());
             let ids: usize = t.inputs.values().map(|i| i.dedup.len()).sum();
             size.add(StateKind::EventId, ids);
             size.add(
@@ -936,7 +998,7 @@ mod tests {
     fn a_state_of_another_format_is_refused_not_misread() {
         let e = Engine::new(CoreConfig::default());
         let err = e.restore_task(0, b"\x00\x01\x02 older layout").unwrap_err();
-        assert!(err.to_string().contains("engaged-task-state/5"), "{err}");
+        assert!(err.to_string().contains("engaged-task-state/6"), "{err}");
         assert!(e.tasks().is_empty());
         // A header with a truncated body is refused too, and nothing is installed.
         let mut bytes = BASE_FORMAT.to_vec();
@@ -1012,5 +1074,49 @@ mod tests {
         // A list naming a customer twice is corrupt.
         let twice = postcard::to_stdvec(&["x", "x"]).unwrap();
         assert!(postcard::from_bytes::<crate::metrics::CustomerIds>(&twice).is_err());
+    }
+
+    #[test]
+    fn released_customer_numbers_stay_released_through_compaction_bases_and_deltas() {
+        use crate::metrics::{CustomerId, CustomerIds};
+        let mut ids = CustomerIds::default();
+        let names: Vec<String> = (0..3000).map(|i| format!("customer-{i:05}")).collect();
+        let numbers: Vec<CustomerId> = names.iter().map(|n| ids.get(n)).collect();
+        let base = delta::in_form(Form::Base, || postcard::to_stdvec(&ids).unwrap());
+        ids.saved();
+        // Release two thirds (the arena compacts on the way), add a few more.
+        for (i, c) in numbers.iter().enumerate() {
+            if i % 3 != 0 {
+                ids.release(*c);
+            }
+        }
+        let late: Vec<CustomerId> = (0..5).map(|i| ids.get(&format!("late-{i}"))).collect();
+        ids.release(late[0]);
+        let check = |ids: &CustomerIds| {
+            assert_eq!(ids.len(), 3005);
+            assert_eq!(ids.live(), 1000 + 4);
+            for (i, c) in numbers.iter().enumerate() {
+                let want = if i % 3 == 0 { names[i].as_str() } else { "" };
+                assert_eq!(ids.name(*c), want, "number {i}");
+            }
+            assert_eq!(ids.name(late[0]), "");
+            assert_eq!(ids.name(late[4]), "late-4");
+        };
+        check(&ids);
+        let delta = delta::in_form(Form::Delta, || postcard::to_stdvec(&ids).unwrap());
+        // A base after the releases, and the old base plus the delta, read the same.
+        let base_now = delta::in_form(Form::Base, || postcard::to_stdvec(&ids).unwrap());
+        let from_base: CustomerIds =
+            delta::in_form(Form::Base, || postcard::from_bytes(&base_now).unwrap());
+        let mut chained: CustomerIds =
+            delta::in_form(Form::Base, || postcard::from_bytes(&base).unwrap());
+        let d: CustomerIds = delta::in_form(Form::Delta, || postcard::from_bytes(&delta).unwrap());
+        chained.merge(d).unwrap();
+        for mut restored in [ids.clone(), from_base, chained] {
+            check(&restored);
+            // A released customer coming back gets a new number; kept ones keep theirs.
+            assert_eq!(restored.get(&names[3]), numbers[3]);
+            assert_eq!(restored.get(&names[1]), CustomerId::from_index(3005));
+        }
     }
 }

@@ -335,6 +335,11 @@ impl<K: Hash + Eq + Clone> SharedDistinct<K> {
         });
     }
 
+    /// Whether `k` is remembered (it had an event recently enough to matter).
+    pub fn contains(&self, k: &K) -> bool {
+        self.keys.get(k).is_some()
+    }
+
     /// Keys currently remembered.
     pub fn keys(&self) -> usize {
         self.keys.len()
