@@ -10,6 +10,8 @@
 //! key, the value and what is allowed. Reading schema files happens later, in
 //! [`Config::decoder_config`], where a missing file is also reported by key.
 
+pub mod kafka;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,10 @@
 //! Output records: the Avro `EngagementSnapshot` and dead-letter records (headers of SPEC §1).
 //!
-//! Encoding is pure; producing to Kafka happens in `source::kafka`. Snapshots
+//! Encoding is pure; [`kafka`] sends the encoded records. Snapshots
 //! use Avro single-object encoding (`C3 01` + CRC-64-AVRO fingerprint + datum),
 //! so a consumer can tell the writer schema without a registry.
+
+pub mod kafka;
 
 use std::sync::LazyLock;
 

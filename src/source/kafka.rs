@@ -1,4 +1,4 @@
-//! Kafka edge: consumer group in, dead letters and snapshots out, offsets after apply.
+//! Kafka edge: the consumer group in, records applied in batches on every core, offsets stored after apply.
 //!
 //! Every record goes through [`Pipeline::handle_record`]; a rejected record is
 //! written to the dead-letter topic (original key, value and headers plus the
@@ -11,30 +11,28 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::statistics::Statistics;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::Producer;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Message, TopicPartitionList};
 
 use super::background::Background;
 use super::checkpointer::{Checkpointer, Write};
+use super::consumer::{commit_offsets, consumer, now_ms};
 use crate::config::Config;
-use crate::event::Millis;
+use crate::config::kafka::{apply_user_settings, client_config};
 use crate::http::Health;
 use crate::pipeline::Pipeline;
 use crate::sink;
+use crate::sink::kafka::{OutputProducer, dead_letter, producer};
 use crate::state::{Rejection, TopicPartition};
 
 /// Why the Kafka edge stopped with an error (who must act: the operator).
@@ -58,282 +56,6 @@ pub enum SourceError {
     ShutdownTimeout(Duration),
     #[error("checkpointing: {0}")]
     Checkpoint(String),
-}
-
-fn now_ms() -> Millis {
-    chrono::Utc::now().timestamp_millis()
-}
-
-fn tps(list: &TopicPartitionList) -> Vec<TopicPartition> {
-    list.elements()
-        .iter()
-        .map(|e| TopicPartition::new(e.topic(), e.partition()))
-        .collect()
-}
-
-/// Consumer context: rebalances checkpoint, restore and hand over task state;
-/// statistics feed the lag gauge.
-pub struct EngagedContext {
-    pipeline: Arc<Pipeline>,
-    checkpointer: Arc<Checkpointer>,
-    health: Arc<Health>,
-    restore_timeout: Duration,
-    /// A failure the consumer loop must stop on (restore or checkpoint on revoke).
-    fatal: Mutex<Option<String>>,
-    /// Tasks of the last assignment: only those can be kept through a rebalance.
-    owned: Mutex<Vec<i32>>,
-    /// Rebalances seen: records received before one are not applied after it.
-    rebalances: std::sync::atomic::AtomicU64,
-}
-
-impl EngagedContext {
-    fn fail(&self, why: String) {
-        tracing::error!(error = %why, "stopping");
-        self.health.set_not_ready(why.clone());
-        *self.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-    }
-
-    fn take_fatal(&self) -> Option<String> {
-        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
-
-impl ClientContext for EngagedContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.health.set_brokers_up(false);
-        }
-        tracing::warn!(%error, reason, "Kafka client");
-    }
-
-    fn stats(&self, stats: Statistics) {
-        let up = stats.brokers.values().any(|b| b.state == "UP");
-        self.health.set_brokers_up(up);
-        let lag = &self.pipeline.telemetry().consumer_lag;
-        for (topic, t) in &stats.topics {
-            for (partition, p) in &t.partitions {
-                if *partition < 0 {
-                    continue;
-                }
-                // Lag behind what was applied: the high watermark of the fetch responses
-                // (right on every broker, unlike ListOffsets on Tansu) minus our position.
-                let tp = TopicPartition::new(topic, *partition);
-                let v = match self.checkpointer.applied_offset(&tp) {
-                    Some(applied) if p.hi_offset >= 0 => (p.hi_offset - applied).max(0),
-                    _ => p.consumer_lag,
-                };
-                // Idle means silent *and* caught up: a stalled consumer is not idle.
-                if p.hi_offset >= 0 {
-                    let applied = self.checkpointer.applied_offset(&tp).unwrap_or(0);
-                    self.pipeline.set_caught_up(&tp, applied >= p.hi_offset);
-                }
-                if v >= 0 {
-                    lag.with_label_values(&[topic, &partition.to_string()])
-                        .set(v);
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for EngagedContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.rebalances
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        match rebalance {
-            Rebalance::Revoke(list) => self.on_revoke(consumer, list),
-            // Before librdkafka applies the assignment: the tasks are restored and every
-            // partition's start offset is set in the list it is about to assign.
-            Rebalance::Assign(list) => self.on_assign(list),
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-        }
-    }
-}
-
-impl EngagedContext {
-    fn on_revoke(&self, consumer: &BaseConsumer<Self>, list: &TopicPartitionList) {
-        let revoked = tps(list);
-        tracing::info!(partitions = ?revoked.iter().map(|t| t.to_string()).collect::<Vec<_>>(), "revoked");
-        // Checkpoint and commit before another member takes over; the state stays
-        // in memory in case the same tasks come back in this rebalance.
-        let tasks: Vec<i32> = task_numbers(&revoked);
-        match self
-            .checkpointer
-            .checkpoint(&self.pipeline, Some(&tasks), Write::Wait)
-        {
-            Ok(commit) => commit_offsets(consumer, &commit),
-            Err(e) => self.fail(format!("checkpoint on revoke failed: {e}")),
-        }
-        self.pipeline.revoke(&revoked);
-    }
-
-    fn on_assign(&self, list: &TopicPartitionList) {
-        let assigned = tps(list);
-        tracing::info!(partitions = ?assigned.iter().map(|t| t.to_string()).collect::<Vec<_>>(), "assigned");
-        let owned: Vec<i32> = task_numbers(&assigned);
-        // Kept: tasks this member owned in its last assignment and still holds; any
-        // other state in memory is dropped and restored from its checkpoint.
-        let previous = std::mem::take(&mut *self.owned.lock().unwrap_or_else(|e| e.into_inner()));
-        let in_memory = self.pipeline.engine().tasks();
-        let held: Vec<i32> = in_memory
-            .iter()
-            .copied()
-            .filter(|t| previous.contains(t) && owned.contains(t))
-            .collect();
-        let dropped: Vec<i32> = in_memory
-            .iter()
-            .copied()
-            .filter(|t| !held.contains(t))
-            .collect();
-        for t in &dropped {
-            self.pipeline.engine().drop_task(*t);
-        }
-        self.checkpointer.forget(&dropped);
-        *self.owned.lock().unwrap_or_else(|e| e.into_inner()) = owned.clone();
-        let new: Vec<i32> = owned
-            .iter()
-            .copied()
-            .filter(|t| !held.contains(t))
-            .collect();
-        // Kept tasks resume after what they applied (the group's committed offset may
-        // lag behind: a commit refused during the rebalance).
-        let kept: Vec<TopicPartition> = assigned
-            .iter()
-            .filter(|tp| held.contains(&tp.partition))
-            .cloned()
-            .collect();
-        let mut start = self.checkpointer.keep(&kept);
-        tracing::info!(owned = ?owned, held = ?held, new = ?new, "tasks after assignment");
-        self.pipeline.assign(&assigned, now_ms());
-        if !new.is_empty() {
-            self.health
-                .set_not_ready(format!("restoring tasks {new:?}"));
-            match self
-                .checkpointer
-                .restore(&self.pipeline, &new, self.restore_timeout)
-            {
-                Ok(restored) => {
-                    start.extend(restored);
-                    self.health.set_ready();
-                }
-                Err(e) => self.fail(format!("restoring tasks {new:?} failed: {e}")),
-            }
-        }
-        // Seek to the checkpoints' offsets: whatever the group committed, a restored
-        // task continues exactly after the last record its state contains.
-        for mut e in list.elements() {
-            let tp = TopicPartition::new(e.topic(), e.partition());
-            if let Some(offset) = start.get(&tp)
-                && let Err(err) = e.set_offset(*offset)
-            {
-                self.fail(format!("cannot start {tp} at {offset:?}: {err}"));
-            }
-        }
-    }
-}
-
-fn task_numbers(tps: &[TopicPartition]) -> Vec<i32> {
-    let mut v: Vec<i32> = tps.iter().map(|tp| tp.partition).collect();
-    v.sort();
-    v.dedup();
-    v
-}
-
-fn commit_offsets<C: ConsumerContext>(consumer: &impl Consumer<C>, offsets: &[(String, i32, i64)]) {
-    if offsets.is_empty() {
-        return;
-    }
-    let mut list = TopicPartitionList::new();
-    for (topic, partition, offset) in offsets {
-        if let Err(e) =
-            list.add_partition_offset(topic, *partition, rdkafka::Offset::Offset(*offset))
-        {
-            tracing::warn!(error = %e, %topic, partition, offset, "cannot commit");
-        }
-    }
-    let offsets = &list;
-    // Asynchronous: a coordinator that is moving must not stall the consumer loop, and
-    // the checkpoint, not the group commit, is what restore relies on.
-    if let Err(e) = consumer.commit(offsets, CommitMode::Async) {
-        // The checkpoint holds the offsets that matter; the group commit only saves re-reading.
-        tracing::warn!(error = %e, "committing checkpointed offsets");
-    }
-}
-
-fn client_config(cfg: &Config) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.bootstrap_servers);
-    c
-}
-
-/// The operator's librdkafka settings win over ours: common ones, then the role's own.
-fn apply_user_settings(
-    c: &mut ClientConfig,
-    common: &BTreeMap<String, String>,
-    role: &BTreeMap<String, String>,
-) {
-    for (k, v) in common.iter().chain(role) {
-        c.set(k, v);
-    }
-}
-
-/// Builds the consumer group member (not yet subscribed).
-pub fn consumer(
-    cfg: &Config,
-    pipeline: Arc<Pipeline>,
-    checkpointer: Arc<Checkpointer>,
-    health: Arc<Health>,
-) -> Result<StreamConsumer<EngagedContext>, KafkaError> {
-    let mut c = client_config(cfg);
-    // Offsets are committed only together with a checkpoint (SPEC §5).
-    c.set("group.id", &cfg.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        // `range` keeps partition N of every input topic on one member (co-partitioning).
-        .set("partition.assignment.strategy", "range")
-        // librdkafka stops fetching for `fetch.queue.backoff.ms` (default 1 s) once its
-        // local queue holds `queued.min.messages`; engaged drains that queue faster
-        // than it refills, so with the default it idled most of the time (measured:
-        // 110 k msg/s, 221 k with 10 ms on the same topics). `[kafka_consumer]` overrides.
-        .set("fetch.queue.backoff.ms", "10")
-        .set(
-            "statistics.interval.ms",
-            cfg.statistics_interval.as_millis().to_string(),
-        );
-    apply_user_settings(&mut c, &cfg.kafka, &cfg.kafka_consumer);
-    c.create_with_context(EngagedContext {
-        pipeline,
-        checkpointer,
-        health,
-        restore_timeout: cfg.restore_timeout,
-        fatal: Mutex::new(None),
-        owned: Mutex::new(vec![]),
-        rebalances: std::sync::atomic::AtomicU64::new(0),
-    })
-}
-
-/// The output producer's context: its view of the brokers feeds readiness too (it
-/// notices an outage at once, the consumer only at its next fetch).
-pub struct ProducerHealth(Arc<Health>);
-
-impl ClientContext for ProducerHealth {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.0.set_brokers_up(false);
-        }
-        tracing::warn!(%error, reason, "Kafka producer");
-    }
-}
-
-/// The producer of snapshots, dead letters and customer risks.
-pub type OutputProducer = FutureProducer<ProducerHealth>;
-
-pub fn producer(cfg: &Config, health: Arc<Health>) -> Result<OutputProducer, KafkaError> {
-    let mut c = client_config(cfg);
-    c.set("linger.ms", "5");
-    apply_user_settings(&mut c, &cfg.kafka, &cfg.kafka_producer);
-    c.create_with_context(ProducerHealth(health))
 }
 
 /// SPEC §1 co-partitioning: every input topic exists with one partition count.
@@ -427,77 +149,6 @@ async fn ensure_checkpoint_topic<C: ConsumerContext>(
     Err(SourceError::MissingCheckpointTopic(topic.clone()))
 }
 
-/// Writes a rejected record to the dead-letter topic, retrying until delivered or shut down.
-async fn dead_letter(
-    producer: &OutputProducer,
-    topic: &str,
-    msg: &BorrowedMessage<'_>,
-    tp: &TopicPartition,
-    rejection: &Rejection,
-) -> Result<(), KafkaError> {
-    let mut headers = OwnedHeaders::new();
-    if let Some(h) = msg.headers() {
-        for i in 0..h.count() {
-            let orig = h.get(i);
-            headers = headers.insert(Header {
-                key: orig.key,
-                value: orig.value,
-            });
-        }
-    }
-    for (k, v) in sink::dead_letter_headers(tp, msg.offset(), rejection) {
-        headers = headers.insert(Header {
-            key: k,
-            value: Some(v.as_bytes()),
-        });
-    }
-    let mut attempt = 0u32;
-    loop {
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(topic).headers(headers.clone());
-        if let Some(k) = msg.key() {
-            record = record.key(k);
-        }
-        if let Some(p) = msg.payload() {
-            record = record.payload(p);
-        }
-        match producer.send(record, Duration::from_secs(10)).await {
-            Ok(_) => return Ok(()),
-            Err((e, _)) if attempt < 5 => {
-                attempt += 1;
-                tracing::warn!(error = %e, attempt, "dead-letter write failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
-            }
-            Err((e, _)) => return Err(e),
-        }
-    }
-}
-
-/// Publishes the customer-risk records of the last sweeps (at-least-once).
-async fn publish_customer_risks(pipeline: &Pipeline, producer: &OutputProducer, topic: &str) {
-    let changes = pipeline.take_risk_changes();
-    let mut deliveries = vec![];
-    for r in &changes {
-        match sink::customer_risk_record(r) {
-            Ok(bytes) => {
-                let record = FutureRecord::to(topic).key(&r.customer_id).payload(&bytes);
-                match producer.send_result(record) {
-                    Ok(f) => deliveries.push(f),
-                    Err((e, _)) => tracing::warn!(error = %e, "customer-risk record not enqueued"),
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "customer-risk record not encodable"),
-        }
-    }
-    tokio::spawn(async move {
-        for d in deliveries {
-            if let Ok(Err((e, _))) = d.await {
-                tracing::warn!(error = %e, "customer-risk delivery failed");
-            }
-        }
-    });
-}
-
 /// Publishes a snapshot round: Prometheus (via telemetry) and the snapshot topic.
 async fn publish_snapshots(
     pipeline: &Pipeline,
@@ -525,31 +176,7 @@ async fn publish_snapshots(
     } else {
         health.set_ready();
     }
-    let mut deliveries = vec![];
-    for s in &snaps {
-        match sink::snapshot_record(s) {
-            Ok(bytes) => {
-                let key = sink::snapshot_key(s);
-                let record = FutureRecord::to(topic).key(&key).payload(&bytes);
-                match producer.send_result(record) {
-                    Ok(f) => deliveries.push(f),
-                    Err((e, _)) => tracing::warn!(error = %e, "snapshot not enqueued"),
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "snapshot not encodable"),
-        }
-    }
-    // Not awaited in the consumer loop: while brokers are away deliveries wait for
-    // `message.timeout.ms`, and the loop must keep polling (callbacks, readiness).
-    tokio::spawn(async move {
-        for d in deliveries {
-            match d.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => tracing::warn!(error = %e, "snapshot delivery failed"),
-                Err(_) => tracing::warn!("snapshot delivery cancelled"),
-            }
-        }
-    });
+    sink::kafka::send_snapshots(producer, topic, &snaps);
 }
 
 /// Runs the sidecar until `shutdown` resolves, then shuts down gracefully (SPEC §5).
@@ -731,7 +358,11 @@ pub async fn run(
             Step::Shutdown => break,
             Step::Snapshot => {
                 publish_snapshots(&pipeline, &producer, &cfg.snapshot_topic, &health).await;
-                publish_customer_risks(&pipeline, &producer, &cfg.customer_risk_topic).await;
+                sink::kafka::send_customer_risks(
+                    &producer,
+                    &cfg.customer_risk_topic,
+                    pipeline.take_risk_changes(),
+                );
                 // A round written in the background: commit its offsets once acknowledged.
                 let commit = checkpointer
                     .collect(&pipeline, false)
@@ -792,7 +423,11 @@ pub async fn run(
     tracing::info!("shutting down: final snapshot, checkpoint, commit, leave group");
     let graceful = async {
         publish_snapshots(&pipeline, &producer, &cfg.snapshot_topic, &health).await;
-        publish_customer_risks(&pipeline, &producer, &cfg.customer_risk_topic).await;
+        sink::kafka::send_customer_risks(
+            &producer,
+            &cfg.customer_risk_topic,
+            pipeline.take_risk_changes(),
+        );
         health.set_not_ready("shutting down");
         let commit = checkpointer
             .checkpoint(&pipeline, None, Write::Wait)

@@ -2,4 +2,5 @@
 
 pub mod background;
 pub mod checkpointer;
+pub mod consumer;
 pub mod kafka;
