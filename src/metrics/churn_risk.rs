@@ -486,6 +486,50 @@ pub fn fit(
     ))
 }
 
+/// The churn-risk family: ORDERs into repeat-purchase histories; sweeps count crossings.
+impl super::family::Family for RiskState {
+    fn on_event(&mut self, event: &crate::event::Event, customer: Option<CustomerId>) {
+        if let (crate::event::Event::Purchase(p), Some(c)) = (event, customer)
+            && p.kind == crate::event::PurchaseType::Order
+        {
+            self.on_order(c, p.event_time, p.amount_minor);
+        }
+    }
+
+    fn collect(
+        &mut self,
+        idx: usize,
+        start: Millis,
+        end: Millis,
+        into: &mut super::family::WindowAggregates,
+    ) {
+        into.risk_crossings += RiskState::collect(self, idx, start, end);
+    }
+
+    fn evict(&mut self, idx: usize, start: Millis, _end: Millis, _lower_bound: Option<Millis>) {
+        RiskState::evict(self, idx, start);
+    }
+
+    fn account(&self, size: &mut crate::state::memory::StateSize) {
+        size.add(
+            crate::state::memory::StateKind::WindowBucket,
+            self.buckets(),
+        );
+    }
+
+    fn size(&self) -> usize {
+        self.customers()
+    }
+
+    fn holds(&self, c: CustomerId) -> bool {
+        RiskState::holds(self, c)
+    }
+
+    fn forget(&mut self, c: CustomerId) {
+        RiskState::forget(self, c);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -181,6 +181,46 @@ impl Merge for CommerceState {
     }
 }
 
+/// The commerce family: Purchase events.
+impl super::family::Family for CommerceState {
+    fn on_event(&mut self, event: &crate::event::Event, customer: Option<CustomerId>) {
+        if let (crate::event::Event::Purchase(p), Some(c)) = (event, customer) {
+            CommerceState::on_event(self, p, c);
+        }
+    }
+
+    fn collect(
+        &mut self,
+        idx: usize,
+        start: Millis,
+        end: Millis,
+        into: &mut super::family::WindowAggregates,
+    ) {
+        into.purchasing_customers +=
+            CommerceState::collect(self, idx, start, end, &mut into.commerce);
+    }
+
+    fn evict(&mut self, idx: usize, start: Millis, end: Millis, lower_bound: Option<Millis>) {
+        CommerceState::evict(self, idx, start, end, lower_bound);
+    }
+
+    fn account(&self, size: &mut crate::state::memory::StateSize) {
+        CommerceState::account(self, size);
+    }
+
+    fn size(&self) -> usize {
+        CommerceState::size(self)
+    }
+
+    fn holds(&self, c: CustomerId) -> bool {
+        CommerceState::holds(self, c)
+    }
+
+    fn forget(&mut self, c: CustomerId) {
+        CommerceState::forget(self, c);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -201,6 +201,53 @@ impl Merge for CustomerState {
     }
 }
 
+/// The customers family: activity of any event with a customer.
+impl super::family::Family for CustomerState {
+    fn on_event(&mut self, event: &crate::event::Event, customer: Option<CustomerId>) {
+        if let Some(c) = customer {
+            self.on_activity(c, event.event_time());
+        }
+    }
+
+    fn on_watermark(&mut self, w: Millis) {
+        CustomerState::on_watermark(self, w);
+    }
+
+    fn collect(
+        &mut self,
+        idx: usize,
+        start: Millis,
+        end: Millis,
+        into: &mut super::family::WindowAggregates,
+    ) {
+        let c = CustomerState::collect(self, idx, start, end);
+        let total = &mut into.customers;
+        total.active_customers += c.active_customers;
+        total.churned_customers += c.churned_customers;
+        total.customers_at_start += c.customers_at_start;
+    }
+
+    fn evict(&mut self, idx: usize, start: Millis, end: Millis, lower_bound: Option<Millis>) {
+        CustomerState::evict(self, idx, start, end, lower_bound);
+    }
+
+    fn account(&self, size: &mut crate::state::memory::StateSize) {
+        CustomerState::account(self, size);
+    }
+
+    fn size(&self) -> usize {
+        CustomerState::size(self)
+    }
+
+    fn restored(&mut self) {
+        CustomerState::restored(self);
+    }
+
+    fn holds(&self, c: CustomerId) -> bool {
+        CustomerState::holds(self, c)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -400,6 +400,56 @@ impl Merge for EmailState {
     }
 }
 
+/// The email family: message events, and ORDERs for attribution.
+impl super::family::Family for EmailState {
+    fn on_event(&mut self, event: &crate::event::Event, _customer: Option<super::CustomerId>) {
+        match event {
+            crate::event::Event::Email(e) => EmailState::on_event(self, e),
+            crate::event::Event::Purchase(p) if p.kind == crate::event::PurchaseType::Order => {
+                self.on_order(&p.customer_id, p.event_time);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_watermark(&mut self, w: Millis) {
+        self.forget_before(w);
+    }
+
+    fn collect(
+        &mut self,
+        idx: usize,
+        start: Millis,
+        end: Millis,
+        into: &mut super::family::WindowAggregates,
+    ) {
+        EmailState::collect(
+            self,
+            idx,
+            start,
+            end,
+            &mut into.email,
+            &mut into.email_by_campaign,
+        );
+    }
+
+    fn evict(&mut self, idx: usize, start: Millis, _end: Millis, _lower_bound: Option<Millis>) {
+        EmailState::evict(self, idx, start);
+    }
+
+    fn account(&self, size: &mut crate::state::memory::StateSize) {
+        EmailState::account(self, size);
+    }
+
+    fn size(&self) -> usize {
+        EmailState::size(self)
+    }
+
+    fn restored(&mut self) {
+        EmailState::restored(self);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ pub mod churn_risk;
 pub mod commerce;
 pub mod customers;
 pub mod email;
+pub mod family;
 pub mod survey;
 pub mod web;
 

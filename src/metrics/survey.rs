@@ -102,3 +102,37 @@ impl SurveyState {
         self.windows.iter().map(|w| w.len()).sum()
     }
 }
+
+/// The survey family: SurveyResponse events.
+impl super::family::Family for SurveyState {
+    fn on_event(&mut self, event: &crate::event::Event, _customer: Option<super::CustomerId>) {
+        if let crate::event::Event::Survey(s) = event {
+            SurveyState::on_event(self, s);
+        }
+    }
+
+    fn collect(
+        &mut self,
+        idx: usize,
+        start: Millis,
+        end: Millis,
+        into: &mut super::family::WindowAggregates,
+    ) {
+        SurveyState::collect(self, idx, start, end, &mut into.survey);
+    }
+
+    fn evict(&mut self, idx: usize, start: Millis, _end: Millis, _lower_bound: Option<Millis>) {
+        SurveyState::evict(self, idx, start);
+    }
+
+    fn account(&self, size: &mut crate::state::memory::StateSize) {
+        size.add(
+            crate::state::memory::StateKind::WindowBucket,
+            self.buckets(),
+        );
+    }
+
+    fn size(&self) -> usize {
+        SurveyState::size(self)
+    }
+}

@@ -530,6 +530,41 @@ impl WebState {
     }
 }
 
+/// The web family: sessions from page views (see the module docs).
+impl super::family::Family for WebState {
+    fn on_event(&mut self, event: &crate::event::Event, _customer: Option<super::CustomerId>) {
+        if let crate::event::Event::PageView(pv) = event {
+            self.on_view(pv);
+        }
+    }
+
+    fn on_watermark(&mut self, w: Millis) {
+        WebState::on_watermark(self, w);
+    }
+
+    fn collect(
+        &mut self,
+        idx: usize,
+        start: Millis,
+        end: Millis,
+        into: &mut super::family::WindowAggregates,
+    ) {
+        WebState::collect(self, idx, start, end, &mut into.web);
+    }
+
+    fn evict(&mut self, idx: usize, start: Millis, _end: Millis, _lower_bound: Option<Millis>) {
+        WebState::evict(self, idx, start);
+    }
+
+    fn account(&self, size: &mut crate::state::memory::StateSize) {
+        WebState::account(self, size);
+    }
+
+    fn size(&self) -> usize {
+        WebState::size(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,12 +24,10 @@ use serde::Serialize;
 
 use crate::checkpoint::delta::{self, Form, Merge};
 use crate::event::{EmailEventType, Event, InvalidEvent, Millis, PurchaseType};
-use crate::metrics::churn_risk::{RiskModel, RiskState, Sweep};
-use crate::metrics::commerce::{CommerceCounts, CommerceState};
-use crate::metrics::customers::{CustomerCounts, CustomerState};
-use crate::metrics::email::{EmailCounts, EmailState};
-use crate::metrics::survey::{SurveyCounts, SurveyState};
-use crate::metrics::web::{DurationHistogram, WebCounts, WebState};
+use crate::metrics::churn_risk::{RiskModel, Sweep};
+pub use crate::metrics::family::WindowAggregates;
+use crate::metrics::family::{Families, FamilyConfig};
+use crate::metrics::web::DurationHistogram;
 use crate::metrics::{CustomerId, CustomerIds, Dim};
 use crate::time::PartitionClock;
 use crate::window::WindowSpec;
@@ -219,12 +217,8 @@ pub struct TaskState {
     /// The instance watermark this task's windows were last evicted at: no
     /// snapshot may be taken before it (restored with the state).
     evicted_at: Option<Millis>,
-    web: WebState,
-    email: EmailState,
-    commerce: CommerceState,
-    survey: SurveyState,
-    customers: CustomerState,
-    risk: RiskState,
+    /// Every metric family, driven through [`Family`] (in this order on disk).
+    families: Families,
     customer_ids: CustomerIds,
     /// The closing watermark the families last saw (`None` inside: not yet).
     #[serde(skip)]
@@ -239,16 +233,13 @@ impl TaskState {
         TaskState {
             inputs: BTreeMap::new(),
             evicted_at: None,
-            web: WebState::new(&cfg.windows, cfg.session_timeout_ms),
-            email: EmailState::new(
-                &cfg.windows,
-                cfg.email_dedup_ttl_ms,
-                cfg.attribution_window_ms,
-            ),
-            commerce: CommerceState::new(&cfg.windows),
-            survey: SurveyState::new(&cfg.windows),
-            customers: CustomerState::new(&cfg.windows, cfg.churn_horizon_ms),
-            risk: RiskState::new(&cfg.windows),
+            families: Families::new(FamilyConfig {
+                windows: &cfg.windows,
+                session_timeout_ms: cfg.session_timeout_ms,
+                email_dedup_ttl_ms: cfg.email_dedup_ttl_ms,
+                attribution_window_ms: cfg.attribution_window_ms,
+                churn_horizon_ms: cfg.churn_horizon_ms,
+            }),
             customer_ids: CustomerIds::default(),
             closed_at: None,
             expired_at: None,
@@ -257,8 +248,10 @@ impl TaskState {
 
     /// Rebuilds what is derived from the saved state, after a restore.
     fn restored(&mut self) {
-        self.customers.restored();
-        self.email.restored();
+        self.families
+            .all_mut()
+            .into_iter()
+            .for_each(|f| f.restored());
     }
 
     /// The task's closing watermark: no input of the task can still deliver an
@@ -332,47 +325,35 @@ impl TaskState {
         if let Some(w) = input.clock.watermark(lateness) {
             input.dedup.sweep(w);
         }
-        let activity: Option<&str> = match event {
-            Event::PageView(pv) => {
-                self.web.on_view(pv);
-                pv.customer_id.as_deref()
-            }
-            Event::Email(e) => {
-                self.email.on_event(e);
-                match e.kind {
-                    EmailEventType::Sent | EmailEventType::Delivered | EmailEventType::Bounced => {
-                        None
-                    }
-                    _ => Some(&e.customer_id),
-                }
-            }
-            Event::Purchase(p) => {
-                let customer = self.customer_ids.get(&p.customer_id);
-                // `state_ttl`: an ORDER more than the TTL after the customer's last one
-                // starts over (first ORDER, new history), whether or not the memory
-                // pass ([`Engine::evict`]) has removed the old one yet.
-                if p.kind == PurchaseType::Order
-                    && let Some(ttl) = cfg.state_ttl_ms
-                    && self.risk.last_order(customer).is_some_and(|l| t - l > ttl)
-                {
-                    self.risk.forget(customer);
-                    self.commerce.forget(customer);
-                }
-                self.commerce.on_event(p, customer);
-                if p.kind == PurchaseType::Order {
-                    self.email.on_order(&p.customer_id, t);
-                    self.risk.on_order(customer, t, p.amount_minor);
-                }
-                Some(&p.customer_id)
-            }
-            Event::Survey(s) => {
-                self.survey.on_event(s);
-                s.customer_id.as_deref()
-            }
+        // The customer this event is activity of (SPEC §3 Customers), or the buyer.
+        let name: Option<&str> = match event {
+            Event::PageView(pv) => pv.customer_id.as_deref(),
+            Event::Email(e) => match e.kind {
+                EmailEventType::Sent | EmailEventType::Delivered | EmailEventType::Bounced => None,
+                _ => Some(&e.customer_id),
+            },
+            Event::Purchase(p) => Some(&p.customer_id),
+            Event::Survey(s) => s.customer_id.as_deref(),
         };
-        if let Some(c) = activity {
-            let customer = self.customer_ids.get(c);
-            self.customers.on_activity(customer, t);
+        let customer = name.map(|n| self.customer_ids.get(n));
+        // `state_ttl`: an ORDER more than the TTL after the customer's last one
+        // starts over (first ORDER, new history), whether or not the memory pass
+        // ([`Engine::evict`]) has removed the old one yet.
+        if let (Event::Purchase(p), Some(c), Some(ttl)) = (event, customer, cfg.state_ttl_ms)
+            && p.kind == PurchaseType::Order
+            && self
+                .families
+                .risk
+                .last_order(c)
+                .is_some_and(|l| t - l > ttl)
+        {
+            self.families
+                .all_mut()
+                .into_iter()
+                .for_each(|f| f.forget(c));
+        }
+        for f in self.families.all_mut() {
+            f.on_event(event, customer);
         }
         // What closes at a watermark `w` (sessions at `last + timeout`, churn at
         // `last + horizon`, orders before `w`) lies after every event at or after
@@ -394,17 +375,18 @@ impl TaskState {
             return;
         }
         self.expired_at = Some(f);
-        for c in self.risk.expire_before(f - ttl) {
-            self.commerce.forget(c);
+        for c in self.families.risk.expire_before(f - ttl) {
+            self.families
+                .all_mut()
+                .into_iter()
+                .for_each(|f| f.forget(c));
         }
         // Numbers no family holds anything for any more (also those a restore
         // brought back without state) leave the id table.
         for i in 0..u32::try_from(self.customer_ids.len()).unwrap_or(u32::MAX) {
             let c = CustomerId::from_index(i);
             if !self.customer_ids.name(c).is_empty()
-                && !self.risk.holds(c)
-                && !self.commerce.holds(c)
-                && !self.customers.holds(c)
+                && !self.families.all().iter().any(|f| f.holds(c))
             {
                 self.customer_ids.release(c);
             }
@@ -419,9 +401,10 @@ impl TaskState {
     fn close_at(&mut self, w: Option<Millis>) {
         self.closed_at = Some(w);
         if let Some(w) = w {
-            self.web.on_watermark(w);
-            self.customers.on_watermark(w);
-            self.email.forget_before(w);
+            self.families
+                .all_mut()
+                .into_iter()
+                .for_each(|f| f.on_watermark(w));
         }
     }
 }
@@ -431,12 +414,7 @@ impl Merge for TaskState {
         let TaskState {
             inputs,
             evicted_at,
-            web,
-            email,
-            commerce,
-            survey,
-            customers,
-            risk,
+            families,
             customer_ids,
             closed_at: _,
             expired_at: _,
@@ -450,21 +428,15 @@ impl Merge for TaskState {
                 }
             }
         }
-        (self.evicted_at, self.web, self.survey) = (evicted_at, web, survey);
-        self.email.merge(email)?;
-        self.commerce.merge(commerce)?;
-        self.customers.merge(customers)?;
-        self.risk.merge(risk)?;
+        self.evicted_at = evicted_at;
+        self.families.merge(families)?;
         self.closed_at = None;
         self.customer_ids.merge(customer_ids)
     }
 
     fn saved(&mut self) {
         self.inputs.values_mut().for_each(Merge::saved);
-        self.email.saved();
-        self.commerce.saved();
-        self.customers.saved();
-        self.risk.saved();
+        self.families.saved();
         self.customer_ids.saved();
     }
 }
@@ -589,21 +561,6 @@ fn parallel_map<T: Sync, R: Send>(
 
 /// Customers a rescoring sweep scores per lock of a task (about 1 µs each).
 pub const RESCORE_CHUNK: u32 = 4096;
-
-/// Window aggregates of the whole instance for one window.
-#[derive(Debug, Clone, Default)]
-pub struct WindowAggregates {
-    /// Web, per dimension (`all`, sites, channels).
-    pub web: HashMap<Dim, WebCounts>,
-    pub email: EmailCounts,
-    pub email_by_campaign: HashMap<Arc<str>, EmailCounts>,
-    pub commerce: CommerceCounts,
-    pub purchasing_customers: i64,
-    pub survey: SurveyCounts,
-    pub customers: CustomerCounts,
-    /// Customers whose churn risk crossed `risk_threshold` upward in the window.
-    pub risk_crossings: i64,
-}
 
 impl Engine {
     pub fn new(cfg: CoreConfig) -> Engine {
@@ -804,17 +761,9 @@ impl Engine {
                 let Some((start, end)) = *b else {
                     continue;
                 };
-                task.web.collect(idx, start, end, &mut agg.web);
-                task.email
-                    .collect(idx, start, end, &mut agg.email, &mut agg.email_by_campaign);
-                agg.purchasing_customers +=
-                    task.commerce.collect(idx, start, end, &mut agg.commerce);
-                task.survey.collect(idx, start, end, &mut agg.survey);
-                let c = task.customers.collect(idx, start, end);
-                agg.customers.active_customers += c.active_customers;
-                agg.customers.churned_customers += c.churned_customers;
-                agg.customers.customers_at_start += c.customers_at_start;
-                agg.risk_crossings += task.risk.collect(idx, start, end);
+                for f in task.families.all_mut() {
+                    f.collect(idx, start, end, agg);
+                }
             }
         }
         aggs
@@ -825,7 +774,7 @@ impl Engine {
         let mut open = HashMap::new();
         for entry in self.tasks.iter() {
             let task = lock(entry.value());
-            task.web.collect_open(&mut open);
+            task.families.web.collect_open(&mut open);
         }
         open
     }
@@ -841,13 +790,13 @@ impl Engine {
         let total: usize = self
             .tasks
             .iter()
-            .map(|t| lock(t.value()).risk.customers())
+            .map(|t| lock(t.value()).families.risk.customers())
             .sum();
         let keep_below = crate::metrics::churn_risk::sample_threshold(sample, total);
         let (mut rfm, mut spend) = (vec![], vec![]);
         for entry in self.tasks.iter() {
             let task = lock(entry.value());
-            task.risk.histories(
+            task.families.risk.histories(
                 &task.customer_ids,
                 at,
                 self.cfg.state_ttl_ms,
@@ -880,7 +829,11 @@ impl Engine {
                     break;
                 }
                 let to = len.min(from.saturating_add(RESCORE_CHUNK));
-                sweep.merge(task.risk.rescore_range(&task.customer_ids, from..to, r));
+                sweep.merge(
+                    task.families
+                        .risk
+                        .rescore_range(&task.customer_ids, from..to, r),
+                );
                 from = to;
             }
         }
@@ -898,7 +851,7 @@ impl Engine {
         for p in self.tasks() {
             if let Some(task) = self.tasks.get(&p) {
                 let task = lock(task.value());
-                out.extend(task.risk.risks(
+                out.extend(task.families.risk.risks(
                     &task.customer_ids,
                     at,
                     model,
@@ -915,7 +868,7 @@ impl Engine {
         let mut h = DurationHistogram::default();
         for entry in self.tasks.iter() {
             let task = lock(entry.value());
-            h.merge(task.web.histogram());
+            h.merge(task.families.web.histogram());
         }
         h
     }
@@ -928,12 +881,9 @@ impl Engine {
             let lower_bound = task.closing_watermark(&self.cfg);
             for (idx, spec) in self.cfg.windows.iter().enumerate() {
                 let (start, end) = spec.bounds_at(watermark);
-                task.web.evict(idx, start);
-                task.email.evict(idx, start);
-                task.survey.evict(idx, start);
-                task.risk.evict(idx, start);
-                task.commerce.evict(idx, start, end, lower_bound);
-                task.customers.evict(idx, start, end, lower_bound);
+                for f in task.families.all_mut() {
+                    f.evict(idx, start, end, lower_bound);
+                }
             }
             // After the families forgot what they could: numbers left without state are released.
             if let (Some(ttl), Some(f)) = (self.cfg.state_ttl_ms, lower_bound) {
@@ -951,14 +901,7 @@ impl Engine {
             size.add(StateKind::Customer, t.customer_ids.live());
             let ids: usize = t.inputs.values().map(|i| i.dedup.len()).sum();
             size.add(StateKind::EventId, ids);
-            size.add(
-                StateKind::WindowBucket,
-                t.survey.buckets() + t.risk.buckets(),
-            );
-            t.web.account(&mut size);
-            t.email.account(&mut size);
-            t.commerce.account(&mut size);
-            t.customers.account(&mut size);
+            t.families.all().iter().for_each(|f| f.account(&mut size));
         }
         size
     }
@@ -969,12 +912,7 @@ impl Engine {
             .iter()
             .map(|t| {
                 let t = lock(t.value());
-                t.web.size()
-                    + t.email.size()
-                    + t.commerce.size()
-                    + t.survey.size()
-                    + t.customers.size()
-                    + t.risk.customers()
+                t.families.all().iter().map(|f| f.size()).sum::<usize>()
                     + t.customer_ids.len()
                     + t.inputs.values().map(|i| i.dedup.len()).sum::<usize>()
             })
