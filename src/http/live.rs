@@ -296,7 +296,8 @@ const PLOT_RIGHT: f64 = 296.0;
 const PLOT_TOP: f64 = 16.0;
 const PLOT_BOTTOM: f64 = 76.0;
 
-/// A small inline SVG line chart of `points` (wall ms, value) over the hour before `now_ms`.
+/// A small inline SVG line chart of `points` (wall ms, value) over the hour before
+/// `now_ms` (or since the oldest point, if younger).
 fn chart(
     out: &mut String,
     k: &Key,
@@ -304,7 +305,13 @@ fn chart(
     points: &[(Millis, f64)],
     now_ms: Millis,
 ) {
-    let from = now_ms - SPAN_MS;
+    // The last hour, or since the oldest point when the history is younger.
+    let from = points
+        .iter()
+        .map(|p| p.0)
+        .min()
+        .filter(|t| *t < now_ms)
+        .map_or(now_ms - SPAN_MS, |t| t.max(now_ms - SPAN_MS));
     let label = match window {
         Some(w) => format!("{} ({w} window)", k.title),
         None => format!("{} (now)", k.title),
@@ -340,7 +347,7 @@ fn chart(
         let lo = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
         let hi = points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
         let x = |t: Millis| {
-            let share = ((t - from) as f64 / SPAN_MS as f64).clamp(0.0, 1.0);
+            let share = ((t - from) as f64 / (now_ms - from).max(1) as f64).clamp(0.0, 1.0);
             PLOT_LEFT + share * (PLOT_RIGHT - PLOT_LEFT)
         };
         let y = |v: f64| {
@@ -375,9 +382,15 @@ fn chart(
             format_value(Some(lo), k.format)
         );
     }
+    let ago = (now_ms - from).max(0) / 1000;
+    let ago = if ago >= 120 {
+        format!("−{} min", ago / 60)
+    } else {
+        format!("−{ago} s")
+    };
     let _ = write!(
         out,
-        "<text x=\"{PLOT_LEFT}\" y=\"86\" class=\"axis\">−60 min</text></svg></figure>"
+        "<text x=\"{PLOT_LEFT}\" y=\"86\" class=\"axis\">{ago}</text></svg></figure>"
     );
 }
 
@@ -859,7 +872,10 @@ mod tests {
                 .windows(2)
                 .all(|w| w[0].0 < w[1].0 && w[0].1 > w[1].1)
         );
+        // A history younger than an hour spans the whole width, oldest to newest.
+        assert_eq!(coords.first().unwrap(), &(PLOT_LEFT, PLOT_BOTTOM));
         assert_eq!(coords.last().unwrap(), &(PLOT_RIGHT, PLOT_TOP));
+        assert!(svg.contains(">−3 min<"), "{svg}");
         assert!(
             svg.contains("max 12,463") && svg.contains("min 12,445"),
             "{svg}"
