@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use engaged::config::RawConfig;
-use engaged::demo::runner::{self, DemoOptions};
+use engaged::demo::runner::{self, DemoOptions, Scenario};
 use engaged::replay::{self, ReplayOptions};
 
 /// Streaming customer-engagement metrics from Kafka: sessions, bounce rate and more,
@@ -27,7 +27,8 @@ enum Command {
     /// publish snapshots. Stops gracefully on SIGTERM or Ctrl-C.
     Run(RunArgs),
     /// Run everything in-process: a Kafka mock cluster, a traffic generator and the
-    /// sidecar, with /metrics and a live table in the terminal. Ctrl-C exits.
+    /// sidecar, with a live page at /, /metrics and a live table in the terminal.
+    /// `--scenario churn-spike` makes churn risk spike on demand. Ctrl-C exits.
     Demo(DemoArgs),
     /// Replay Avro object container files (one SPEC record type, or a union of them)
     /// as one partition, then print the final snapshot of every window as JSON lines.
@@ -145,12 +146,26 @@ struct RunArgs {
 
 #[derive(Args)]
 struct DemoArgs {
-    /// HTTP address for /metrics, /healthz and /readyz.
+    /// HTTP address for the live page (/), /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:9898")]
     listen: SocketAddr,
-    /// Event-time speed-up: simulated seconds per real second (event time never passes now).
-    #[arg(long, default_value_t = 600.0)]
+    /// Time scale: simulated seconds per real second (event time never passes now).
+    #[arg(
+        long = "time-scale",
+        visible_alias = "speed",
+        value_name = "X",
+        default_value_t = 600.0
+    )]
     speed: f64,
+    /// What the traffic does: `steady`, or `churn-spike` (a cohort stops all activity
+    /// `--spike-after` into the demo; their churn risk crosses the threshold together
+    /// about a day of event time later).
+    #[arg(long, value_name = "SCENARIO", default_value_t = Scenario::Steady)]
+    scenario: Scenario,
+    /// Wall time from the start to the churn spike (`--scenario churn-spike`), e.g. `60s`,
+    /// `5m`; at least 30s.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    spike_after: Duration,
     /// Partitions per input topic.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
@@ -242,6 +257,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(args) => {
             init_logs("warn");
+            anyhow::ensure!(
+                args.speed.is_finite() && args.speed > 0.0,
+                "--time-scale {}: simulated seconds per real second, a number greater than 0",
+                args.speed
+            );
+            anyhow::ensure!(
+                args.scenario != Scenario::ChurnSpike
+                    || args.spike_after >= runner::MIN_SPIKE_AFTER,
+                "--spike-after {}: at least {} (the churn model is first fitted then, before the spike)",
+                humantime::format_duration(args.spike_after),
+                humantime::format_duration(runner::MIN_SPIKE_AFTER)
+            );
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(runner::run(
                 DemoOptions {
@@ -252,6 +279,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .then(|| Duration::from_secs(args.table_every)),
                     duration: args.seconds.map(Duration::from_secs),
                     seed: args.seed,
+                    scenario: args.scenario,
+                    spike_after: args.spike_after,
                 },
                 engaged::app::shutdown_signal(),
             ))?;

@@ -56,6 +56,13 @@
 //!   DELIVERED and BOUNCED (the sender's doing, not activity) continue — which
 //!   is what makes open rates drop in the demo. Before the spike the output is
 //!   identical to a run without spike.
+//! - **Regulars** (optional, [`Regulars`]): extra customers `r-NNNNNN` who only
+//!   place ORDERs, one about every `every` (±10%) from `start` on, until they all
+//!   stop at `silent_from`. Their own rhythm makes their silence unusual soon and
+//!   at about the same time, so their churn risk crosses the threshold in a burst:
+//!   the `churn-spike` scenario of `engaged demo`. They draw from their own RNG, so
+//!   the other customers' events are the same with or without them (event ids and
+//!   order ids aside, which are numbered in order).
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -181,7 +188,24 @@ pub struct GeneratorConfig {
     pub currency: String,
     /// From this time on a cohort (~20%) of customers stops all activity.
     pub churn_spike_at: Option<Millis>,
+    /// Regular buyers who all stop at one time (see [`Regulars`]).
+    pub regulars: Option<Regulars>,
 }
+
+/// A cohort of regular buyers who stop together: the churn-spike scenario.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Regulars {
+    /// How many (customer ids `r-000000`, `r-000001`, …).
+    pub customers: u32,
+    /// Mean time between two ORDERs of one regular (each gap varies by ±10%; the
+    /// first ORDER falls anywhere in the first gap).
+    pub every: Millis,
+    /// From this time on, none of them orders again.
+    pub silent_from: Millis,
+}
+
+/// Seeds the regulars' RNG apart from the main one (`seed` xor this).
+const REGULARS_SEED: u64 = 0x7265_6775_6c61_7273;
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
@@ -193,6 +217,7 @@ impl Default for GeneratorConfig {
             sites: vec!["shop.example".to_string(), "blog.example".to_string()],
             currency: "EUR".to_string(),
             churn_spike_at: None,
+            regulars: None,
         }
     }
 }
@@ -440,6 +465,10 @@ enum Action {
         customer: Option<u32>,
         topic: SurveyTopic,
     },
+    /// The next ORDER of a regular (see [`Regulars`]).
+    RegularOrder {
+        regular: u32,
+    },
 }
 
 struct Scheduled {
@@ -479,6 +508,10 @@ pub struct Generator {
     sites: Vec<String>,
     currency: String,
     churn_spike_at: Option<Millis>,
+    regulars: Option<Regulars>,
+    /// The regulars' own RNG and mean order values.
+    regulars_rng: StdRng,
+    regular_spend: Vec<i64>,
     visitors_per_hour: f64,
     event_prefix: String,
     next_event: u64,
@@ -516,6 +549,9 @@ impl Generator {
             sites,
             currency: cfg.currency,
             churn_spike_at: cfg.churn_spike_at,
+            regulars: None,
+            regulars_rng: StdRng::seed_from_u64(cfg.seed ^ REGULARS_SEED),
+            regular_spend: vec![],
             visitors_per_hour: cfg.visitors_per_hour,
             event_prefix: format!("{:x}-", cfg.seed),
             next_event: 0,
@@ -536,6 +572,15 @@ impl Generator {
             start + 3 * DAY + 10 * HOUR,
             Action::Campaign(CampaignKind::Promo),
         );
+        if let Some(r) = cfg.regulars.filter(|r| r.customers > 0 && r.every > 0) {
+            for i in 0..r.customers {
+                let first = g.regulars_rng.random_range(0..r.every);
+                let spend = g.regulars_rng.random_range(1_500..4_000);
+                g.regular_spend.push(spend);
+                g.schedule(start + first, Action::RegularOrder { regular: i });
+            }
+            g.regulars = Some(r);
+        }
         for i in 0..cfg.customers {
             let customer = g.random_customer(i);
             let first_order = exp_ms(&mut g.rng, DAY as f64 / customer.orders_per_day);
@@ -671,6 +716,7 @@ impl Generator {
                 subscription,
             } => self.cancellation(t, customer, subscription, out),
             Action::Survey { customer, topic } => self.survey(t, customer, topic, out),
+            Action::RegularOrder { regular } => self.regular_order(t, regular, out),
         }
     }
 
@@ -1380,6 +1426,33 @@ impl Generator {
         self.customers[customer as usize].subscription = None;
     }
 
+    /// A regular's ORDER, and the next one about `every` later, until `silent_from`.
+    fn regular_order(&mut self, t: Millis, regular: u32, out: &mut Vec<Event>) {
+        let Some(r) = self.regulars else {
+            return;
+        };
+        if t >= r.silent_from {
+            return;
+        }
+        self.next_order += 1;
+        let noise = self.regulars_rng.random_range(0.8..1.25);
+        let amount = (self.regular_spend[regular as usize] as f64 * noise).round() as i64;
+        out.push(Event::Purchase(Purchase {
+            event_id: self.event_id(),
+            event_time: t,
+            customer_id: format!("r-{regular:06}"),
+            order_id: format!("o-{:07}", self.next_order),
+            kind: PurchaseType::Order,
+            amount_minor: amount,
+            currency: self.currency.clone(),
+            cost_minor: Some(amount / 2),
+            items: 1,
+            campaign_id: None,
+        }));
+        let gap = (r.every as f64 * self.regulars_rng.random_range(0.9..1.1)) as Millis;
+        self.schedule(t + gap.max(1), Action::RegularOrder { regular });
+    }
+
     // ------------------------------------------------------------ surveys
 
     fn survey(
@@ -1860,6 +1933,79 @@ mod tests {
                 .collect()
         };
         assert_eq!(before(&events), before(&plain));
+    }
+
+    #[test]
+    fn regulars_order_on_their_rhythm_until_silent_and_change_nobody_else() {
+        let silent = DEFAULT_START + 3 * DAY;
+        let regulars = Regulars {
+            customers: 50,
+            every: 3 * HOUR,
+            silent_from: silent,
+        };
+        let with = generate(
+            GeneratorConfig {
+                regulars: Some(regulars),
+                ..GeneratorConfig::default()
+            },
+            5 * 24,
+        );
+        let mut orders: HashMap<&str, Vec<Millis>> = HashMap::new();
+        for e in &with {
+            e.validate().unwrap_or_else(|err| panic!("{err}: {e:?}"));
+            if let Event::Purchase(p) = e
+                && p.customer_id.starts_with("r-")
+            {
+                assert_eq!(p.kind, PurchaseType::Order);
+                assert!(p.event_time < silent, "{p:?}");
+                orders.entry(&p.customer_id).or_default().push(p.event_time);
+            }
+            if let Some(c) = customer_of(e) {
+                assert!(
+                    !c.starts_with("r-") || matches!(e, Event::Purchase(_)),
+                    "regulars only order: {e:?}"
+                );
+            }
+        }
+        assert_eq!(orders.len(), 50);
+        for times in orders.values() {
+            assert!(times.len() >= 3 * 8 - 2, "{} orders", times.len());
+            for w in times.windows(2) {
+                let gap = w[1] - w[0];
+                assert!(
+                    (27 * HOUR / 10..=33 * HOUR / 10).contains(&gap),
+                    "gap {gap}"
+                );
+            }
+            assert!(*times.last().unwrap() >= silent - 33 * HOUR / 10);
+        }
+        // Everyone else does exactly the same, ids aside (numbered in order).
+        let others = |v: &[Event]| -> Vec<Event> {
+            v.iter()
+                .filter(|e| !customer_of(e).is_some_and(|c| c.starts_with("r-")))
+                .map(|e| match e.clone() {
+                    Event::PageView(v) => Event::PageView(PageView {
+                        event_id: String::new(),
+                        ..v
+                    }),
+                    Event::Email(m) => Event::Email(EmailEvent {
+                        event_id: String::new(),
+                        ..m
+                    }),
+                    Event::Purchase(p) => Event::Purchase(Purchase {
+                        event_id: String::new(),
+                        order_id: String::new(),
+                        ..p
+                    }),
+                    Event::Survey(s) => Event::Survey(SurveyResponse {
+                        event_id: String::new(),
+                        ..s
+                    }),
+                })
+                .collect()
+        };
+        let without = generate(GeneratorConfig::default(), 5 * 24);
+        assert_eq!(others(&with), others(&without));
     }
 
     #[test]

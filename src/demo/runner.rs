@@ -1,12 +1,26 @@
 //! `engaged demo`: an in-process Kafka (librdkafka mock cluster), the traffic generator and the full sidecar.
 //!
-//! Event time starts four days in the past; the first three days are produced
-//! at once (history for repeat buyers and churn), then event time runs `speed`
-//! times faster than the wall clock and never passes it, so windows fill within
-//! seconds and the clock-skew check stays on. The four families use the three
-//! wire formats (page views and surveys single-object, emails Confluent-framed
-//! with schema id 1, purchases plain datums), and a garbage record now and then
-//! shows the dead-letter path.
+//! Event time starts in the past; the first three days are produced at once
+//! (history for repeat buyers and churn), then event time runs `speed` (the time
+//! scale) times faster than the wall clock and never passes it, so windows fill
+//! within seconds and the clock-skew check stays on. The four families use the
+//! three wire formats (page views and surveys single-object, emails
+//! Confluent-framed with schema id 1, purchases plain datums), and a garbage
+//! record now and then shows the dead-letter path.
+//!
+//! Scenarios ([`Scenario`], [`plan`]): `steady` starts four days in the past and
+//! has no event of note. In `churn-spike`, `spike_after` (wall time) after the
+//! start a cohort stops all activity at once: about a fifth of the customers, and
+//! [`REGULARS`] regular buyers (an ORDER every [`REGULAR_EVERY_MS`]) whose silence
+//! becomes unusual about a day of event time later, so that their churn risk
+//! crosses `risk_threshold` together and `engaged_churn_risk_crossings` jumps far
+//! above its baseline (a few minutes of wall time after the spike at the default
+//! time scale). Event time starts far enough in the past to run at the time scale
+//! through all of it, and the churn model is fitted once before the spike and not
+//! again until the scenario is over ([`Plan::refit_interval`]): crossings on a new
+//! model's first sweep are not counted (they are the refit's doing, not the
+//! customers'), and a refit while the cohort falls silent would move the regulars
+//! across the threshold in such a sweep, uncounted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,18 +30,57 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
-use super::generator::{Generator, GeneratorConfig, partition_key, topic_of};
+use super::generator::{Generator, GeneratorConfig, Regulars, partition_key, topic_of};
 use crate::app::{AppError, Sidecar};
 use crate::config::RawConfig;
 use crate::decode::{DecoderConfig, encode};
 use crate::event::{Event, EventKind, Millis};
 use crate::telemetry::{CollectTotal, Telemetry};
 
+/// What the demo's traffic does (`engaged demo --scenario`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scenario {
+    /// Customers come and go at their own pace.
+    #[default]
+    Steady,
+    /// `spike_after` into the demo, a cohort stops all activity at once; their churn
+    /// risk crosses the threshold together within about a day of event time.
+    ChurnSpike,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 2] = [Scenario::Steady, Scenario::ChurnSpike];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scenario::Steady => "steady",
+            Scenario::ChurnSpike => "churn-spike",
+        }
+    }
+}
+
+impl std::fmt::Display for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Scenario {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Scenario, String> {
+        Scenario::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown scenario {s:?}: `steady` or `churn-spike`"))
+    }
+}
+
 /// Demo settings (flags of `engaged demo`).
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub listen: SocketAddr,
-    /// Event-time seconds per wall-clock second.
+    /// Event-time seconds per wall-clock second (the time scale).
     pub speed: f64,
     pub partitions: i32,
     /// Print the live table this often (`None`: never).
@@ -35,6 +88,9 @@ pub struct DemoOptions {
     /// Stop after this long (`None`: until Ctrl-C).
     pub duration: Option<Duration>,
     pub seed: u64,
+    pub scenario: Scenario,
+    /// Wall time from the start to the churn spike (`churn-spike`).
+    pub spike_after: Duration,
 }
 
 pub const DEMO_TOPICS: [&str; 4] = ["pageviews", "emails", "purchases", "surveys"];
@@ -76,9 +132,99 @@ fn now_ms() -> Millis {
     chrono::Utc::now().timestamp_millis()
 }
 
+const HOUR_MS: Millis = 3_600_000;
+const DAY_MS: Millis = 24 * HOUR_MS;
+
 /// Event time produced at once when the demo starts, so that repeat buyers,
 /// refunds and churn have some history to show within the first minute.
-const WARMUP_MS: Millis = 3 * 24 * 3600 * 1000;
+pub const WARMUP_MS: Millis = 3 * DAY_MS;
+
+/// Regular buyers of the `churn-spike` scenario, who all stop at the spike.
+pub const REGULARS: u32 = 400;
+/// Mean time between two ORDERs of a regular (event time).
+pub const REGULAR_EVERY_MS: Millis = 3 * HOUR_MS;
+/// Event time after the spike that the `churn-spike` scenario plays out in: the
+/// regulars cross about a day after it, and the 24h window shows them for a day.
+pub const SPIKE_EVENT_SPAN_MS: Millis = 2 * DAY_MS;
+/// The least wall time the `churn-spike` scenario's event time runs at the time
+/// scale before it reaches now (afterwards it follows the wall clock).
+pub const SCENARIO_WALL: Duration = Duration::from_secs(20 * 60);
+/// How often the `steady` demo refits the churn model.
+pub const STEADY_REFIT: Duration = Duration::from_secs(20);
+/// The least `spike_after`: the first churn model is fitted this long after the
+/// start (`model_refit_interval`, at most 30 s), before the spike.
+pub const MIN_SPIKE_AFTER: Duration = Duration::from_secs(30);
+
+/// The demo's event-time plan: the generator (its `start` included), the spike and
+/// the refits.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub generator: GeneratorConfig,
+    /// When the cohort of the `churn-spike` scenario goes silent.
+    pub spike_at: Option<Millis>,
+    /// `model_refit_interval` of the demo (wall time; the first fit comes after at
+    /// most 30 s). In `churn-spike`, the scenario's whole wall time.
+    pub refit_interval: Duration,
+}
+
+/// Where event time starts and what happens when, for wall-clock time `now` and the
+/// time scale `speed`. Event time reaches `start + WARMUP_MS + elapsed × speed` after
+/// `elapsed` of wall time (and never passes now).
+pub fn plan(scenario: Scenario, speed: f64, spike_after: Duration, seed: u64, now: Millis) -> Plan {
+    let scaled = |d: Duration| (d.as_secs_f64() * speed * 1000.0) as Millis;
+    match scenario {
+        Scenario::Steady => Plan {
+            generator: GeneratorConfig {
+                seed,
+                start: now - WARMUP_MS - DAY_MS,
+                ..GeneratorConfig::default()
+            },
+            spike_at: None,
+            refit_interval: STEADY_REFIT,
+        },
+        Scenario::ChurnSpike => {
+            let speed = speed.max(f64::MIN_POSITIVE);
+            let played = spike_after.as_secs_f64() + SPIKE_EVENT_SPAN_MS as f64 / 1000.0 / speed;
+            let span_wall = SCENARIO_WALL.max(Duration::from_secs(played.ceil() as u64));
+            let start = now - WARMUP_MS - scaled(span_wall).max(DAY_MS);
+            let spike = start + WARMUP_MS + scaled(spike_after);
+            Plan {
+                refit_interval: span_wall,
+                generator: GeneratorConfig {
+                    seed,
+                    start,
+                    churn_spike_at: Some(spike),
+                    regulars: Some(Regulars {
+                        customers: REGULARS,
+                        every: REGULAR_EVERY_MS,
+                        silent_from: spike,
+                    }),
+                    ..GeneratorConfig::default()
+                },
+                spike_at: Some(spike),
+            }
+        }
+    }
+}
+
+/// The sidecar's configuration in the demo (`refit_interval`: [`Plan::refit_interval`]).
+pub fn demo_config(
+    bootstrap_servers: String,
+    listen: SocketAddr,
+    refit_interval: Duration,
+) -> RawConfig {
+    RawConfig {
+        bootstrap_servers,
+        group_id: "engaged-demo".into(),
+        listen: listen.to_string(),
+        snapshot_interval: "2s".into(),
+        idle_timeout: "10s".into(),
+        // The demo covers days of event time: a one-day horizon makes churn visible.
+        churn_horizon: "1d".into(),
+        model_refit_interval: humantime::format_duration(refit_interval).to_string(),
+        ..RawConfig::default()
+    }
+}
 
 /// Produces generated traffic until `stop` is set.
 fn produce_loop(
@@ -227,43 +373,50 @@ pub async fn run(
     };
     no_initial_rebalance_delay(&producer);
 
-    let raw = RawConfig {
-        bootstrap_servers: bootstrap,
-        group_id: "engaged-demo".into(),
-        listen: opts.listen.to_string(),
-        snapshot_interval: "2s".into(),
-        idle_timeout: "10s".into(),
-        // The demo covers two days of event time: a one-day horizon makes churn visible.
-        churn_horizon: "1d".into(),
-        // Refit the churn model often, so the spike below shows within minutes.
-        model_refit_interval: "20s".into(),
-        ..RawConfig::default()
-    };
+    let plan = plan(
+        opts.scenario,
+        opts.speed,
+        opts.spike_after,
+        opts.seed,
+        now_ms(),
+    );
+    let raw = demo_config(bootstrap, opts.listen, plan.refit_interval);
     let config = raw.validate()?;
     let sidecar = Sidecar::start(config, &demo_decoder_config()).await?;
-    let start = now_ms() - 4 * 24 * 3600 * 1000;
-    // The churn-spike scenario: half a day of event time after the warm-up (about
-    // a minute into the demo at the default speed), a fifth of the customers stop
-    // buying and engaging; at_risk_customers and risk_crossings climb after it.
-    let spike = start + WARMUP_MS + 12 * 3_600_000;
+    let start = plan.generator.start;
     let addr = sidecar.http.addr;
+    let utc = |t: Millis| {
+        chrono::DateTime::from_timestamp_millis(t)
+            .map_or("-".into(), |d| d.format("%Y-%m-%d %H:%M UTC").to_string())
+    };
     println!(
         "engaged demo: live page at http://{addr}/ and metrics at http://{addr}/metrics — Ctrl-C to stop\n\
-         in-process Kafka at {}\n\
-         three days of history are produced at once, then event time runs {}x the wall clock\n\
-         (never past now); churn_horizon is 1d in the demo; a churn spike starts at {}",
+         in-process Kafka at {}; scenario {}\n\
+         three days of history from {} are produced at once, then event time runs {}x the wall\n\
+         clock (--time-scale), never past now; churn_horizon is 1d in the demo",
         raw.bootstrap_servers,
+        opts.scenario,
+        utc(start),
         opts.speed,
-        chrono::DateTime::from_timestamp_millis(spike)
-            .map_or("-".into(), |d| d.format("%Y-%m-%d %H:%M UTC").to_string())
     );
+    if let Some(spike) = plan.spike_at {
+        println!(
+            "churn spike: at {} of event time ({} after the start), a fifth of the customers and\n\
+             {REGULARS} regulars (an ORDER every {}h) stop all activity; the regulars' churn risk\n\
+             crosses risk_threshold together about a day of event time later (about {} at this\n\
+             time scale): watch engaged_churn_risk_crossings{{window=\"1h\"}} and {{window=\"24h\"}};\n\
+             the churn model is refitted every {}",
+            utc(spike),
+            humantime::format_duration(opts.spike_after),
+            REGULAR_EVERY_MS / HOUR_MS,
+            humantime::format_duration(Duration::from_secs(
+                (opts.spike_after.as_secs_f64() + 86_400.0 / opts.speed) as u64
+            )),
+            humantime::format_duration(plan.refit_interval),
+        );
+    }
 
-    let generator = Generator::new(GeneratorConfig {
-        seed: opts.seed,
-        start,
-        churn_spike_at: Some(spike),
-        ..GeneratorConfig::default()
-    });
+    let generator = Generator::new(plan.generator);
     let stop = Arc::new(AtomicBool::new(false));
     let producing = {
         let (p, s) = (producer.clone(), stop.clone());
@@ -300,4 +453,46 @@ pub async fn run(
     }
     let _ = tokio::task::spawn_blocking(move || producing.join()).await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenarios_parse_and_plan_their_spike() {
+        assert_eq!("churn-spike".parse(), Ok(Scenario::ChurnSpike));
+        assert_eq!("steady".parse(), Ok(Scenario::Steady));
+        assert!(
+            "spike"
+                .parse::<Scenario>()
+                .unwrap_err()
+                .contains("churn-spike")
+        );
+        let now = 1_800_000_000_000;
+        let steady = plan(Scenario::Steady, 600.0, Duration::from_secs(60), 1, now);
+        assert_eq!(steady.generator.start, now - WARMUP_MS - DAY_MS);
+        assert_eq!(
+            (steady.spike_at, steady.refit_interval),
+            (None, STEADY_REFIT)
+        );
+
+        let p = plan(Scenario::ChurnSpike, 600.0, Duration::from_secs(60), 1, now);
+        let start = p.generator.start;
+        // 60 s of wall time after the warm-up at 600x: ten hours of event time.
+        assert_eq!(p.spike_at, Some(start + WARMUP_MS + 10 * HOUR_MS));
+        let r = p.generator.regulars.unwrap();
+        assert_eq!((r.customers, r.every), (REGULARS, REGULAR_EVERY_MS));
+        assert_eq!(Some(r.silent_from), p.spike_at);
+        assert_eq!(p.generator.churn_spike_at, p.spike_at);
+        // Event time runs at the time scale through the scenario, refits after it.
+        assert_eq!(p.refit_interval, SCENARIO_WALL);
+        assert!(now - start >= WARMUP_MS + 1_200 * 600_000);
+        // Slower: the scenario (and the model) waits for two days of event time.
+        let slow = plan(Scenario::ChurnSpike, 60.0, Duration::from_secs(60), 1, now);
+        assert_eq!(
+            slow.refit_interval,
+            Duration::from_secs(60 + 2 * 86_400 / 60)
+        );
+    }
 }
