@@ -11,8 +11,9 @@
 use super::CustomerId;
 use crate::checkpoint::delta::{Merge, Tracked};
 use crate::event::{Millis, Purchase, PurchaseType};
+use crate::window::WindowSpec;
 use crate::window::distinct::SharedDistinct;
-use crate::window::{BucketRing, WindowSpec};
+use crate::window::rolled::{Absorb, RolledRings};
 
 /// Additive commerce aggregates of one bucket or window.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,10 +45,16 @@ impl CommerceCounts {
     }
 }
 
+impl Absorb for CommerceCounts {
+    fn absorb(&mut self, other: &CommerceCounts) {
+        self.merge(other);
+    }
+}
+
 /// Commerce state of one task.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CommerceState {
-    windows: Vec<BucketRing<CommerceCounts>>,
+    windows: RolledRings<CommerceCounts>,
     /// View `i`: purchasing customers of window `i`.
     purchasing: SharedDistinct<CustomerId>,
     first_order: Tracked<CustomerId, Millis>,
@@ -56,7 +63,7 @@ pub struct CommerceState {
 impl CommerceState {
     pub fn new(specs: &[WindowSpec]) -> CommerceState {
         CommerceState {
-            windows: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
+            windows: RolledRings::new(specs),
             purchasing: SharedDistinct::new(
                 &specs
                     .iter()
@@ -68,9 +75,7 @@ impl CommerceState {
     }
 
     fn add(&mut self, t: Millis, f: impl Fn(&mut CommerceCounts)) {
-        for ring in &mut self.windows {
-            f(ring.bucket_mut(t));
-        }
+        self.windows.update(t, f);
     }
 
     /// An accepted purchase event of `customer` (interned by the task).
@@ -121,7 +126,7 @@ impl CommerceState {
         end: Millis,
         into: &mut CommerceCounts,
     ) -> i64 {
-        for (_, b) in self.windows[idx].range(start, end) {
+        for b in self.windows.range(idx, start, end) {
             into.merge(b);
         }
         self.purchasing.count_at(idx, end)
@@ -129,7 +134,7 @@ impl CommerceState {
 
     /// A snapshot was taken at `end` for window `idx`; `lower_bound` is the task's smallest watermark.
     pub fn evict(&mut self, idx: usize, start: Millis, end: Millis, lower_bound: Option<Millis>) {
-        self.windows[idx].evict_before(start);
+        self.windows.evict_before(idx, start);
         self.purchasing.fold_to(idx, end);
         if let Some(l) = lower_bound {
             self.purchasing.forget_before(l);
@@ -149,17 +154,12 @@ impl CommerceState {
 
     pub fn account(&self, size: &mut crate::state::memory::StateSize) {
         use crate::state::memory::StateKind;
-        size.add(
-            StateKind::WindowBucket,
-            self.windows.iter().map(|w| w.len()).sum(),
-        );
+        size.add(StateKind::WindowBucket, self.windows.len());
         size.add(StateKind::DistinctPosition, self.purchasing.positions());
     }
 
     pub fn size(&self) -> usize {
-        self.first_order.len()
-            + self.purchasing.keys()
-            + self.windows.iter().map(|w| w.len()).sum::<usize>()
+        self.first_order.len() + self.purchasing.keys() + self.windows.len()
     }
 }
 
@@ -187,6 +187,10 @@ impl super::family::Family for CommerceState {
         if let (crate::event::Event::Purchase(p), Some(c)) = (event, customer) {
             CommerceState::on_event(self, p, c);
         }
+    }
+
+    fn on_watermark(&mut self, w: Millis) {
+        self.windows.roll_to(w);
     }
 
     fn collect(

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use super::Labels;
 use crate::checkpoint::delta::{Kept, Merge, Tracked};
 use crate::event::{EmailEvent, EmailEventType, Millis};
-use crate::window::{BucketRing, WindowSpec};
+use crate::window::WindowSpec;
+use crate::window::rolled::{Absorb, RolledRings};
 
 /// Additive email aggregates of one bucket or window.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -54,6 +55,20 @@ impl EmailCounts {
             1 => &mut self.unique_clicks,
             2 => &mut self.unsubscribes,
             _ => &mut self.complaints,
+        }
+    }
+}
+
+impl Absorb for EmailBucket {
+    fn absorb(&mut self, other: &EmailBucket) {
+        self.all.merge(&other.all);
+        for (c, counts) in &other.campaign {
+            match self.campaign.get_mut(c) {
+                Some(mine) => mine.merge(counts),
+                None => {
+                    self.campaign.insert(c.clone(), counts.clone());
+                }
+            }
         }
     }
 }
@@ -124,7 +139,7 @@ fn campaign_for(clicks: &[(Millis, Arc<str>)], o: Millis, window: i64) -> Option
 pub struct EmailState {
     ttl_ms: i64,
     attribution_ms: i64,
-    windows: Vec<BucketRing<EmailBucket>>,
+    windows: RolledRings<EmailBucket>,
     messages: Tracked<Box<str>, Message>,
     customers: Tracked<Arc<str>, Attribution>,
     labels: Labels,
@@ -142,7 +157,7 @@ impl EmailState {
         EmailState {
             ttl_ms,
             attribution_ms,
-            windows: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
+            windows: RolledRings::new(specs),
             messages: Tracked::default(),
             customers: Tracked::default(),
             labels: Labels::default(),
@@ -158,13 +173,12 @@ impl EmailState {
         delta: i64,
         f: impl Fn(&mut EmailCounts) -> &mut i64,
     ) {
-        for ring in &mut self.windows {
-            let b = ring.bucket_mut(t);
+        self.windows.update(t, |b| {
             *f(&mut b.all) += delta;
             if let Some(c) = campaign {
                 *f(b.campaign.entry(c.clone()).or_default()) += delta;
             }
-        }
+        });
     }
 
     /// An accepted email event.
@@ -346,7 +360,7 @@ impl EmailState {
         all: &mut EmailCounts,
         by_campaign: &mut HashMap<Arc<str>, EmailCounts>,
     ) {
-        for (_, b) in self.windows[idx].range(start, end) {
+        for b in self.windows.range(idx, start, end) {
             all.merge(&b.all);
             for (c, v) in &b.campaign {
                 by_campaign.entry(c.clone()).or_default().merge(v);
@@ -355,7 +369,7 @@ impl EmailState {
     }
 
     pub fn evict(&mut self, idx: usize, before: Millis) {
-        self.windows[idx].evict_before(before);
+        self.windows.evict_before(idx, before);
     }
 
     /// Adds this task's entries to the memory accounting (attribution entries
@@ -363,16 +377,11 @@ impl EmailState {
     pub fn account(&self, size: &mut crate::state::memory::StateSize) {
         use crate::state::memory::StateKind;
         size.add(StateKind::Message, self.messages.len());
-        size.add(
-            StateKind::WindowBucket,
-            self.windows.iter().map(|w| w.len()).sum(),
-        );
+        size.add(StateKind::WindowBucket, self.windows.len());
     }
 
     pub fn size(&self) -> usize {
-        self.messages.len()
-            + self.customers.len()
-            + self.windows.iter().map(|w| w.len()).sum::<usize>()
+        self.messages.len() + self.customers.len() + self.windows.len()
     }
 }
 
@@ -414,6 +423,7 @@ impl super::family::Family for EmailState {
 
     fn on_watermark(&mut self, w: Millis) {
         self.forget_before(w);
+        self.windows.roll_to(w);
     }
 
     fn collect(

@@ -3,7 +3,8 @@
 //! Scores outside a kind's range never get here: they are rejected as `invalid`.
 
 use crate::event::{Millis, SurveyKind, SurveyResponse};
-use crate::window::{BucketRing, WindowSpec};
+use crate::window::WindowSpec;
+use crate::window::rolled::{Absorb, RolledRings};
 
 /// Additive survey aggregates of one bucket or window.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -50,56 +51,59 @@ impl SurveyCounts {
     }
 }
 
+impl Absorb for SurveyCounts {
+    fn absorb(&mut self, other: &SurveyCounts) {
+        self.merge(other);
+    }
+}
+
 /// Survey state of one task.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SurveyState {
-    windows: Vec<BucketRing<SurveyCounts>>,
+    windows: RolledRings<SurveyCounts>,
 }
 
 impl SurveyState {
     pub fn new(specs: &[WindowSpec]) -> SurveyState {
         SurveyState {
-            windows: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
+            windows: RolledRings::new(specs),
         }
     }
 
     pub fn on_event(&mut self, s: &SurveyResponse) {
-        for ring in &mut self.windows {
-            let c = ring.bucket_mut(s.event_time);
-            match s.kind {
-                SurveyKind::Nps => {
-                    c.nps_responses += 1;
-                    c.nps_promoters += i64::from(s.score >= 9);
-                    c.nps_detractors += i64::from(s.score <= 6);
-                }
-                SurveyKind::Csat => {
-                    c.csat_responses += 1;
-                    c.csat_satisfied += i64::from(s.score >= 4);
-                }
-                SurveyKind::Ces => {
-                    c.ces_responses += 1;
-                    c.ces_sum += i64::from(s.score);
-                }
+        self.windows.update(s.event_time, |c| match s.kind {
+            SurveyKind::Nps => {
+                c.nps_responses += 1;
+                c.nps_promoters += i64::from(s.score >= 9);
+                c.nps_detractors += i64::from(s.score <= 6);
             }
-        }
+            SurveyKind::Csat => {
+                c.csat_responses += 1;
+                c.csat_satisfied += i64::from(s.score >= 4);
+            }
+            SurveyKind::Ces => {
+                c.ces_responses += 1;
+                c.ces_sum += i64::from(s.score);
+            }
+        });
     }
 
     pub fn collect(&self, idx: usize, start: Millis, end: Millis, into: &mut SurveyCounts) {
-        for (_, b) in self.windows[idx].range(start, end) {
+        for b in self.windows.range(idx, start, end) {
             into.merge(b);
         }
     }
 
     pub fn evict(&mut self, idx: usize, before: Millis) {
-        self.windows[idx].evict_before(before);
+        self.windows.evict_before(idx, before);
     }
 
     pub fn buckets(&self) -> usize {
-        self.windows.iter().map(|w| w.len()).sum()
+        self.windows.len()
     }
 
     pub fn size(&self) -> usize {
-        self.windows.iter().map(|w| w.len()).sum()
+        self.windows.len()
     }
 }
 
@@ -109,6 +113,10 @@ impl super::family::Family for SurveyState {
         if let crate::event::Event::Survey(s) = event {
             SurveyState::on_event(self, s);
         }
+    }
+
+    fn on_watermark(&mut self, w: Millis) {
+        self.windows.roll_to(w);
     }
 
     fn collect(

@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use super::{Dim, Labels, NO_CHANNEL, nearest_rank_runs};
 use crate::event::{Millis, PageView};
-use crate::window::{BucketRing, WindowSpec};
+use crate::window::WindowSpec;
+use crate::window::rolled::{Absorb, RolledRings};
 
 /// Upper bounds (seconds) of the session-duration histogram on `/metrics`.
 pub const DURATION_BUCKETS_SECONDS: [f64; 10] = [
@@ -409,12 +410,32 @@ impl WebBucket {
     }
 }
 
+impl Absorb for WebBucket {
+    fn absorb(&mut self, other: &WebBucket) {
+        self.all.merge(&other.all);
+        for (map, from) in [
+            (&mut self.site, &other.site),
+            (&mut self.channel, &other.channel),
+        ] {
+            for (v, c) in from {
+                match map.get_mut(v) {
+                    Some(mine) => mine.merge(c),
+                    None => {
+                        map.insert(v.clone(), c.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The web state of one partition: its sessionizer and its window buckets.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WebState {
     sessions: Sessionizer,
-    /// One bucket ring per configured window, in configuration order.
-    windows: Vec<BucketRing<WebBucket>>,
+    /// One bucket ring per configured window (in configuration order), fed
+    /// through one staging ring ([`RolledRings`]).
+    windows: RolledRings<WebBucket>,
     histogram: DurationHistogram,
     labels: Labels,
 }
@@ -423,7 +444,7 @@ impl WebState {
     pub fn new(specs: &[WindowSpec], session_timeout_ms: i64) -> WebState {
         WebState {
             sessions: Sessionizer::new(session_timeout_ms),
-            windows: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
+            windows: RolledRings::new(specs),
             histogram: DurationHistogram::default(),
             labels: Labels::default(),
         }
@@ -435,25 +456,27 @@ impl WebState {
         let channel = self.labels.get(pv.channel.as_deref().unwrap_or(NO_CHANNEL));
         self.sessions
             .add_view(&site, &pv.visitor_id, pv.event_time, &channel);
-        for ring in &mut self.windows {
-            for c in ring.bucket_mut(pv.event_time).parts(&site, &channel) {
+        self.windows.update(pv.event_time, |b| {
+            for c in b.parts(&site, &channel) {
                 c.page_views += 1;
             }
-        }
+        });
     }
 
-    /// The partition watermark moved to `watermark`: close sessions that ended.
+    /// The partition watermark moved to `watermark`: close sessions that ended,
+    /// then roll what no event can change any more into the windows.
     pub fn on_watermark(&mut self, watermark: Millis) {
         let windows = &mut self.windows;
         let histogram = &mut self.histogram;
         self.sessions.close_until(watermark, |s| {
             histogram.observe(s.duration_ms);
-            for ring in windows.iter_mut() {
-                for c in ring.bucket_mut(s.close_time).parts(&s.site, &s.channel) {
+            windows.update(s.close_time, |b| {
+                for c in b.parts(&s.site, &s.channel) {
                     c.add_session(&s);
                 }
-            }
+            });
         });
+        self.windows.roll_to(watermark);
     }
 
     /// Adds this partition's buckets of window `idx` in `[start, end)` to `into`,
@@ -466,7 +489,7 @@ impl WebState {
         end: Millis,
         into: &mut HashMap<Dim, WebCounts>,
     ) {
-        for (_, bucket) in self.windows[idx].range_mut(start, end) {
+        for bucket in self.windows.range_mut(idx, start, end) {
             bucket.all.durations_ms.seal();
             bucket.site.values_mut().for_each(|c| c.durations_ms.seal());
             bucket
@@ -499,23 +522,19 @@ impl WebState {
 
     /// Drops buckets of window `idx` that start before `before`.
     pub fn evict(&mut self, idx: usize, before: Millis) {
-        self.windows[idx].evict_before(before);
+        self.windows.evict_before(idx, before);
     }
 
     /// Adds this partition's entries to the memory accounting.
     pub fn account(&self, size: &mut crate::state::memory::StateSize) {
         use crate::state::memory::StateKind;
         size.add(StateKind::OpenSession, self.sessions.open_count());
-        size.add(
-            StateKind::WindowBucket,
-            self.windows.iter().map(|w| w.len()).sum(),
-        );
+        size.add(StateKind::WindowBucket, self.windows.len());
         let durations = |c: &WebCounts| c.durations_ms.len();
         let held: usize = self
             .windows
             .iter()
-            .flat_map(|w| w.iter())
-            .map(|(_, b)| {
+            .map(|b| {
                 durations(&b.all)
                     + b.site.values().map(durations).sum::<usize>()
                     + b.channel.values().map(durations).sum::<usize>()
@@ -526,7 +545,7 @@ impl WebState {
 
     /// Rough entry count, for the state-size gauge.
     pub fn size(&self) -> usize {
-        self.sessions.open_count() + self.windows.iter().map(|w| w.len()).sum::<usize>()
+        self.sessions.open_count() + self.windows.len()
     }
 }
 

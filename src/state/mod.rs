@@ -485,10 +485,11 @@ impl TaskApplier<'_> {
 /// of `TaskState`'s serialised form (2: customers as numbers, `CustomerIds`;
 /// 3: bases and deltas; 4: distinct-count buckets as relative bucket numbers;
 /// 5: one distinct counter per event set, shared by every window; 6: released
-/// customer numbers, `""` in bases and listed in deltas).
-const BASE_FORMAT: &[u8] = b"engaged-task-state/6\n";
+/// customer numbers, `""` in bases and listed in deltas; 7: window buckets fed
+/// through a staging ring, `window::rolled`).
+const BASE_FORMAT: &[u8] = b"engaged-task-state/7\n";
 /// Leads every saved delta (see [`delta`]).
-const DELTA_FORMAT: &[u8] = b"engaged-task-delta/6\n";
+const DELTA_FORMAT: &[u8] = b"engaged-task-delta/7\n";
 
 fn format_tag(form: Form) -> &'static [u8] {
     match form {
@@ -936,7 +937,7 @@ mod tests {
     fn a_state_of_another_format_is_refused_not_misread() {
         let e = Engine::new(CoreConfig::default());
         let err = e.restore_task(0, b"\x00\x01\x02 older layout").unwrap_err();
-        assert!(err.to_string().contains("engaged-task-state/6"), "{err}");
+        assert!(err.to_string().contains("engaged-task-state/7"), "{err}");
         assert!(e.tasks().is_empty());
         // A header with a truncated body is refused too, and nothing is installed.
         let mut bytes = BASE_FORMAT.to_vec();

@@ -10,6 +10,7 @@
 //! Nothing here reads a clock.
 
 pub mod distinct;
+pub mod rolled;
 
 use std::collections::BTreeMap;
 use std::fmt;
