@@ -62,6 +62,24 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
     [ "$apt_rc" = 0 ] || { echo "apt-get install prometheus failed (rc=$apt_rc)" >&2; exit "$apt_rc"; }
 fi
 
+# --- Chromium (Debian package), for the live page ----------------------------------------
+if ! command -v chromium >/dev/null; then
+    log "installing chromium (apt)"
+    own_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+        $SUDO chmod 755 /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
+    apt_rc=0
+    $SUDO apt-get update -qq &&
+        $SUDO env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends chromium >/dev/null ||
+        apt_rc=$?
+    if [ -n "$own_policy" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
+    [ "$apt_rc" = 0 ] || { echo "apt-get install chromium failed (rc=$apt_rc)" >&2; exit "$apt_rc"; }
+fi
+
 # --- Work directory and cleanup ---------------------------------------------------------
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/engaged-e2e.XXXXXX")"
 # The tests write the pid of every process they start here, so that even a test
@@ -136,6 +154,13 @@ python3 scripts/check_dashboard.py --metrics-url "http://127.0.0.1:$DEMO_PORT/me
     --workdir "$WORK" --allow-absent 'engaged:survey_ces:sum'
 stop_process "$DEMO_PID"
 DEMO_PID=""
+
+# --- The live page at / in headless Chromium ------------------------------------------
+# Its numbers against /metrics of the same round, a chart with data, no request outside
+# engaged; the screenshot stays in target/ (scripts/check_live_page.py says more).
+log "live page: headless Chromium against engaged demo"
+ENGAGED_E2E_WORKDIR="$WORK" python3 scripts/check_live_page.py \
+    --engaged target/release/engaged --screenshot target/live-page.png
 
 PORT="$(free_port)"
 log "starting Tansu on 127.0.0.1:$PORT"
