@@ -259,6 +259,22 @@ impl Sessionizer {
             Some(ids) => ids,
             None => visitors.entry(Box::from(visitor)).or_default(),
         };
+        // The common case: the visitor's one open session takes the view without
+        // an earlier first view (so its channel stays): update it in place.
+        if let [id] = ids[..]
+            && let Some(s) = self.sessions.get_mut(&id)
+            && t > s.first - timeout
+            && t < s.last + timeout
+            && (t, channel) >= (s.first, &s.channel)
+        {
+            if t > s.last {
+                self.close_queue.remove(&(s.last + timeout, id));
+                self.close_queue.insert((t + timeout, id));
+                s.last = t;
+            }
+            s.views += 1;
+            return;
+        }
         let mut merged: Option<Session> = None;
         let mut i = 0;
         while i < ids.len() {
