@@ -29,7 +29,9 @@
 //! take about half of `session.timeout.ms` and are reported separately as startup). The
 //! engaged configurations run `ENGAGED_BENCH_REPEATS` times (default 3), interleaved
 //! with raw runs; medians are reported. Every engaged run uses `snapshot_interval`
-//! `ENGAGED_BENCH_SNAPSHOT_INTERVAL` (default `1s`). Prints a table and writes
+//! `ENGAGED_BENCH_SNAPSHOT_INTERVAL` (default `1s`) and the librdkafka consumer settings
+//! in `ENGAGED_BENCH_CONSUMER` (`key=value,...`, e.g. `max.partition.fetch.bytes=65536`).
+//! Prints a table and writes
 //! `target/throughput.json`.
 
 use std::collections::BTreeMap;
@@ -632,8 +634,17 @@ fn engaged_config(env: &Env, group: &str, topics: &Topics, checkpoint_interval: 
         dead_letter_topic: topics.dead_letters.clone(),
         checkpoint_topic: topics.checkpoints.clone(),
         customer_risk_topic: topics.customer_risk.clone(),
-        // Tansu joins a group in about half of the session timeout.
-        kafka_consumer: BTreeMap::from([("session.timeout.ms".into(), "6000".into())]),
+        // Tansu joins a group in about half of the session timeout; more consumer
+        // settings from `ENGAGED_BENCH_CONSUMER` (`key=value,key=value`).
+        kafka_consumer: std::iter::once(("session.timeout.ms".to_string(), "6000".to_string()))
+            .chain(
+                std::env::var("ENGAGED_BENCH_CONSUMER")
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string())),
+            )
+            .collect(),
         // Generated event times are days old: no clock-skew check.
         max_clock_skew: "0s".into(),
         snapshot_interval: std::env::var("ENGAGED_BENCH_SNAPSHOT_INTERVAL")
