@@ -1,0 +1,139 @@
+//! Saved forms of task state: refusing other formats, base + delta chains, customer ids.
+
+use super::task::BASE_FORMAT;
+use super::*;
+use crate::checkpoint::delta::{self, Form, Merge};
+
+fn saved<'a>(partition: i32, base: &'a [u8], deltas: &[&'a [u8]]) -> SavedTask<'a> {
+    SavedTask {
+        partition,
+        base,
+        deltas: deltas.to_vec(),
+    }
+}
+
+#[test]
+fn a_state_of_another_format_is_refused_not_misread() {
+    let e = Engine::new(CoreConfig::default());
+    let err = e.restore_task(0, b"\x00\x01\x02 older layout").unwrap_err();
+    assert!(err.to_string().contains("engaged-task-state/7"), "{err}");
+    assert!(e.tasks().is_empty());
+    // A header with a truncated body is refused too, and nothing is installed.
+    let mut bytes = BASE_FORMAT.to_vec();
+    bytes.push(0xff);
+    assert!(matches!(
+        e.restore_tasks(&[saved(0, b"", &[])], 1),
+        Err(StateError::Decode(_))
+    ));
+    assert!(matches!(
+        e.restore_tasks(&[saved(1, &bytes, &[])], 2),
+        Err(StateError::Decode(_))
+    ));
+    // A base where a delta belongs, and the other way round, are refused.
+    let t = TopicPartition::new("purchases", 2);
+    e.advance(&t, 1_000);
+    let base = e.save_task(2, Form::Base).unwrap().unwrap();
+    let delta = e.save_task(2, Form::Delta).unwrap().unwrap();
+    e.drop_task(2);
+    assert!(e.restore_tasks(&[saved(2, &delta, &[])], 1).is_err());
+    assert!(e.restore_tasks(&[saved(2, &base, &[&base])], 1).is_err());
+    assert!(e.tasks().is_empty());
+    e.restore_tasks(&[saved(2, &base, &[&delta])], 1).unwrap();
+    assert_eq!(e.tasks(), vec![2]);
+}
+
+#[test]
+fn a_restored_chain_goes_on_with_deltas() {
+    use crate::event::{Event, Purchase, PurchaseType};
+    let order = |e: &Engine, n: usize, customer: &str| {
+        let p = Event::Purchase(Purchase {
+            event_id: format!("e{n}"),
+            event_time: 1_700_000_000_000 + n as i64 * 1000,
+            customer_id: customer.into(),
+            order_id: format!("o{n}"),
+            kind: PurchaseType::Order,
+            amount_minor: 100,
+            currency: "EUR".into(),
+            cost_minor: None,
+            items: 1,
+            campaign_id: None,
+        });
+        e.apply(&TopicPartition::new("purchases", 0), &p).unwrap();
+    };
+    let first = Engine::new(CoreConfig::default());
+    order(&first, 0, "a");
+    let base = first.save_task(0, Form::Base).unwrap().unwrap();
+    order(&first, 1, "b");
+    let d1 = first.save_task(0, Form::Delta).unwrap().unwrap();
+    // Restored from base + d1, the next delta adds only what came after d1.
+    let second = Engine::new(CoreConfig::default());
+    second.restore_tasks(&[saved(0, &base, &[&d1])], 1).unwrap();
+    order(&second, 2, "c");
+    let d2 = second.save_task(0, Form::Delta).unwrap().unwrap();
+    let third = Engine::new(CoreConfig::default());
+    third
+        .restore_tasks(&[saved(0, &base, &[&d1, &d2])], 1)
+        .unwrap();
+    assert_eq!(third.state_entries(), second.state_entries());
+    let ids = |e: &Engine| e.state_size().entries(memory::StateKind::Customer);
+    assert_eq!(ids(&third), 3);
+}
+
+#[test]
+fn customer_ids_survive_a_save_and_restore() {
+    let mut ids = crate::metrics::CustomerIds::default();
+    let (a, b) = (ids.get("alice"), ids.get("bob"));
+    assert_eq!(ids.get("alice"), a);
+    let bytes = postcard::to_stdvec(&ids).unwrap();
+    let mut back: crate::metrics::CustomerIds = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!((back.name(a), back.name(b)), ("alice", "bob"));
+    assert_eq!(back.get("bob"), b);
+    assert_eq!(back.len(), 2);
+    // A list naming a customer twice is corrupt.
+    let twice = postcard::to_stdvec(&["x", "x"]).unwrap();
+    assert!(postcard::from_bytes::<crate::metrics::CustomerIds>(&twice).is_err());
+}
+
+#[test]
+fn released_customer_numbers_stay_released_through_compaction_bases_and_deltas() {
+    use crate::metrics::{CustomerId, CustomerIds};
+    let mut ids = CustomerIds::default();
+    let names: Vec<String> = (0..3000).map(|i| format!("customer-{i:05}")).collect();
+    let numbers: Vec<CustomerId> = names.iter().map(|n| ids.get(n)).collect();
+    let base = delta::in_form(Form::Base, || postcard::to_stdvec(&ids).unwrap());
+    ids.saved();
+    // Release two thirds (the arena compacts on the way), add a few more.
+    for (i, c) in numbers.iter().enumerate() {
+        if i % 3 != 0 {
+            ids.release(*c);
+        }
+    }
+    let late: Vec<CustomerId> = (0..5).map(|i| ids.get(&format!("late-{i}"))).collect();
+    ids.release(late[0]);
+    let check = |ids: &CustomerIds| {
+        assert_eq!(ids.len(), 3005);
+        assert_eq!(ids.live(), 1000 + 4);
+        for (i, c) in numbers.iter().enumerate() {
+            let want = if i % 3 == 0 { names[i].as_str() } else { "" };
+            assert_eq!(ids.name(*c), want, "number {i}");
+        }
+        assert_eq!(ids.name(late[0]), "");
+        assert_eq!(ids.name(late[4]), "late-4");
+    };
+    check(&ids);
+    let delta = delta::in_form(Form::Delta, || postcard::to_stdvec(&ids).unwrap());
+    // A base after the releases, and the old base plus the delta, read the same.
+    let base_now = delta::in_form(Form::Base, || postcard::to_stdvec(&ids).unwrap());
+    let from_base: CustomerIds =
+        delta::in_form(Form::Base, || postcard::from_bytes(&base_now).unwrap());
+    let mut chained: CustomerIds =
+        delta::in_form(Form::Base, || postcard::from_bytes(&base).unwrap());
+    let d: CustomerIds = delta::in_form(Form::Delta, || postcard::from_bytes(&delta).unwrap());
+    chained.merge(d).unwrap();
+    for mut restored in [ids.clone(), from_base, chained] {
+        check(&restored);
+        // A released customer coming back gets a new number; kept ones keep theirs.
+        assert_eq!(restored.get(&names[3]), numbers[3]);
+        assert_eq!(restored.get(&names[1]), CustomerId::from_index(3005));
+    }
+}
