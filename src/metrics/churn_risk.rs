@@ -166,8 +166,12 @@ pub struct Rescore<'a> {
     /// A customer's record is published again when its risk moved by more than this.
     pub delta: f64,
     /// False for the first sweep with a new fit: customers moved by a refit are
-    /// not the churn-spike signal.
+    /// not the churn-spike signal. Then a crossing counts only if the `previous`
+    /// model (the last sweep's) puts the customer above the threshold at `at`:
+    /// what time alone did, not what the refit did. Without a previous model
+    /// (the first sweep ever, or after a restart) none counts.
     pub count_crossings: bool,
+    pub previous: Option<&'a RiskModel>,
     /// `state_ttl`: a customer whose last ORDER is longer ago than this is not scored.
     pub ttl_ms: Option<i64>,
 }
@@ -328,6 +332,7 @@ impl RiskState {
             threshold,
             delta,
             count_crossings,
+            previous: None,
             ttl_ms: None,
         };
         self.rescore_range(names, all, &rescore)
@@ -365,7 +370,15 @@ impl RiskState {
             .unwrap_or(own_mean);
             let predicted = score.expected_purchases * value;
             let above = risk >= r.threshold;
-            let crossed_up = above && !h.above && r.count_crossings;
+            let crossed_up = !h.above
+                && match (r.count_crossings, r.previous) {
+                    (true, _) => above,
+                    (false, Some(p)) => {
+                        let before = p.scorer.score(x, t_x, age, HORIZON_DAYS);
+                        1.0 - before.p_alive >= r.threshold
+                    }
+                    (false, None) => false,
+                };
             sweep.customers += 1;
             sweep.at_risk += u64::from(above);
             sweep.crossings += u64::from(crossed_up);
@@ -427,6 +440,7 @@ impl RiskState {
             threshold,
             delta: 0.0,
             count_crossings: false,
+            previous: None,
             ttl_ms,
         };
         let mut out = clone.rescore_range(names, all, &r).changed;
@@ -617,6 +631,83 @@ mod tests {
     }
 
     #[test]
+    fn a_refits_first_sweep_counts_what_time_did_not_what_the_refit_did() {
+        let spec = [WindowSpec::with_default_buckets("30d", 30 * 86_400_000)];
+        let mut st = RiskState::new(&spec);
+        let mut ids = crate::metrics::CustomerIds::default();
+        let (steady, gone) = (ids.get("steady"), ids.get("gone"));
+        for day in [0, 7, 14, 21] {
+            st.on_order(steady, day * 86_400_000, 1000);
+            st.on_order(gone, (day - 400) * 86_400_000, 1000);
+        }
+        let (old, new) = (model(), {
+            // A refit that rates everybody as far riskier (most drop out after a purchase).
+            let params = Params {
+                r: 0.525,
+                alpha: 6.18 * 7.0,
+                a: 50.0,
+                b: 0.5,
+            };
+            RiskModel::new(Model::MbgNbd, params, 0.0, 0, true, None)
+        });
+        let sweep = |st: &mut RiskState, day: i64, m: &RiskModel, prev: Option<&RiskModel>| {
+            let r = Rescore {
+                at: day * 86_400_000,
+                model: m,
+                threshold: 0.7,
+                delta: 0.1,
+                count_crossings: prev.is_none(),
+                previous: prev,
+                ttl_ms: None,
+            };
+            st.rescore_range(&ids, 0..2, &r)
+        };
+        let risk = |m: &RiskModel, x: u32, t_x: f64, age: f64| {
+            1.0 - m.scorer.score(x, t_x, age, HORIZON_DAYS).p_alive
+        };
+        // The premises: `steady` is below under the old model and above under the
+        // new one; `gone` (silent for 400 days) is above under the old one.
+        assert!(risk(&old, 3, 21.0, 22.0) < 0.7);
+        assert!(
+            risk(&new, 3, 21.0, 23.0) >= 0.7,
+            "the refit moves `steady` above"
+        );
+        assert!(
+            risk(&old, 3, 21.0, 423.0) >= 0.7,
+            "time alone moved `gone` above"
+        );
+        st.customers.get_mut(&gone).unwrap().above = false;
+        let first = sweep(&mut st, 22, &old, None);
+        assert_eq!(
+            (first.crossings, first.at_risk),
+            (1, 1),
+            "`gone` crosses on a regular sweep"
+        );
+        st.customers.get_mut(&gone).unwrap().above = false;
+        // The refit's first sweep: both are above under the new model; only `gone`,
+        // whom the old model also puts above, is a crossing.
+        let refit = sweep(&mut st, 23, &new, Some(&old));
+        assert_eq!((refit.at_risk, refit.crossings), (2, 1));
+        assert_eq!(st.collect(0, 0, 24 * 86_400_000), 2);
+        // Without a previous model (the first sweep ever), none counts.
+        let mut fresh = RiskState::new(&spec);
+        for day in [0, 7, 14, 21] {
+            fresh.on_order(gone, (day - 400) * 86_400_000, 1000);
+        }
+        let r = Rescore {
+            at: 23 * 86_400_000,
+            model: &old,
+            threshold: 0.7,
+            delta: 0.1,
+            count_crossings: false,
+            previous: None,
+            ttl_ms: None,
+        };
+        let s = fresh.rescore_range(&ids, 0..2, &r);
+        assert_eq!((s.at_risk, s.crossings), (1, 0));
+    }
+
+    #[test]
     fn a_sweep_in_chunks_equals_one_sweep_over_everybody() {
         let spec = [WindowSpec::with_default_buckets("30d", 30 * 86_400_000)];
         let mut ids = crate::metrics::CustomerIds::default();
@@ -642,6 +733,7 @@ mod tests {
                 threshold: 0.5,
                 delta: 0.05,
                 count_crossings: true,
+                previous: None,
                 ttl_ms: None,
             };
             let mut parts = Sweep::default();

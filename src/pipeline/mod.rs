@@ -389,15 +389,15 @@ impl Pipeline {
             return false;
         };
         let cfg = self.engine.config();
-        let same_model = lock(&self.swept_with)
-            .replace(m.clone())
-            .is_some_and(|previous| Arc::ptr_eq(&previous, &m));
+        let previous = lock(&self.swept_with).replace(m.clone());
+        let same_model = previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, &m));
         let mut sweep = self.engine.rescore(&churn_risk::Rescore {
             at,
             model: &m,
             threshold: cfg.risk_threshold,
             delta: cfg.risk_delta,
             count_crossings: same_model,
+            previous: previous.as_deref().filter(|_| !same_model),
             ttl_ms: cfg.state_ttl_ms,
         });
         lock(&self.risk_changes).extend(std::mem::take(&mut sweep.changed));
