@@ -307,6 +307,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "replayed {} records: {} accepted, rejected {:?}; watermark {:?}",
                 summary.consumed, summary.accepted, summary.rejected, summary.watermark
             );
+            eprintln!(
+                "state at the end (docs/operations.md \"Memory model\"): {}",
+                summary.state
+            );
             Ok(())
         }
     }

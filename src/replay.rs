@@ -70,6 +70,8 @@ pub struct ReplaySummary {
     pub rejected: std::collections::BTreeMap<&'static str, u64>,
     pub watermark: Option<Millis>,
     pub snapshots: Vec<WindowSnapshot>,
+    /// The state held at the end, per kind (the memory model's entries).
+    pub state: crate::state::memory::StateSize,
 }
 
 /// The kinds a writer schema's records map to (one entry, or one per union branch).
@@ -255,5 +257,6 @@ pub fn replay(
         }
     }
     summary.watermark = at;
+    summary.state = pipeline.engine().state_size();
     Ok(summary)
 }

@@ -102,6 +102,16 @@ impl Durations {
         self.runs = vec![Arc::new(all)];
     }
 
+    /// Copies `other`'s values into this one's tail (a bucket taking a rolled-up
+    /// slot: one run per bucket once sealed, not one per slot).
+    pub fn absorb(&mut self, other: &Durations) {
+        other
+            .runs
+            .iter()
+            .for_each(|r| self.tail.extend_from_slice(r));
+        self.tail.extend_from_slice(&other.tail);
+    }
+
     /// Adds `other`'s values: its runs are shared, an unsealed tail is copied.
     pub fn extend(&mut self, other: &Durations) {
         self.runs
@@ -426,19 +436,27 @@ impl WebBucket {
     }
 }
 
+impl Absorb for WebCounts {
+    fn absorb(&mut self, o: &WebCounts) {
+        self.page_views += o.page_views;
+        self.sessions += o.sessions;
+        self.bounced_sessions += o.bounced_sessions;
+        self.duration_ms_sum += o.duration_ms_sum;
+        self.durations_ms.absorb(&o.durations_ms);
+    }
+}
+
 impl Absorb for WebBucket {
     fn absorb(&mut self, other: &WebBucket) {
-        self.all.merge(&other.all);
+        self.all.absorb(&other.all);
         for (map, from) in [
             (&mut self.site, &other.site),
             (&mut self.channel, &other.channel),
         ] {
             for (v, c) in from {
                 match map.get_mut(v) {
-                    Some(mine) => mine.merge(c),
-                    None => {
-                        map.insert(v.clone(), c.clone());
-                    }
+                    Some(mine) => mine.absorb(c),
+                    None => map.entry(v.clone()).or_default().absorb(c),
                 }
             }
         }

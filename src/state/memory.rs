@@ -132,6 +132,25 @@ impl StateSize {
     }
 }
 
+/// `kind entries (≈ MB), …` for the kinds held, and the total.
+impl std::fmt::Display for StateSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mb = |b: u64| b as f64 / 1e6;
+        for k in StateKind::ALL {
+            if self.entries(k) > 0 {
+                write!(
+                    f,
+                    "{} {} (≤ {:.1} MB), ",
+                    k.as_str(),
+                    self.entries(k),
+                    mb(self.bytes(k))
+                )?;
+            }
+        }
+        write!(f, "≤ {:.1} MB in all", mb(self.total_bytes()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
