@@ -99,6 +99,37 @@ fn bench(c: &mut Criterion) {
             ))
         })
     });
+
+    // A whole snapshot round (`Pipeline::snapshot_at`: windows, eviction, memory
+    // accounting, telemetry) in steady state, with `ENGAGED_BENCH_SNAPSHOT_CUSTOMERS`
+    // (default 1,000,000) customers with an ORDER each besides the traffic.
+    let customers: i64 = std::env::var("ENGAGED_BENCH_SNAPSHOT_CUSTOMERS")
+        .ok()
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(1_000_000);
+    let span = last - DEFAULT_START;
+    for i in 0..customers {
+        let t = DEFAULT_START + span * i / customers.max(1);
+        let order = Event::Purchase(engaged::event::Purchase {
+            event_id: format!("bench-order-{i}"),
+            event_time: t,
+            customer_id: format!("bench-customer-{i:08}"),
+            order_id: format!("bench-order-{i}"),
+            kind: engaged::event::PurchaseType::Order,
+            amount_minor: 1000,
+            currency: "EUR".into(),
+            cost_minor: None,
+            items: 1,
+            campaign_id: None,
+        });
+        let tp = TopicPartition::new("purchases", (i % i64::from(PARTITIONS)) as i32);
+        let _ = p.engine().apply(&tp, &order);
+    }
+    let w = last - 300_000;
+    p.snapshot_at(w, None);
+    g.bench_function(format!("round_{hours}h_{customers}_customers"), |b| {
+        b.iter(|| black_box(p.snapshot_at(w, None)))
+    });
     g.finish();
 }
 

@@ -311,6 +311,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "state at the end (docs/operations.md \"Memory model\"): {}",
                 summary.state
             );
+            eprintln!(
+                "final churn-model fit {:.0?}, rescoring sweep {:.0?}, snapshot round {:.1?}",
+                summary.fit, summary.sweep, summary.snapshot
+            );
             Ok(())
         }
     }

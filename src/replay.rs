@@ -72,6 +72,10 @@ pub struct ReplaySummary {
     pub snapshots: Vec<WindowSnapshot>,
     /// The state held at the end, per kind (the memory model's entries).
     pub state: crate::state::memory::StateSize,
+    /// Wall time of the final model fit, rescoring sweep and snapshot round.
+    pub fit: std::time::Duration,
+    pub sweep: std::time::Duration,
+    pub snapshot: std::time::Duration,
 }
 
 /// The kinds a writer schema's records map to (one entry, or one per union branch).
@@ -231,13 +235,19 @@ pub fn replay(
     let at = opts.at.or(max_time);
     if let Some(at) = at {
         pipeline.engine().advance(&tp, at);
+        let started = std::time::Instant::now();
         match pipeline.fit_risk_model_at(at) {
             Some(Ok(m)) => pipeline.install_risk_model(m),
             Some(Err(e)) => eprintln!("churn model not fitted: {e}"),
             None => {}
         }
+        summary.fit = started.elapsed();
+        let started = std::time::Instant::now();
         pipeline.rescore(at);
+        summary.sweep = started.elapsed();
+        let started = std::time::Instant::now();
         summary.snapshots = pipeline.snapshot_at(at, None);
+        summary.snapshot = started.elapsed();
         if let Some(path) = &opts.customer_risks {
             let mut f = File::create(path).map_err(|source| ReplayError::Open {
                 path: path.clone(),
