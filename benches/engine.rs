@@ -82,12 +82,51 @@ fn bench(c: &mut Criterion) {
         .and_then(|h| h.parse().ok())
         .unwrap_or(6);
     let records = if hours == 6 { records } else { traffic(hours) };
+    // `ENGAGED_BENCH_SNAPSHOT_CUSTOMERS` (default 1,000,000) more customers with an
+    // ORDER each, spread over the traffic's span and merged into it in time order
+    // (an ORDER behind its partition's watermark would be rejected as late).
+    let customers: i64 = std::env::var("ENGAGED_BENCH_SNAPSHOT_CUSTOMERS")
+        .ok()
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(1_000_000);
+    let first = records.iter().map(|r| r.2).min().unwrap_or(DEFAULT_START);
+    let span = records.iter().map(|r| r.2).max().unwrap_or(first) - first;
+    let order = |i: i64| {
+        let t = first + span * i / customers.max(1);
+        let e = Event::Purchase(engaged::event::Purchase {
+            event_id: format!("bench-order-{i}"),
+            event_time: t,
+            customer_id: format!("bench-customer-{i:08}"),
+            order_id: format!("bench-order-{i}"),
+            kind: engaged::event::PurchaseType::Order,
+            amount_minor: 1000,
+            currency: "EUR".into(),
+            cost_minor: None,
+            items: 1,
+            campaign_id: None,
+        });
+        (
+            TopicPartition::new("purchases", (i % i64::from(PARTITIONS)) as i32),
+            e,
+            t,
+        )
+    };
     let p = pipeline();
     let mut last = 0;
+    let (mut next, mut accepted) = (0i64, 0i64);
     for (tp, payload, t) in &records {
+        while next < customers && first + span * next / customers.max(1) <= *t {
+            let (otp, e, _) = order(next);
+            accepted += i64::from(p.engine().apply(&otp, &e).is_ok());
+            next += 1;
+        }
         let _ = p.handle_record(tp, Some(payload), *t);
         last = last.max(*t);
     }
+    assert!(
+        accepted >= customers * 99 / 100,
+        "only {accepted} of {customers} bench ORDERs accepted"
+    );
     let mut g = c.benchmark_group("snapshot");
     g.sample_size(10);
     g.bench_function(format!("all_windows_{hours}h"), |b| {
@@ -101,30 +140,7 @@ fn bench(c: &mut Criterion) {
     });
 
     // A whole snapshot round (`Pipeline::snapshot_at`: windows, eviction, memory
-    // accounting, telemetry) in steady state, with `ENGAGED_BENCH_SNAPSHOT_CUSTOMERS`
-    // (default 1,000,000) customers with an ORDER each besides the traffic.
-    let customers: i64 = std::env::var("ENGAGED_BENCH_SNAPSHOT_CUSTOMERS")
-        .ok()
-        .and_then(|h| h.parse().ok())
-        .unwrap_or(1_000_000);
-    let span = last - DEFAULT_START;
-    for i in 0..customers {
-        let t = DEFAULT_START + span * i / customers.max(1);
-        let order = Event::Purchase(engaged::event::Purchase {
-            event_id: format!("bench-order-{i}"),
-            event_time: t,
-            customer_id: format!("bench-customer-{i:08}"),
-            order_id: format!("bench-order-{i}"),
-            kind: engaged::event::PurchaseType::Order,
-            amount_minor: 1000,
-            currency: "EUR".into(),
-            cost_minor: None,
-            items: 1,
-            campaign_id: None,
-        });
-        let tp = TopicPartition::new("purchases", (i % i64::from(PARTITIONS)) as i32);
-        let _ = p.engine().apply(&tp, &order);
-    }
+    // accounting, telemetry) in steady state, with the customers above.
     let w = last - 300_000;
     p.snapshot_at(w, None);
     g.bench_function(format!("round_{hours}h_{customers}_customers"), |b| {
