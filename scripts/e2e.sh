@@ -4,6 +4,8 @@
 # Installs what it needs (idempotent), checks deploy/ (scripts/check_deploy.sh: promtool,
 # amtool, manifests, dashboard), builds the release binary, runs every Grafana panel's
 # query against a real Prometheus scraping `engaged demo` (scripts/check_dashboard.py),
+# checks the live page in headless Chromium (scripts/check_live_page.py) and a
+# ChurnRiskSpike delivered by a real Alertmanager to a webhook (scripts/check_alerting.py),
 # starts Tansu on a free loopback port and runs `tests/e2e.rs`. Everything listens on
 # 127.0.0.1 only. Tansu, the demo, and every process the tests started, are killed on
 # exit, whatever happened.
@@ -132,6 +134,12 @@ DEMO_PID=""
 log "live page: headless Chromium against engaged demo"
 ENGAGED_E2E_WORKDIR="$WORK" python3 scripts/check_live_page.py \
     --engaged target/release/engaged --screenshot target/live-page.png
+
+# --- ChurnRiskSpike: Prometheus -> a real Alertmanager -> a webhook receiver --------------
+# engaged demo --scenario churn-spike, Prometheus with tuned copies of the shipped rules,
+# Alertmanager with the shipped route (scripts/check_alerting.py says more; about 5 min).
+log "alerting: ChurnRiskSpike through a real Alertmanager to a webhook"
+ENGAGED_E2E_WORKDIR="$WORK" python3 scripts/check_alerting.py --engaged target/release/engaged
 
 PORT="$(free_port)"
 log "starting Tansu on 127.0.0.1:$PORT"
