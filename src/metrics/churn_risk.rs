@@ -407,9 +407,10 @@ impl RiskState {
                 at_risk: above,
             });
             // Marks the history changed (for the next checkpoint delta).
-            let h = self.customers.get_mut(&c).expect("present: read above");
-            h.published = Some(risk);
-            h.above = above;
+            if let Some(h) = self.customers.get_mut(&c) {
+                h.published = Some(risk);
+                h.above = above;
+            }
         }
         if sweep.crossings > 0 {
             for ring in &mut self.crossings {

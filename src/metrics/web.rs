@@ -87,14 +87,15 @@ impl Durations {
         if self.tail.is_empty() && self.runs.len() <= 1 {
             return;
         }
-        let mut all = match self.runs.len() {
-            0 => Vec::new(),
-            1 => Arc::unwrap_or_clone(self.runs.pop().expect("one run")),
-            _ => {
-                let mut v = Vec::with_capacity(self.len());
-                self.runs.drain(..).for_each(|r| v.extend_from_slice(&r));
-                v
-            }
+        let mut all = if self.runs.len() > 1 {
+            let mut v = Vec::with_capacity(self.len());
+            self.runs.drain(..).for_each(|r| v.extend_from_slice(&r));
+            v
+        } else {
+            self.runs
+                .pop()
+                .map(Arc::unwrap_or_clone)
+                .unwrap_or_default()
         };
         all.append(&mut self.tail);
         // A stable sort merges the sorted runs it finds in linear time.
