@@ -2,9 +2,11 @@
 //!
 //! Used by `engaged demo` (which produces the events into an in-process Kafka)
 //! and by tests and benchmarks. The generator is pure and synchronous: no wall
-//! clock, no I/O, no threads. All randomness comes from one `StdRng` seeded with
-//! [`GeneratorConfig::seed`], so one configuration always yields the same events,
-//! however [`Generator::advance_to`] calls chunk the time line.
+//! clock, no I/O, no threads. All randomness comes from `StdRng`s seeded with
+//! [`GeneratorConfig::seed`] (one main stream, and a few of their own for additions
+//! that must not move it: regulars, checkout CES), so one configuration always
+//! yields the same events, however [`Generator::advance_to`] calls chunk the time
+//! line.
 //!
 //! # Model
 //!
@@ -49,6 +51,11 @@
 //!   35% of those also an NPS; 1% of web sessions answer an on-site NPS
 //!   (anonymous for anonymous visitors); 30% of refunds get a CES. 15% of
 //!   answers carry a comment. The churn cohort is less satisfied.
+//! - **Checkout CES**: 10% of ORDERs get a `ces-checkout` answer 1..10 minutes
+//!   later (regulars' ORDERs aside), so that CES has data within minutes of a
+//!   start, not only days after refunds. It was added after everything else and
+//!   draws from its own RNG, with event ids of its own (`…-ces<n>`): all other
+//!   events are exactly those of a run without it.
 //! - **Churn spike**: a cohort of ~20% of customers is drawn at start. From
 //!   `churn_spike_at` on, they have no activity at all in the sense of SPEC §3
 //!   (no views, orders, renewals, refunds, survey answers, opens, clicks,
@@ -120,6 +127,7 @@ const NPS_PER_CSAT: f64 = 0.35;
 const ANONYMOUS_CSAT_SHARE: f64 = 0.05;
 const WEB_SURVEY_PER_SESSION: f64 = 0.01;
 const CES_PER_REFUND: f64 = 0.30;
+const CES_PER_ORDER: f64 = 0.10;
 const COMMENT_SHARE: f64 = 0.15;
 
 const CHURN_COHORT_SHARE: f64 = 0.20;
@@ -206,6 +214,8 @@ pub struct Regulars {
 
 /// Seeds the regulars' RNG apart from the main one (`seed` xor this).
 const REGULARS_SEED: u64 = 0x7265_6775_6c61_7273;
+/// Seeds the checkout CES RNG apart from the main one (`seed` xor this).
+const CHECKOUT_CES_SEED: u64 = 0x6365_732d_6368_6b6f;
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
@@ -403,6 +413,7 @@ enum SurveyTopic {
     PostOrderNps,
     WebNps,
     RefundCes,
+    CheckoutCes,
 }
 
 impl SurveyTopic {
@@ -412,6 +423,7 @@ impl SurveyTopic {
             SurveyTopic::PostOrderNps => ("nps-post-order", SurveyKind::Nps),
             SurveyTopic::WebNps => ("nps-web-intercept", SurveyKind::Nps),
             SurveyTopic::RefundCes => ("ces-refund", SurveyKind::Ces),
+            SurveyTopic::CheckoutCes => ("ces-checkout", SurveyKind::Ces),
         }
     }
 }
@@ -512,6 +524,13 @@ pub struct Generator {
     /// The regulars' own RNG and mean order values.
     regulars_rng: StdRng,
     regular_spend: Vec<i64>,
+    /// Checkout CES (whether, when, score, comment) draws from its own RNG and
+    /// numbers its event ids apart, so that the main RNG and the other events'
+    /// ids are those of a run without it. Share of ORDERs: [`CES_PER_ORDER`] (a
+    /// field, so that a test can compare with a run without them).
+    ces_rng: StdRng,
+    ces_per_order: f64,
+    next_ces: u64,
     visitors_per_hour: f64,
     event_prefix: String,
     next_event: u64,
@@ -552,6 +571,9 @@ impl Generator {
             regulars: None,
             regulars_rng: StdRng::seed_from_u64(cfg.seed ^ REGULARS_SEED),
             regular_spend: vec![],
+            ces_rng: StdRng::seed_from_u64(cfg.seed ^ CHECKOUT_CES_SEED),
+            ces_per_order: CES_PER_ORDER,
+            next_ces: 0,
             visitors_per_hour: cfg.visitors_per_hour,
             event_prefix: format!("{:x}-", cfg.seed),
             next_event: 0,
@@ -1248,6 +1270,16 @@ impl Generator {
             ..self.purchase(t, customer, PurchaseType::Order, format!("o-{order:07}"))
         };
         out.push(Event::Purchase(p));
+        if self.ces_rng.random_bool(self.ces_per_order) {
+            let at = t + self.ces_rng.random_range(MIN..10 * MIN);
+            self.schedule(
+                at,
+                Action::Survey {
+                    customer: Some(customer),
+                    topic: SurveyTopic::CheckoutCes,
+                },
+            );
+        }
 
         if self.rng.random_bool(REFUND_SHARE) {
             let at = t + self.rng.random_range(2 * DAY..21 * DAY);
@@ -1475,9 +1507,15 @@ impl Generator {
             (SurveyKind::Ces, false) => &[3, 4, 7, 12, 20, 30, 24],
             (SurveyKind::Ces, true) => &[10, 12, 16, 18, 18, 16, 10],
         };
+        let checkout = topic == SurveyTopic::CheckoutCes;
+        let rng = if checkout {
+            &mut self.ces_rng
+        } else {
+            &mut self.rng
+        };
         let range = kind.score_range();
-        let score = *range.start() + pick(&mut self.rng, weights) as i32;
-        let comment = if self.rng.random_bool(COMMENT_SHARE) {
+        let score = *range.start() + pick(rng, weights) as i32;
+        let comment = if rng.random_bool(COMMENT_SHARE) {
             let position =
                 f64::from(score - *range.start()) / f64::from(*range.end() - *range.start());
             let pool: &[&str] = if position >= 0.75 {
@@ -1487,11 +1525,16 @@ impl Generator {
             } else {
                 &NEGATIVE_COMMENTS
             };
-            Some(pool[self.rng.random_range(0..pool.len())].to_string())
+            Some(pool[rng.random_range(0..pool.len())].to_string())
         } else {
             None
         };
-        let event_id = self.event_id();
+        let event_id = if checkout {
+            self.next_ces += 1;
+            format!("{}ces{}", self.event_prefix, self.next_ces)
+        } else {
+            self.event_id()
+        };
         out.push(Event::Survey(SurveyResponse {
             event_id,
             event_time: t,
@@ -1739,6 +1782,57 @@ mod tests {
             topics,
             BTreeSet::from(["emails", "pageviews", "purchases", "surveys"])
         );
+    }
+
+    #[test]
+    fn checkout_ces_answers_come_within_hours_and_move_nothing_else() {
+        let events = generate(GeneratorConfig::default(), 6);
+        let mut orders: HashMap<&str, Vec<Millis>> = HashMap::new();
+        let mut answers = 0;
+        for e in &events {
+            match e {
+                Event::Purchase(p) if p.kind == PurchaseType::Order => {
+                    orders.entry(&p.customer_id).or_default().push(p.event_time);
+                }
+                Event::Survey(s) if s.survey_id == "ces-checkout" => {
+                    e.validate().unwrap_or_else(|err| panic!("{err}: {e:?}"));
+                    assert_eq!(s.kind, SurveyKind::Ces);
+                    assert!((1..=7).contains(&s.score), "{s:?}");
+                    let c = s.customer_id.as_deref().expect("a known customer");
+                    assert!(
+                        orders.get(c).is_some_and(|o| o
+                            .iter()
+                            .any(|&t| (t + MIN..t + 10 * MIN).contains(&s.event_time))),
+                        "no ORDER 1..10 minutes before {s:?}"
+                    );
+                    answers += 1;
+                }
+                _ => {}
+            }
+        }
+        assert!(answers > 0, "no CES answer in the first 6 hours");
+
+        // Without them, every other event (ids included) is the same.
+        let spike = DEFAULT_START + 2 * DAY;
+        let cfg = GeneratorConfig {
+            churn_spike_at: Some(spike),
+            regulars: Some(Regulars {
+                customers: 50,
+                every: 3 * HOUR,
+                silent_from: spike,
+            }),
+            ..GeneratorConfig::default()
+        };
+        let until = cfg.start + 4 * DAY;
+        let with = Generator::new(cfg.clone()).advance_to(until);
+        let mut g = Generator::new(cfg);
+        g.ces_per_order = 0.0;
+        let without = g.advance_to(until);
+        let checkout = |e: &Event| matches!(e, Event::Survey(s) if s.survey_id == "ces-checkout");
+        assert!(with.iter().filter(|e| checkout(e)).count() > 10);
+        assert!(!without.iter().any(checkout));
+        let rest: Vec<Event> = with.into_iter().filter(|e| !checkout(e)).collect();
+        assert_eq!(rest, without);
     }
 
     #[test]
