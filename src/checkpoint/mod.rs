@@ -21,6 +21,7 @@
 //! are saved, and a delta's size follows the keys that changed.
 
 pub mod delta;
+pub mod dense;
 
 use std::collections::{BTreeMap, HashMap};
 

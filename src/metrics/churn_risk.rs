@@ -17,7 +17,8 @@ use std::hash::{BuildHasher, Hasher};
 use serde::{Deserialize, Serialize};
 
 use super::{CustomerId, CustomerIds};
-use crate::checkpoint::delta::{Kept, Merge, Tracked};
+use crate::checkpoint::delta::{Kept, Merge};
+use crate::checkpoint::dense::Dense;
 use crate::event::Millis;
 use crate::model::{GammaGammaParams, Model, Params, Scorer};
 use crate::window::{BucketRing, WindowSpec};
@@ -29,7 +30,7 @@ pub const HORIZON_DAYS: f64 = 30.0;
 pub const RISK_BUCKETS: [f64; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 
 /// The repeat-purchase history of one customer, and what was last published about them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct History {
     first: Millis,
     first_amount: i64,
@@ -179,9 +180,8 @@ pub struct Rescore<'a> {
 /// Histories and risk crossings of one task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RiskState {
-    /// foldhash: this map is on the ORDER path (target ≤ 100 ns per ORDER) and
-    /// SipHash alone took a fifth of that; foldhash keeps per-process seeds.
-    customers: Tracked<CustomerId, History>,
+    /// Per customer number: an array slot, no hashing on the ORDER path.
+    customers: Dense<CustomerId, History>,
     crossings: Vec<BucketRing<i64>>,
 }
 
@@ -213,7 +213,7 @@ fn sample_hash(customer: &str) -> u64 {
 impl RiskState {
     pub fn new(specs: &[WindowSpec]) -> RiskState {
         RiskState {
-            customers: Tracked::default(),
+            customers: Dense::default(),
             crossings: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
         }
     }
@@ -261,7 +261,7 @@ impl RiskState {
         spend: &mut Vec<(u32, f64)>,
     ) {
         for (c, h) in self.customers.iter() {
-            if keep_below.is_some_and(|k| sample_hash(names.name(*c)) >= k)
+            if keep_below.is_some_and(|k| sample_hash(names.name(c)) >= k)
                 || h.first > at
                 || expired(h, at, ttl_ms)
             {

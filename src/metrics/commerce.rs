@@ -9,7 +9,8 @@
 //! it (new), so `returning = purchasing_customers - new_customers`.
 
 use super::CustomerId;
-use crate::checkpoint::delta::{Merge, Tracked};
+use crate::checkpoint::delta::Merge;
+use crate::checkpoint::dense::Dense;
 use crate::event::{Millis, Purchase, PurchaseType};
 use crate::window::WindowSpec;
 use crate::window::distinct::SharedDistinct;
@@ -57,7 +58,7 @@ pub struct CommerceState {
     windows: RolledRings<CommerceCounts>,
     /// View `i`: purchasing customers of window `i`.
     purchasing: SharedDistinct<CustomerId>,
-    first_order: Tracked<CustomerId, Millis>,
+    first_order: Dense<CustomerId, Millis>,
 }
 
 impl CommerceState {
@@ -70,7 +71,7 @@ impl CommerceState {
                     .map(|s| (s.length_ms, s.bucket_ms))
                     .collect::<Vec<_>>(),
             ),
-            first_order: Tracked::default(),
+            first_order: Dense::default(),
         }
     }
 

@@ -21,7 +21,8 @@ use std::collections::BTreeSet;
 use super::CustomerId;
 use smallvec::SmallVec;
 
-use crate::checkpoint::delta::{Merge, Tracked};
+use crate::checkpoint::delta::Merge;
+use crate::checkpoint::dense::Dense;
 use crate::event::Millis;
 use crate::window::distinct::SharedDistinct;
 use crate::window::{BucketRing, WindowSpec};
@@ -51,7 +52,7 @@ pub struct CustomerState {
     /// Open activity runs per customer: (first, last). Almost always one, kept
     /// inline in the map (a save reads the map in order instead of following a
     /// pointer per customer).
-    runs: Tracked<CustomerId, Runs>,
+    runs: Dense<CustomerId, Runs>,
     /// (churn instant, customer, run start) of every open run: derived from
     /// `runs`, so not saved but rebuilt ([`CustomerState::restored`]).
     #[serde(skip)]
@@ -79,7 +80,7 @@ impl CustomerState {
                     .collect::<Vec<_>>(),
             ),
             windows: specs.len(),
-            runs: Tracked::default(),
+            runs: Dense::default(),
             queue: BTreeSet::new(),
         }
     }
@@ -131,7 +132,7 @@ impl CustomerState {
         self.queue = self
             .runs
             .iter()
-            .flat_map(|(c, runs)| runs.iter().map(move |(f, l)| (l + h, *c, *f)))
+            .flat_map(|(c, runs)| runs.iter().map(move |(f, l)| (l + h, c, *f)))
             .collect();
     }
 

@@ -51,6 +51,16 @@ impl CustomerId {
     }
 }
 
+/// Per-customer state is kept in arrays indexed by the number ([`Dense`](crate::checkpoint::dense::Dense)).
+impl crate::checkpoint::dense::DenseKey for CustomerId {
+    fn index(self) -> usize {
+        self.0 as usize
+    }
+    fn from_index(i: usize) -> CustomerId {
+        CustomerId(i as u32)
+    }
+}
+
 /// The customer ids of one task: id string ↔ [`CustomerId`]. Serialised as the
 /// list of id strings in number order (each once); the lookup map is rebuilt.
 /// Numbers are never reused, so a checkpoint delta holds the ids added since

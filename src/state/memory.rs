@@ -60,7 +60,7 @@ impl StateKind {
     /// Measured by `tests/memory_model.rs`; docs/operations.md has the table.
     pub const fn bytes_per_entry(self) -> u64 {
         match self {
-            StateKind::Customer => 640,
+            StateKind::Customer => 320,
             StateKind::OpenSession => 400,
             StateKind::SessionDuration => 24,
             StateKind::Message => 400,

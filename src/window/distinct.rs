@@ -45,11 +45,11 @@
 //! Most keys hold one bucket, inline in the map entry: no allocation per key.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::hash::Hash;
 
 use smallvec::SmallVec;
 
-use crate::checkpoint::delta::{Kept, Merge, Tracked};
+use crate::checkpoint::delta::{Kept, Merge};
+use crate::checkpoint::dense::{Dense, DenseKey};
 use crate::event::Millis;
 
 /// One key's event buckets (grain-aligned), ascending, without duplicates.
@@ -230,7 +230,7 @@ impl DiffRing {
 pub struct SharedDistinct<K> {
     grain_ms: i64,
     /// Per key, its event buckets at the grain, ascending. Inline in the map entry.
-    keys: Tracked<K, Buckets>,
+    keys: Dense<K, Buckets>,
     views: Vec<DiffRing>,
     /// Buckets before this are dropped from a key's list, but for its latest one.
     trim_below: Option<Millis>,
@@ -240,7 +240,7 @@ pub struct SharedDistinct<K> {
     swept_at: Option<Millis>,
 }
 
-impl<K: Hash + Eq + Clone> SharedDistinct<K> {
+impl<K: DenseKey> SharedDistinct<K> {
     /// Distinct keys over views `(len_ms, bucket_ms)`, each with `len_ms % bucket_ms == 0`.
     pub fn new(views: &[(i64, i64)]) -> SharedDistinct<K> {
         assert!(
@@ -250,7 +250,7 @@ impl<K: Hash + Eq + Clone> SharedDistinct<K> {
         let grain_ms = views.iter().fold(0, |g, &(_, b)| gcd(g, b)).max(1);
         SharedDistinct {
             grain_ms,
-            keys: Tracked::default(),
+            keys: Dense::default(),
             views: views.iter().map(|&(l, b)| DiffRing::new(l, b)).collect(),
             trim_below: None,
             drop_below: None,
@@ -264,7 +264,7 @@ impl<K: Hash + Eq + Clone> SharedDistinct<K> {
         let g = self.grain_ms;
         let k = t.div_euclid(g) * g;
         let trim = self.trim_below;
-        let neighbours = self.keys.update(key.clone(), Buckets::new, |set| {
+        let neighbours = self.keys.update(*key, Buckets::new, |set| {
             if let Some(f) = trim {
                 let below = set.partition_point(|b| *b < f);
                 if below > 1 {
@@ -459,12 +459,12 @@ impl serde::Serialize for Relative<'_> {
 
 /// The keys of a [`SharedDistinct`], written as [`Relative`] buckets.
 struct SavedKeys<'a, K> {
-    keys: &'a Tracked<K, Buckets>,
+    keys: &'a Dense<K, Buckets>,
     origin: Millis,
     grain_ms: i64,
 }
 
-impl<K: serde::Serialize + Hash + Eq> serde::Serialize for SavedKeys<'_, K> {
+impl<K: serde::Serialize + DenseKey> serde::Serialize for SavedKeys<'_, K> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let (origin, grain_ms) = (self.origin, self.grain_ms);
         self.keys.serialize_with(s, |buckets| Relative {
@@ -475,7 +475,7 @@ impl<K: serde::Serialize + Hash + Eq> serde::Serialize for SavedKeys<'_, K> {
     }
 }
 
-impl<K: serde::Serialize + Hash + Eq> serde::Serialize for SharedDistinct<K> {
+impl<K: serde::Serialize + DenseKey> serde::Serialize for SharedDistinct<K> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let origin = origin(self.trim_below.unwrap_or(Millis::MIN), self.grain_ms);
         Saved {
@@ -495,12 +495,12 @@ impl<K: serde::Serialize + Hash + Eq> serde::Serialize for SharedDistinct<K> {
     }
 }
 
-impl<'de, K: serde::Deserialize<'de> + Hash + Eq> serde::Deserialize<'de> for SharedDistinct<K> {
+impl<'de, K: serde::Deserialize<'de> + DenseKey> serde::Deserialize<'de> for SharedDistinct<K> {
     /// Turns saved bucket numbers back into times; refuses what no saved counter
     /// can hold (corrupt input must be an error, not a panic or a wrong count).
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        let saved: Saved<Tracked<K, Buckets>, SavedRing> = serde::Deserialize::deserialize(d)?;
+        let saved: Saved<Dense<K, Buckets>, SavedRing> = serde::Deserialize::deserialize(d)?;
         let Saved {
             grain_ms,
             origin,
@@ -544,7 +544,7 @@ impl<'de, K: serde::Deserialize<'de> + Hash + Eq> serde::Deserialize<'de> for Sh
     }
 }
 
-impl<K: Hash + Eq + Clone> Merge for SharedDistinct<K> {
+impl<K: DenseKey> Merge for SharedDistinct<K> {
     fn merge(&mut self, newer: Self) -> Result<(), String> {
         let SharedDistinct {
             grain_ms,
