@@ -206,3 +206,73 @@ fn a_remembered_event_id_costs_what_the_model_says() {
     let (held, size) = measure(events, None);
     check("event ids", held, &size, StateKind::EventId, n);
 }
+
+/// `state_ttl` frees what a forgotten customer held: a second wave of as many new
+/// customers, after the first is forgotten, reuses its memory (the released
+/// customer numbers and their array slots are given to the newcomers) instead of
+/// adding to it — also when a few customers of the first wave stay.
+#[test]
+fn customers_forgotten_by_state_ttl_give_their_memory_to_new_ones() {
+    let _one_at_a_time = serial();
+    const DAY: i64 = 86_400_000;
+    // At least the churn horizon (90 days) plus the longest window, as the configuration demands.
+    let ttl = 130 * DAY;
+    let cfg = CoreConfig {
+        state_ttl_ms: Some(ttl),
+        ..CoreConfig::default()
+    };
+    let n = 20_000u64;
+    // Customer `c` ordering as the `i`-th ORDER of wave `w`: waves are a TTL apart.
+    let at = |w: u64, i: u64, c: u64| {
+        let (tp, mut e) = order(c);
+        if let Event::Purchase(p) = &mut e {
+            p.event_time = T0 + w as i64 * ttl + i as i64 * 1_000;
+            p.event_id = format!("wave-{w}-{i}");
+        }
+        (tp, e)
+    };
+    // Wave 0: customers 0..n. Wave 1 (a TTL later, within it): one in a hundred
+    // of them again, so every block of numbers keeps someone. Wave 2 (a TTL after
+    // that): those again, and n new customers.
+    let waves: [Vec<(TopicPartition, Event)>; 3] = [
+        (0..n).map(|c| at(0, c, c)).collect(),
+        (0..n).step_by(100).map(|c| at(1, c, c)).collect(),
+        (0..n)
+            .step_by(100)
+            .chain(n..2 * n)
+            .enumerate()
+            .map(|(i, c)| at(2, i as u64, c))
+            .collect(),
+    ];
+    let engine = Engine::new(cfg);
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut held = vec![];
+    for events in &waves {
+        for (tp, e) in events {
+            engine.apply(tp, e).expect("accepted");
+        }
+        // The watermark passes the wave by an hour (its attribution and event ids
+        // go), and a snapshot round's memory pass runs.
+        let end = events
+            .iter()
+            .map(|(_, e)| e.event_time())
+            .max()
+            .unwrap_or(T0)
+            + 3_600_000;
+        let (tp, _) = &events[0];
+        engine.advance(tp, end);
+        engine.evict(end);
+        held.push(LIVE.load(Ordering::Relaxed) - before);
+    }
+    // Wave 2 came more than a TTL after the last ORDER of all but the loyal hundredth.
+    assert_eq!(
+        engine.state_size().entries(StateKind::Customer),
+        n + n / 100
+    );
+    eprintln!("state_ttl waves: {held:?} B held after each");
+    assert!(
+        held[2] * 10 < held[0] * 12,
+        "the new customers added to the forgotten ones' memory: {held:?} B"
+    );
+    drop(engine);
+}

@@ -278,10 +278,11 @@ impl Merge for TaskState {
 /// 3: bases and deltas; 4: distinct-count buckets as relative bucket numbers;
 /// 5: one distinct counter per event set, shared by every window; 6: released
 /// customer numbers, `""` in bases and listed in deltas; 7: window buckets fed
-/// through a staging ring, `window::rolled`).
-pub(super) const BASE_FORMAT: &[u8] = b"engaged-task-state/7\n";
+/// through a staging ring, `window::rolled`; 8: released customer numbers are
+/// given again, and a delta lists the numbers given again with their ids).
+pub(super) const BASE_FORMAT: &[u8] = b"engaged-task-state/8\n";
 /// Leads every saved delta (see [`delta`]).
-pub(super) const DELTA_FORMAT: &[u8] = b"engaged-task-delta/7\n";
+pub(super) const DELTA_FORMAT: &[u8] = b"engaged-task-delta/8\n";
 
 fn format_tag(form: Form) -> &'static [u8] {
     match form {
