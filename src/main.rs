@@ -297,6 +297,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 progress: !args.no_progress,
                 dead_letter: args.dead_letter,
                 customer_risks: args.customer_risks,
+                generic_decode: false,
             };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());

@@ -8,6 +8,12 @@
 //! skew check is off: replays are usually of the past. Rejected records are
 //! counted, summarised on stderr and, with `--dead-letter FILE`, written there
 //! as JSON lines with their reason.
+//!
+//! Files are read block by block with the fast decoder's plan for their writer
+//! schema (`decode::container`, codecs `null` and `deflate`); other codecs and
+//! schemas only apache-avro can read go through its generic reader. A record
+//! that does not decode costs the rest of its block (where the next one starts
+//! is unknown), each rejected with the reason, not the rest of the file.
 
 use std::fs::File;
 use std::io::{BufReader, Write};
@@ -19,6 +25,7 @@ use apache_avro::Schema;
 use apache_avro::types::Value;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::decode::container::{Blocks, Datums, Header};
 use crate::decode::{Decoder, DecoderConfig};
 use crate::event::{Event, EventKind, Millis};
 use crate::pipeline::Pipeline;
@@ -60,6 +67,9 @@ pub struct ReplayOptions {
     pub dead_letter: Option<PathBuf>,
     /// Write every customer's final churn risk here as JSON lines.
     pub customer_risks: Option<PathBuf>,
+    /// Read every file with apache-avro's generic reader instead of the fast
+    /// block reader (the reference, for tests and benchmarks).
+    pub generic_decode: bool,
 }
 
 /// What a replay did, besides printing.
@@ -104,6 +114,123 @@ fn to_event(kind: EventKind, v: Value) -> Result<Event, apache_avro::Error> {
     })
 }
 
+/// The records of one file, decoded, in file order.
+type Records = Box<dyn Iterator<Item = Result<Event, String>>>;
+
+/// Opens `path`: null- and deflate-coded files whose writer schema the fast plan
+/// compiles are read block by block ([`FastRecords`]); anything else, or every
+/// file with `generic`, through apache-avro's reader.
+fn records_of(path: &PathBuf, decoder: &Decoder, generic: bool) -> Result<Records, ReplayError> {
+    let open = || {
+        File::open(path).map_err(|source| ReplayError::Open {
+            path: path.clone(),
+            source,
+        })
+    };
+    let not_avro = |reason: String| ReplayError::NotAvro {
+        path: path.clone(),
+        reason,
+    };
+    if !generic {
+        let mut input = BufReader::with_capacity(1 << 20, open()?);
+        let header = Header::read(&mut input).map_err(not_avro)?;
+        let datums = Datums::new(decoder, &header.schema, &path.display().to_string());
+        if let (Ok(Some(datums)), Some(blocks)) = (datums, Blocks::new(input, header)) {
+            return Ok(Box::new(FastRecords {
+                blocks,
+                datums,
+                block: Vec::new(),
+                at: 0,
+                left: 0,
+                lost: None,
+                done: false,
+            }));
+        }
+    }
+    let reader =
+        apache_avro::Reader::new(BufReader::new(open()?)).map_err(|e| not_avro(e.to_string()))?;
+    let kinds = kinds_of(reader.writer_schema())
+        .ok_or_else(|| ReplayError::UnknownSchema { path: path.clone() })?;
+    if kinds.iter().all(Option::is_none) {
+        return Err(ReplayError::UnknownSchema { path: path.clone() });
+    }
+    Ok(Box::new(reader.map(move |value| {
+        value.map_err(|e| e.to_string()).and_then(|v| {
+            let (branch, v) = match v {
+                Value::Union(b, inner) => (b as usize, *inner),
+                other => (0, other),
+            };
+            let kind = kinds
+                .get(branch)
+                .copied()
+                .flatten()
+                .ok_or("record of an unknown type")?;
+            to_event(kind, v).map_err(|e| e.to_string())
+        })
+    })))
+}
+
+/// A file's records through the fast plan, one block in memory at a time.
+///
+/// A datum that does not decode is rejected, and so is every later datum of its
+/// block, since where they start is unknown (each with the reason); the next
+/// block starts afresh after the sync marker. A damaged block structure ends the
+/// file with one rejected record saying why.
+struct FastRecords<R> {
+    blocks: Blocks<R>,
+    datums: Datums,
+    block: Vec<u8>,
+    /// Where the block's next datum starts, and how many are left.
+    at: usize,
+    left: u64,
+    /// Why the rest of the current block is lost.
+    lost: Option<String>,
+    done: bool,
+}
+
+impl<R: std::io::Read> Iterator for FastRecords<R> {
+    type Item = Result<Event, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.left > 0 {
+                self.left -= 1;
+                if let Some(why) = &self.lost {
+                    return Some(Err(why.clone()));
+                }
+                return Some(match self.datums.decode_at(&self.block, self.at) {
+                    Ok((event, next)) => {
+                        self.at = next;
+                        Ok(event)
+                    }
+                    Err(e) => {
+                        self.lost = Some(format!(
+                            "follows an undecodable record in its block ({e}): where it starts is unknown"
+                        ));
+                        Err(e.to_string())
+                    }
+                });
+            }
+            if self.done {
+                return None;
+            }
+            match self.blocks.next_block() {
+                Ok(Some(b)) => {
+                    (self.block, self.at, self.left, self.lost) = (b.data, 0, b.count, None);
+                }
+                Ok(None) => {
+                    self.done = true;
+                    return None;
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(format!("damaged container file: {e}")));
+                }
+            }
+        }
+    }
+}
+
 /// Records between two evictions of what no window can show any more.
 const EVICT_EVERY: u64 = 1 << 14;
 
@@ -115,15 +242,19 @@ pub fn replay(
 ) -> Result<ReplaySummary, ReplayError> {
     // One input: the files, as partition `replay/0`.
     core.input_topics = vec![TP_TOPIC.to_string()];
-    let decoder = Decoder::new(&DecoderConfig::default())
-        .expect("the built-in reader schemas compile (tested)");
+    let decoder = || {
+        Decoder::new(&DecoderConfig::default())
+            .expect("the built-in reader schemas compile (tested)")
+    };
     let pipeline = Pipeline::new(
-        decoder,
+        decoder(),
         Engine::new(core),
         Arc::new(Telemetry::new()),
         None,
         i64::MAX,
     );
+    // Compiles each file's writer schema for the fast block reader.
+    let files_decoder = decoder();
     let tp = TopicPartition::new(TP_TOPIC, 0);
     pipeline.assign(std::slice::from_ref(&tp), 0);
 
@@ -145,37 +276,10 @@ pub fn replay(
     let mut summary = ReplaySummary::default();
     let mut max_time: Option<Millis> = None;
     for path in &opts.files {
-        let file = File::open(path).map_err(|source| ReplayError::Open {
-            path: path.clone(),
-            source,
-        })?;
-        let reader =
-            apache_avro::Reader::new(BufReader::new(file)).map_err(|e| ReplayError::NotAvro {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        let kinds = kinds_of(reader.writer_schema())
-            .ok_or_else(|| ReplayError::UnknownSchema { path: path.clone() })?;
-        if kinds.iter().all(Option::is_none) {
-            return Err(ReplayError::UnknownSchema { path: path.clone() });
-        }
+        let records = records_of(path, &files_decoder, opts.generic_decode)?;
         bar.set_message(path.display().to_string());
-        for (i, value) in reader.enumerate() {
-            let decoded = value
-                .map_err(|e| e.to_string())
-                .and_then(|v| {
-                    let (branch, v) = match v {
-                        Value::Union(b, inner) => (b as usize, *inner),
-                        other => (0, other),
-                    };
-                    let kind = kinds
-                        .get(branch)
-                        .copied()
-                        .flatten()
-                        .ok_or("record of an unknown type")?;
-                    to_event(kind, v).map_err(|e| e.to_string())
-                })
-                .map_err(|e| Rejection::new(RejectReason::Undecodable, e));
+        for (i, decoded) in records.enumerate() {
+            let decoded = decoded.map_err(|e| Rejection::new(RejectReason::Undecodable, e));
             let result = match decoded {
                 Ok(event) => {
                     max_time =

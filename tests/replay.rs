@@ -227,3 +227,134 @@ fn replay_reports_bad_files_and_flags_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`windows`") && err.contains("1h/7m"), "{err}");
 }
+
+/// Writes `events` as an object container file with apache-avro's writer (the
+/// union writer schema, a block every 250 records) and returns its path.
+fn container_file(
+    dir: &std::path::Path,
+    name: &str,
+    codec: apache_avro::Codec,
+    events: &[engaged::event::Event],
+) -> std::path::PathBuf {
+    use engaged::decode::encode;
+    let schema = apache_avro::Schema::parse_str(&encode::union_schema_json()).unwrap();
+    let path = dir.join(name);
+    let file = std::fs::File::create(&path).unwrap();
+    // Blocks only where this loop flushes (the default starts one every 16 kB).
+    let mut w = apache_avro::Writer::builder()
+        .schema(&schema)
+        .writer(file)
+        .codec(codec)
+        .block_size(1 << 24)
+        .build()
+        .unwrap();
+    let reader = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+        .build()
+        .unwrap();
+    for (i, e) in events.iter().enumerate() {
+        let datum = encode::union_datum(e);
+        let v = reader.read_value(&mut datum.as_slice()).unwrap();
+        w.append_value_ref(&v).unwrap();
+        if (i + 1) % 250 == 0 {
+            w.flush().unwrap();
+        }
+    }
+    w.flush().unwrap();
+    path
+}
+
+fn replay_lib(path: &std::path::Path, generic_decode: bool) -> engaged::replay::ReplaySummary {
+    let opts = engaged::replay::ReplayOptions {
+        files: vec![path.to_path_buf()],
+        at: None,
+        progress: false,
+        dead_letter: None,
+        customer_risks: None,
+        generic_decode,
+    };
+    engaged::replay::replay(
+        engaged::state::CoreConfig::default(),
+        &opts,
+        &mut Vec::new(),
+    )
+    .expect("replays")
+}
+
+/// The fast block reader replays exactly what apache-avro's reader does, null
+/// or deflate; a datum that does not decode costs the rest of its block (each
+/// record rejected with a reason), not the file.
+#[test]
+fn the_fast_block_reader_replays_like_apache_avro() {
+    use engaged::demo::generator::{DEFAULT_START, Generator, GeneratorConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Generator::new(GeneratorConfig::default());
+    let events: Vec<_> = g
+        .advance_to(DEFAULT_START + 12 * 3_600_000)
+        .into_iter()
+        .take(3_000)
+        .collect();
+    assert_eq!(events.len(), 3_000);
+    for (name, codec) in [
+        ("null.avro", apache_avro::Codec::Null),
+        (
+            "deflate.avro",
+            apache_avro::Codec::Deflate(Default::default()),
+        ),
+    ] {
+        let path = container_file(dir.path(), name, codec, &events);
+        let (fast, generic) = (replay_lib(&path, false), replay_lib(&path, true));
+        assert_eq!(fast.consumed, 3_000, "{name}");
+        assert_eq!(
+            (fast.accepted, &fast.rejected),
+            (generic.accepted, &generic.rejected),
+            "{name}"
+        );
+        assert_eq!(fast.snapshots, generic.snapshots, "{name}");
+        assert!(fast.snapshots.iter().any(|s| s.page_views > 0), "{name}");
+    }
+    // Record 260 (the second block's eleventh) gets an event id that is not UTF-8.
+    let path = container_file(
+        dir.path(),
+        "damaged.avro",
+        apache_avro::Codec::Null,
+        &events,
+    );
+    let mut bytes = std::fs::read(&path).unwrap();
+    let datum = engaged::decode::encode::union_datum(&events[260]);
+    let at: Vec<usize> = bytes
+        .windows(datum.len())
+        .enumerate()
+        .filter(|(_, w)| *w == datum.as_slice())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 1, "the record is unique in the file");
+    let id = events[260].event_id().as_bytes();
+    let in_datum = datum.windows(id.len()).position(|w| w == id).unwrap();
+    bytes[at[0] + in_datum] = 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let damaged = replay_lib(&path, false);
+    assert_eq!(damaged.consumed, 3_000);
+    // Records 260..500 are lost with their block; every other one is applied as before.
+    assert_eq!(damaged.rejected.get("undecodable"), Some(&240));
+    let good = replay_lib(
+        &container_file(dir.path(), "again.avro", apache_avro::Codec::Null, &events),
+        false,
+    );
+    let others: Vec<_> = events[..260]
+        .iter()
+        .chain(&events[500..])
+        .cloned()
+        .collect();
+    let without = replay_lib(
+        &container_file(
+            dir.path(),
+            "without.avro",
+            apache_avro::Codec::Null,
+            &others,
+        ),
+        false,
+    );
+    assert_eq!(damaged.accepted, without.accepted);
+    assert_eq!(damaged.snapshots, without.snapshots);
+    assert!(good.accepted > damaged.accepted);
+}

@@ -48,6 +48,7 @@
 //! a union of such records; anything else is a [`SchemaError`] at start-up, as
 //! is a writer that cannot be resolved against our reader schema.
 
+pub mod container;
 pub mod encode;
 mod generic;
 mod plan;
