@@ -16,7 +16,8 @@
 //! activity costs one lookup of the customer whatever the number of windows, and
 //! snapshots cost the same whatever the number of customers.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 use super::CustomerId;
 use smallvec::SmallVec;
@@ -53,10 +54,15 @@ pub struct CustomerState {
     /// inline in the map (a save reads the map in order instead of following a
     /// pointer per customer).
     runs: Dense<CustomerId, Runs>,
-    /// (churn instant, customer, run start) of every open run: derived from
+    /// When to look at a customer's runs again: a min-heap of (instant,
+    /// customer) holding, for every customer with open runs, an entry at or
+    /// before its earliest run end (`last + horizon`). Extending a run moves its
+    /// end later and leaves the entry alone (no queue work on the common path);
+    /// an entry that comes up churns the customer's runs that ended by then and
+    /// queues the customer again at its earliest remaining end. Derived from
     /// `runs`, so not saved but rebuilt ([`CustomerState::restored`]).
     #[serde(skip)]
-    queue: BTreeSet<(Millis, CustomerId, Millis)>,
+    queue: BinaryHeap<Reverse<(Millis, CustomerId)>>,
 }
 
 /// One customer's open activity runs.
@@ -81,7 +87,7 @@ impl CustomerState {
             ),
             windows: specs.len(),
             runs: Dense::default(),
-            queue: BTreeSet::new(),
+            queue: BinaryHeap::new(),
         }
     }
 
@@ -90,12 +96,20 @@ impl CustomerState {
         self.activity.insert(&customer, t);
         let h = self.horizon_ms;
         let runs = self.runs.get_or_insert(customer, Runs::new);
+        // The common case: the activity falls inside the customer's one run.
+        if let [(f, l)] = runs.as_mut_slice()
+            && t >= *f
+            && t <= *l
+        {
+            return;
+        }
+        // The earliest run end before this activity: the queue holds an entry at or before it.
+        let earliest = runs.iter().map(|(_, l)| l + h).min();
         let (mut first, mut last) = (t, t);
         let mut i = 0;
         while i < runs.len() {
             let (f, l) = runs[i];
             if t > f - h && t < l + h {
-                self.queue.remove(&(l + h, customer, f));
                 first = first.min(f);
                 last = last.max(l);
                 runs.swap_remove(i);
@@ -104,24 +118,53 @@ impl CustomerState {
             }
         }
         runs.push((first, last));
-        self.queue.insert((last + h, customer, first));
+        // Merging runs only moves ends later; a new run ending before every other
+        // one (or a customer's first) needs an entry of its own.
+        if earliest.is_none_or(|e| last + h < e) {
+            self.queue.push(Reverse((last + h, customer)));
+        }
     }
 
     /// The watermark of the task's activity inputs reached `watermark`: runs that ended churn.
     pub fn on_watermark(&mut self, watermark: Millis) {
-        while let Some((at, customer, first)) = self.queue.first().cloned() {
+        let h = self.horizon_ms;
+        while let Some(&Reverse((at, customer))) = self.queue.peek() {
             if at > watermark {
                 break;
             }
-            self.queue.pop_first();
-            if let Some(runs) = self.runs.get_mut(&customer) {
-                runs.retain(|(f, _)| *f != first);
-                if runs.is_empty() {
+            self.queue.pop();
+            // Every run that ended by `watermark` churns, counted at its end.
+            let Some(runs) = self.runs.get(&customer) else {
+                continue;
+            };
+            if runs.iter().all(|(_, l)| l + h > watermark) {
+                // Extended since it was queued: look again at its earliest end.
+                if let Some(e) = runs.iter().map(|(_, l)| l + h).min() {
+                    self.queue.push(Reverse((e, customer)));
+                }
+                continue;
+            }
+            let Some(runs) = self.runs.get_mut(&customer) else {
+                continue;
+            };
+            let mut ended: SmallVec<[Millis; 2]> = SmallVec::new();
+            runs.retain(|(_, l)| {
+                let end = *l + h;
+                if end <= watermark {
+                    ended.push(end);
+                }
+                end > watermark
+            });
+            match runs.iter().map(|(_, l)| l + h).min() {
+                Some(e) => self.queue.push(Reverse((e, customer))),
+                None => {
                     self.runs.remove(&customer);
                 }
             }
-            for ring in &mut self.churned {
-                *ring.bucket_mut(at) += 1;
+            for end in ended {
+                for ring in &mut self.churned {
+                    *ring.bucket_mut(end) += 1;
+                }
             }
         }
     }
@@ -132,7 +175,12 @@ impl CustomerState {
         self.queue = self
             .runs
             .iter()
-            .flat_map(|(c, runs)| runs.iter().map(move |(f, l)| (l + h, c, *f)))
+            .filter_map(|(c, runs)| {
+                runs.iter()
+                    .map(|(_, l)| l + h)
+                    .min()
+                    .map(|e| Reverse((e, c)))
+            })
             .collect();
     }
 
