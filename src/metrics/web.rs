@@ -9,7 +9,8 @@
 //! older than the watermark is late (rejected), a closed session can never be
 //! reopened, so closing is final and depends only on the set of accepted views.
 
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 /// The maps on the page-view path hash with foldhash (SipHash was a tenth of the
 /// profile); seeds are per process, and nothing depends on iteration order.
@@ -242,8 +243,13 @@ pub struct Sessionizer {
     /// while out-of-order views have not bridged them yet.
     /// Keyed site → visitor so that a view is looked up without allocating.
     by_visitor: FastMap<Arc<str>, FastMap<Box<str>, Vec<u64>>>,
-    /// (close time, session id) of every open session.
-    close_queue: BTreeSet<(Millis, u64)>,
+    /// When to look at a session again: a min-heap of (instant, session id)
+    /// with one entry per open session at or before its close time
+    /// (`last + timeout`). A view that extends a session leaves its entry
+    /// alone; an entry that comes up early is queued again at the session's
+    /// close time, one that names a merged-away session is dropped. Sessions
+    /// still close in (close time, id) order, each at its own close time.
+    close_queue: BinaryHeap<Reverse<(Millis, u64)>>,
     open_by_dim: OpenCounts,
 }
 
@@ -254,7 +260,7 @@ impl Sessionizer {
             next_id: 0,
             sessions: FastMap::default(),
             by_visitor: FastMap::default(),
-            close_queue: BTreeSet::new(),
+            close_queue: BinaryHeap::new(),
             open_by_dim: OpenCounts::default(),
         }
     }
@@ -279,8 +285,6 @@ impl Sessionizer {
             && (t, channel) >= (s.first, &s.channel)
         {
             if t > s.last {
-                self.close_queue.remove(&(s.last + timeout, id));
-                self.close_queue.insert((t + timeout, id));
                 s.last = t;
             }
             s.views += 1;
@@ -300,7 +304,6 @@ impl Sessionizer {
             }
             ids.swap_remove(i);
             if let Some(s) = self.sessions.remove(&id) {
-                self.close_queue.remove(&(s.last + timeout, id));
                 self.open_by_dim.count(&s, -1);
                 merged = Some(match merged {
                     None => s,
@@ -338,18 +341,28 @@ impl Sessionizer {
         let id = self.next_id;
         self.next_id += 1;
         ids.push(id);
-        self.close_queue.insert((session.last + timeout, id));
+        self.close_queue.push(Reverse((session.last + timeout, id)));
         self.open_by_dim.count(&session, 1);
         self.sessions.insert(id, session);
     }
 
     /// Closes every session whose close time is at or before `watermark`, oldest first.
     pub fn close_until(&mut self, watermark: Millis, mut out: impl FnMut(ClosedSession)) {
-        while let Some(&(close, id)) = self.close_queue.first() {
-            if close > watermark {
+        while let Some(&Reverse((at, id))) = self.close_queue.peek() {
+            if at > watermark {
                 break;
             }
-            self.close_queue.pop_first();
+            self.close_queue.pop();
+            // Merged into another session since it was queued.
+            let Some(s) = self.sessions.get(&id) else {
+                continue;
+            };
+            let close = s.last + self.timeout_ms;
+            if close > at {
+                // Extended since it was queued.
+                self.close_queue.push(Reverse((close, id)));
+                continue;
+            }
             let Some(s) = self.sessions.remove(&id) else {
                 continue;
             };
