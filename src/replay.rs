@@ -231,6 +231,9 @@ impl<R: std::io::Read> Iterator for FastRecords<R> {
     }
 }
 
+/// Records applied under one lock of the task.
+const CHUNK: u64 = 4096;
+
 /// Records between two evictions of what no window can show any more.
 const EVICT_EVERY: u64 = 1 << 14;
 
@@ -278,20 +281,25 @@ pub fn replay(
     for path in &opts.files {
         let records = records_of(path, &files_decoder, opts.generic_decode)?;
         bar.set_message(path.display().to_string());
-        for (i, decoded) in records.enumerate() {
-            let decoded = decoded.map_err(|e| Rejection::new(RejectReason::Undecodable, e));
-            let result = match decoded {
-                Ok(event) => {
-                    max_time =
-                        Some(max_time.map_or(event.event_time(), |m| m.max(event.event_time())));
-                    pipeline.handle_event(&tp, &event, None)
-                }
-                Err(r) => {
-                    pipeline.handle_event_rejected(&tp, &r);
-                    Err(r)
-                }
-            };
-            summary.consumed += 1;
+        let mut records = records.enumerate();
+        loop {
+            // A chunk of records under one lock of the task, ending where the
+            // next eviction is due.
+            let room = (EVICT_EVERY - summary.consumed % EVICT_EVERY).min(CHUNK);
+            let (index, events): (Vec<usize>, Vec<Result<Event, Rejection>>) = records
+                .by_ref()
+                .take(room as usize)
+                .map(|(i, d)| (i, d.map_err(|e| Rejection::new(RejectReason::Undecodable, e))))
+                .unzip();
+            if events.is_empty() {
+                break;
+            }
+            for event in events.iter().flatten() {
+                let t = event.event_time();
+                max_time = Some(max_time.map_or(t, |m| m.max(t)));
+            }
+            let results = pipeline.handle_events(&tp, &events, None);
+            summary.consumed += events.len() as u64;
             if summary.consumed % EVICT_EVERY == 0 {
                 // The final snapshot is at or after this watermark (an earlier `--at`
                 // is refused below), so what no window can show from it on goes now,
@@ -301,22 +309,24 @@ pub fn replay(
                     pipeline.engine().evict(w);
                 }
             }
-            match result {
-                Ok(()) => summary.accepted += 1,
-                Err(r) => {
-                    *summary.rejected.entry(r.reason.as_str()).or_default() += 1;
-                    if let Some(f) = dead_letter.as_mut() {
-                        let line = serde_json::json!({
-                            "file": path.display().to_string(),
-                            "index": i,
-                            "reason": r.reason.as_str(),
-                            "error": r.message,
-                        });
-                        writeln!(f, "{line}")?;
+            for (i, result) in index.into_iter().zip(results) {
+                match result {
+                    Ok(()) => summary.accepted += 1,
+                    Err(r) => {
+                        *summary.rejected.entry(r.reason.as_str()).or_default() += 1;
+                        if let Some(f) = dead_letter.as_mut() {
+                            let line = serde_json::json!({
+                                "file": path.display().to_string(),
+                                "index": i,
+                                "reason": r.reason.as_str(),
+                                "error": r.message,
+                            });
+                            writeln!(f, "{line}")?;
+                        }
                     }
                 }
             }
-            bar.inc(1);
+            bar.inc(events.len() as u64);
             if opts.progress && !shown && started.elapsed() > Duration::from_secs(1) {
                 bar.set_draw_target(ProgressDrawTarget::stderr());
                 shown = true;

@@ -253,12 +253,40 @@ impl Pipeline {
         result
     }
 
-    /// A record the edge could not turn into an event (e.g. an unreadable file record).
-    pub fn handle_event_rejected(&self, tp: &TopicPartition, rejection: &Rejection) {
+    /// Decoded events of `tp` in order under one lock of its task (replay's
+    /// batches): [`Pipeline::handle_event`] for each `Ok`, and each `Err` (a
+    /// record the edge could not decode) counted as consumed and rejected.
+    pub fn handle_events(
+        &self,
+        tp: &TopicPartition,
+        events: &[Result<Event, Rejection>],
+        now: Option<Millis>,
+    ) -> Vec<Result<(), Rejection>> {
         let counters = self.counters(tp);
-        counters.consumed.inc();
-        self.account(&counters, &Err(rejection.clone()));
+        let mut accepted = 0;
+        let results: Vec<_> = self.engine.with_task(tp.partition, |task| {
+            events
+                .iter()
+                .map(|event| {
+                    let result = match event {
+                        Ok(event) => self
+                            .check_skew(event, now)
+                            .and_then(|()| task.apply(&tp.topic, event)),
+                        Err(r) => Err(r.clone()),
+                    };
+                    match &result {
+                        Ok(()) => accepted += 1,
+                        Err(r) => self.telemetry.count_rejected(r.reason),
+                    }
+                    result
+                })
+                .collect()
+        });
+        counters.consumed.inc_by(events.len() as u64);
+        counters.accepted.inc_by(accepted);
+        results
     }
+
 
     fn apply(
         &self,
