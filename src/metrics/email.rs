@@ -17,7 +17,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::Labels;
+use super::{CustomerId, Labels};
 use crate::checkpoint::delta::{Kept, Merge, Tracked};
 use crate::event::{EmailEvent, EmailEventType, Millis};
 use crate::window::WindowSpec;
@@ -141,7 +141,8 @@ pub struct EmailState {
     attribution_ms: i64,
     windows: RolledRings<EmailBucket>,
     messages: Tracked<Box<str>, Message>,
-    customers: Tracked<Arc<str>, Attribution>,
+    /// Per customer number (only customers with recent clicks or orders).
+    customers: Tracked<CustomerId, Attribution>,
     labels: Labels,
     swept_at: Option<Millis>,
     /// (time, customer) of the orders in `customers`, in time order: an order is
@@ -149,7 +150,7 @@ pub struct EmailState {
     /// who does not click is not kept (nor checkpointed) for long. Derived from
     /// `customers`: not saved, rebuilt ([`EmailState::restored`]).
     #[serde(skip)]
-    pending: BTreeSet<(Millis, Arc<str>)>,
+    pending: BTreeSet<(Millis, CustomerId)>,
 }
 
 impl EmailState {
@@ -181,8 +182,8 @@ impl EmailState {
         });
     }
 
-    /// An accepted email event.
-    pub fn on_event(&mut self, e: &EmailEvent) {
+    /// An accepted email event (`customer`: its customer's number, for clicks).
+    pub fn on_event(&mut self, e: &EmailEvent, customer: Option<CustomerId>) {
         let campaign = self.labels.get(&e.campaign_id);
         let t = e.event_time;
         match e.kind {
@@ -213,16 +214,16 @@ impl EmailState {
         for x in after.iter().filter(|x| !before.contains(x)) {
             self.add(*x, Some(&msg_campaign), 1, move |c| c.first_of(kind));
         }
-        if e.kind == EmailEventType::Clicked {
-            self.on_click(&e.customer_id, t, campaign);
+        if let (EmailEventType::Clicked, Some(c)) = (e.kind, customer) {
+            self.on_click(c, t, campaign);
         }
     }
 
-    fn on_click(&mut self, customer: &str, c: Millis, campaign: Arc<str>) {
+    fn on_click(&mut self, customer: CustomerId, c: Millis, campaign: Arc<str>) {
         let window = self.attribution_ms;
-        let Some(a) = self.customers.get_mut(customer) else {
+        let Some(a) = self.customers.get_mut(&customer) else {
             self.customers.insert(
-                Arc::from(customer),
+                customer,
                 Attribution {
                     clicks: vec![(c, campaign)],
                     orders: vec![],
@@ -255,15 +256,10 @@ impl EmailState {
     }
 
     /// An accepted ORDER of `customer` at `o`.
-    pub fn on_order(&mut self, customer: &str, o: Millis) {
+    pub fn on_order(&mut self, customer: CustomerId, o: Millis) {
         let window = self.attribution_ms;
-        let key = self
-            .customers
-            .key(customer)
-            .cloned()
-            .unwrap_or_else(|| Arc::from(customer));
-        self.pending.insert((o, key.clone()));
-        let a = self.customers.get_or_insert(key, Default::default);
+        self.pending.insert((o, customer));
+        let a = self.customers.get_or_insert(customer, Default::default);
         let campaign = campaign_for(&a.clicks, o, window);
         let pos = a.orders.partition_point(|(t, _)| *t <= o);
         a.orders.insert(pos, (o, campaign.clone()));
@@ -330,13 +326,13 @@ impl EmailState {
             };
             // Orders are sorted: is the first one due? (The sweep may have been first.)
             let due = |a: &Attribution| a.orders.first().is_some_and(|(o, _)| *o < lower_bound);
-            if !self.customers.get(&*customer).is_some_and(due) {
+            if !self.customers.get(&customer).is_some_and(due) {
                 continue;
             }
-            if let Some(a) = self.customers.get_mut(&*customer) {
+            if let Some(a) = self.customers.get_mut(&customer) {
                 a.orders.retain(|(o, _)| *o >= lower_bound);
                 if a.orders.is_empty() && a.clicks.is_empty() {
-                    self.customers.remove(&*customer);
+                    self.customers.remove(&customer);
                 }
             }
         }
@@ -347,7 +343,7 @@ impl EmailState {
         self.pending = self
             .customers
             .iter()
-            .flat_map(|(c, a)| a.orders.iter().map(move |(o, _)| (*o, c.clone())))
+            .flat_map(|(c, a)| a.orders.iter().map(move |(o, _)| (*o, *c)))
             .collect();
     }
 
@@ -411,14 +407,21 @@ impl Merge for EmailState {
 
 /// The email family: message events, and ORDERs for attribution.
 impl super::family::Family for EmailState {
-    fn on_event(&mut self, event: &crate::event::Event, _customer: Option<super::CustomerId>) {
-        match event {
-            crate::event::Event::Email(e) => EmailState::on_event(self, e),
-            crate::event::Event::Purchase(p) if p.kind == crate::event::PurchaseType::Order => {
-                self.on_order(&p.customer_id, p.event_time);
+    fn on_event(&mut self, event: &crate::event::Event, customer: Option<CustomerId>) {
+        match (event, customer) {
+            (crate::event::Event::Email(e), _) => EmailState::on_event(self, e, customer),
+            (crate::event::Event::Purchase(p), Some(c))
+                if p.kind == crate::event::PurchaseType::Order =>
+            {
+                self.on_order(c, p.event_time);
             }
             _ => {}
         }
+    }
+
+    /// Attribution state is kept by customer number: the number stays while it is held.
+    fn holds(&self, c: CustomerId) -> bool {
+        self.customers.get(&c).is_some()
     }
 
     fn on_watermark(&mut self, w: Millis) {
@@ -466,6 +469,22 @@ mod tests {
 
     const MIN: i64 = 60_000;
 
+    /// The customer number of a test customer.
+    fn id(name: &str) -> CustomerId {
+        let names = ["c", "quiet", "never-clicks", "later"];
+        let i = names
+            .iter()
+            .position(|n| *n == name)
+            .expect("a test customer");
+        CustomerId::from_index(i as u32)
+    }
+
+    /// Applies `e` as the task would: clicks carry their customer's number.
+    fn on(st: &mut EmailState, e: EmailEvent) {
+        let c = id(&e.customer_id);
+        st.on_event(&e, Some(c));
+    }
+
     fn ev(kind: EmailEventType, t: Millis, msg: &str, campaign: &str) -> EmailEvent {
         EmailEvent {
             event_id: format!("{msg}-{t}"),
@@ -495,10 +514,10 @@ mod tests {
     #[test]
     fn an_earlier_open_arriving_later_moves_the_first_open() {
         let mut st = state();
-        st.on_event(&ev(EmailEventType::Opened, 11 * MIN, "m", "a"));
-        st.on_event(&ev(EmailEventType::Opened, 12 * MIN, "m", "a"));
+        on(&mut st, ev(EmailEventType::Opened, 11 * MIN, "m", "a"));
+        on(&mut st, ev(EmailEventType::Opened, 12 * MIN, "m", "a"));
         assert_eq!(counts(&st, 10 * MIN, 20 * MIN).unique_opens, 1);
-        st.on_event(&ev(EmailEventType::Opened, 9 * MIN, "m", "a"));
+        on(&mut st, ev(EmailEventType::Opened, 9 * MIN, "m", "a"));
         assert_eq!(counts(&st, 10 * MIN, 20 * MIN).unique_opens, 0);
         assert_eq!(counts(&st, 0, 10 * MIN).unique_opens, 1);
     }
@@ -507,7 +526,7 @@ mod tests {
     fn a_message_counts_again_a_ttl_after_its_first_open() {
         let mut st = state();
         for t in [0, 59 * MIN, 60 * MIN, 61 * MIN, 125 * MIN] {
-            st.on_event(&ev(EmailEventType::Opened, t, "m", "a"));
+            on(&mut st, ev(EmailEventType::Opened, t, "m", "a"));
         }
         // Chain: 0, then 60m (>= 0 + ttl), then 125m (>= 60m + ttl).
         assert_eq!(counts(&st, 0, 200 * MIN).unique_opens, 3);
@@ -516,15 +535,15 @@ mod tests {
     #[test]
     fn orders_go_to_the_campaign_of_the_last_click_within_the_window() {
         let mut st = state();
-        st.on_event(&ev(EmailEventType::Clicked, 0, "m1", "a"));
-        st.on_order("c", 29 * MIN); // 29 min after the click on "a"
-        st.on_order("c", 30 * MIN); // exactly the window: not attributed
+        on(&mut st, ev(EmailEventType::Clicked, 0, "m1", "a"));
+        st.on_order(id("c"), 29 * MIN); // 29 min after the click on "a"
+        st.on_order(id("c"), 30 * MIN); // exactly the window: not attributed
         let (mut all, mut by) = (EmailCounts::default(), HashMap::new());
         st.collect(0, 0, 60 * MIN, &mut all, &mut by);
         assert_eq!(all.attributed_orders, 1);
         assert_eq!(by[&Arc::from("a")].attributed_orders, 1);
         // A click on "b" at 10m arrives late: the 29m order moves to "b", the 30m one joins it.
-        st.on_event(&ev(EmailEventType::Clicked, 10 * MIN, "m2", "b"));
+        on(&mut st, ev(EmailEventType::Clicked, 10 * MIN, "m2", "b"));
         let (mut all, mut by) = (EmailCounts::default(), HashMap::new());
         st.collect(0, 0, 60 * MIN, &mut all, &mut by);
         assert_eq!(all.attributed_orders, 2);
@@ -536,30 +555,36 @@ mod tests {
     #[test]
     fn an_order_no_click_can_precede_any_more_is_forgotten_at_once() {
         let mut st = state();
-        st.on_order("quiet", 5 * MIN);
-        st.on_order("quiet", 7 * MIN);
-        st.on_event(&ev(EmailEventType::Clicked, 6 * MIN, "m", "a"));
+        st.on_order(id("quiet"), 5 * MIN);
+        st.on_order(id("quiet"), 7 * MIN);
+        on(&mut st, ev(EmailEventType::Clicked, 6 * MIN, "m", "a"));
         // The lower bound passes the first order: it is final, the rest is kept.
         st.forget_before(6 * MIN);
-        assert_eq!(st.customers.get("quiet").map(|a| a.orders.len()), Some(1));
+        assert_eq!(
+            st.customers.get(&id("quiet")).map(|a| a.orders.len()),
+            Some(1)
+        );
         // A late click at the lower bound still re-attributes the order after it.
         let mut late = ev(EmailEventType::Clicked, 6 * MIN, "m2", "b");
         late.customer_id = "quiet".into();
-        st.on_event(&late);
+        on(&mut st, late);
         let (mut all, mut by) = (EmailCounts::default(), HashMap::new());
         st.collect(0, 0, 60 * MIN, &mut all, &mut by);
         assert_eq!(by[&Arc::from("b")].attributed_orders, 1);
         // Past both orders: the customer who clicked keeps the clicks (the attribution
         // window is not over), the one who never clicked is dropped, well before the
         // periodic sweep (a quarter of the attribution window) is due.
-        st.on_order("never-clicks", 8 * MIN);
+        st.on_order(id("never-clicks"), 8 * MIN);
         st.forget_before(9 * MIN);
-        assert!(st.customers.get("never-clicks").is_none());
-        assert_eq!(st.customers.get("quiet").map(|a| a.orders.len()), Some(0));
-        assert_eq!(st.customers.get("c").map(|a| a.clicks.len()), Some(1));
+        assert!(st.customers.get(&id("never-clicks")).is_none());
+        assert_eq!(
+            st.customers.get(&id("quiet")).map(|a| a.orders.len()),
+            Some(0)
+        );
+        assert_eq!(st.customers.get(&id("c")).map(|a| a.clicks.len()), Some(1));
         assert!(st.pending.is_empty());
         // Restored, the queue is rebuilt from the kept orders.
-        st.on_order("later", 20 * MIN);
+        st.on_order(id("later"), 20 * MIN);
         let bytes = crate::checkpoint::delta::in_form(crate::checkpoint::delta::Form::Base, || {
             postcard::to_stdvec(&st)
         })

@@ -279,7 +279,8 @@ impl Merge for TaskState {
 /// 5: one distinct counter per event set, shared by every window; 6: released
 /// customer numbers, `""` in bases and listed in deltas; 7: window buckets fed
 /// through a staging ring, `window::rolled`; 8: released customer numbers are
-/// given again, and a delta lists the numbers given again with their ids).
+/// given again, and a delta lists the numbers given again with their ids; email
+/// attribution kept by customer number).
 pub(super) const BASE_FORMAT: &[u8] = b"engaged-task-state/8\n";
 /// Leads every saved delta (see [`delta`]).
 pub(super) const DELTA_FORMAT: &[u8] = b"engaged-task-delta/8\n";
