@@ -50,10 +50,10 @@ pub struct Header {
 /// A zig-zag varint from `r`; `Ok(None)` at a clean end of input before its first byte.
 fn read_long(r: &mut impl Read) -> Result<Option<i64>, String> {
     let (mut value, mut shift) = (0u64, 0u32);
-    for i in 0.. {
+    loop {
         let mut b = [0u8];
         match r.read(&mut b) {
-            Ok(0) if i == 0 => return Ok(None),
+            Ok(0) if shift == 0 => return Ok(None),
             Ok(0) => return Err("file truncated inside a number".into()),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -68,7 +68,6 @@ fn read_long(r: &mut impl Read) -> Result<Option<i64>, String> {
         }
         shift += 7;
     }
-    unreachable!("the loop returns")
 }
 
 fn long(r: &mut impl Read) -> Result<i64, String> {
