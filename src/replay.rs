@@ -289,7 +289,12 @@ pub fn replay(
             let (index, events): (Vec<usize>, Vec<Result<Event, Rejection>>) = records
                 .by_ref()
                 .take(room as usize)
-                .map(|(i, d)| (i, d.map_err(|e| Rejection::new(RejectReason::Undecodable, e))))
+                .map(|(i, d)| {
+                    (
+                        i,
+                        d.map_err(|e| Rejection::new(RejectReason::Undecodable, e)),
+                    )
+                })
                 .unzip();
             if events.is_empty() {
                 break;

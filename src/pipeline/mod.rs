@@ -287,7 +287,6 @@ impl Pipeline {
         results
     }
 
-
     fn apply(
         &self,
         tp: &TopicPartition,
