@@ -1036,6 +1036,9 @@ async fn large_state(
         }
         let running = start(config).await?;
         until_consumed(&running, customers as u64, &run).await?;
+        // With few customers a batch can take the later passes along with the
+        // first: then there is nothing left to time.
+        let counted = running.consumed().min(total as u64);
         let t = running.telemetry.clone();
         let pieces = |form: &str| t.checkpoint_pieces.with_label_values(&[form]).get();
         let (rounds0, pause0, written0, bases0, deltas0) = (
@@ -1055,7 +1058,15 @@ async fn large_state(
         let r = CkRun {
             label: label.to_string(),
             interval: interval.to_string(),
-            rate: (total - customers) as f64 / seconds,
+            rate: if counted < total as u64 {
+                (total as u64 - counted) as f64 / seconds
+            } else {
+                println!(
+                    "{run}: every pass was consumed with the first; no rate \
+                     (raise ENGAGED_BENCH_CUSTOMERS)"
+                );
+                f64::NAN
+            },
             rounds: t.checkpoint_pause.get_sample_count() - rounds0,
             pause: t.checkpoint_pause.get_sample_sum() - pause0,
             written: t.checkpoint_bytes_written.get() - written0,
@@ -1066,6 +1077,12 @@ async fn large_state(
             broker_cpu: cpu1.1 - cpu0.1,
             idle: t.consumer_idle.get() - idle0,
         };
+        if seconds < 1.0 {
+            println!(
+                "{run}: the later passes took {seconds:.2}s, too short to time (sampled every \
+                 {SAMPLE_EVERY:?}): raise ENGAGED_BENCH_CUSTOMERS for this figure"
+            );
+        }
         println!(
             "{name} {label} ({rep}) threads: {}; steal {:.1}s",
             thread_deltas(&threads0, &thread_times()),
