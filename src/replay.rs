@@ -245,19 +245,15 @@ pub fn replay(
 ) -> Result<ReplaySummary, ReplayError> {
     // One input: the files, as partition `replay/0`.
     core.input_topics = vec![TP_TOPIC.to_string()];
-    let decoder = || {
-        Decoder::new(&DecoderConfig::default())
-            .expect("the built-in reader schemas compile (tested)")
-    };
+    let decoder = Decoder::new(&DecoderConfig::default())
+        .expect("the built-in reader schemas compile (tested)");
     let pipeline = Pipeline::new(
-        decoder(),
+        decoder,
         Engine::new(core),
         Arc::new(Telemetry::new()),
         None,
         i64::MAX,
     );
-    // Compiles each file's writer schema for the fast block reader.
-    let files_decoder = decoder();
     let tp = TopicPartition::new(TP_TOPIC, 0);
     pipeline.assign(std::slice::from_ref(&tp), 0);
 
@@ -279,7 +275,7 @@ pub fn replay(
     let mut summary = ReplaySummary::default();
     let mut max_time: Option<Millis> = None;
     for path in &opts.files {
-        let records = records_of(path, &files_decoder, opts.generic_decode)?;
+        let records = records_of(path, pipeline.decoder(), opts.generic_decode)?;
         bar.set_message(path.display().to_string());
         let mut records = records.enumerate();
         loop {

@@ -239,11 +239,11 @@ impl<K: DenseKey, V: Default> Dense<K, V> {
     /// Visits every entry in key order; `f` says whether it left it unchanged,
     /// changed it, or removes it.
     pub fn retain(&mut self, mut f: impl FnMut(&K, &mut V) -> Kept) {
+        let mut gone = Vec::new();
         for c in 0..self.chunks.len() {
             let Some(chunk) = self.chunks[c].as_deref_mut() else {
                 continue;
             };
-            let mut gone = Vec::new();
             let present = chunk.present;
             for i in ones(&present) {
                 match f(&K::from_index(c * CHUNK + i), &mut chunk.values[i]) {
@@ -252,7 +252,7 @@ impl<K: DenseKey, V: Default> Dense<K, V> {
                     Kept::Removed => gone.push(i),
                 }
             }
-            for i in gone {
+            for i in gone.drain(..) {
                 self.take(c, i);
             }
         }

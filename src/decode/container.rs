@@ -15,10 +15,9 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use super::plan::ReaderRecord;
 use super::reader::Reader;
 use super::{DecodeError, Decoder, SchemaError, SchemaOrigin, Writer};
-use crate::event::{Event, EventKind};
+use crate::event::Event;
 
 /// Largest metadata value (the writer schema's JSON text) read from a header.
 pub const MAX_METADATA_BYTES: usize = 16 << 20;
@@ -105,7 +104,7 @@ impl Header {
         if &magic != MAGIC {
             return Err("no Avro object container magic (Obj\\x01) at the start".into());
         }
-        let (mut schema, mut codec_name) = (None, "null".to_string());
+        let (mut schema, mut codec) = (None, None);
         loop {
             let mut count = long(r)?;
             if count == 0 {
@@ -118,16 +117,17 @@ impl Header {
             for _ in 0..count {
                 let key = bytes(r, MAX_METADATA_BYTES, "a metadata key")?;
                 let value = bytes(r, MAX_METADATA_BYTES, "a metadata value")?;
-                let text = || String::from_utf8(value.clone()).map_err(|e| e.to_string());
-                match key.as_slice() {
-                    b"avro.schema" => schema = Some(text()?),
-                    b"avro.codec" => codec_name = text()?,
-                    _ => {}
-                }
+                let slot = match key.as_slice() {
+                    b"avro.schema" => &mut schema,
+                    b"avro.codec" => &mut codec,
+                    _ => continue,
+                };
+                *slot = Some(String::from_utf8(value).map_err(|e| e.to_string())?);
             }
         }
         let mut sync = [0u8; 16];
         exact(r, &mut sync)?;
+        let codec_name = codec.unwrap_or_else(|| "null".to_string());
         let codec = match codec_name.as_str() {
             "null" => Some(Codec::Null),
             "deflate" => Some(Codec::Deflate),
@@ -211,15 +211,11 @@ impl Datums {
     /// The fast decoder of `schema` (a writer schema's JSON text), or `Ok(None)`
     /// when only the generic path can read it.
     pub fn new(decoder: &Decoder, schema: &str, name: &str) -> Result<Option<Datums>, SchemaError> {
-        let records = EventKind::ALL
-            .into_iter()
-            .map(|k| ReaderRecord::new(k).map_err(|e| super::reader_error(k, e)))
-            .collect::<Result<Vec<_>, _>>()?;
         let writer = Writer::build(
             SchemaOrigin::Topic(name.to_string()),
             schema,
             &decoder.readers,
-            &records,
+            &super::reader_records()?,
         )?;
         Ok(writer.fast.is_some().then(|| Datums {
             writer: Arc::new(writer),
@@ -242,18 +238,10 @@ impl Datums {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn zigzag(out: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        while z >= 0x80 {
-            out.push((z as u8) | 0x80);
-            z >>= 7;
-        }
-        out.push(z as u8);
-    }
+    use crate::event::EventKind;
 
     fn with_len(out: &mut Vec<u8>, b: &[u8]) {
-        zigzag(out, b.len() as i64);
+        crate::decode::encode::long(out, b.len() as i64);
         out.extend_from_slice(b);
     }
 
@@ -261,12 +249,12 @@ mod tests {
     fn file(codec: &str, records: &[Event]) -> Vec<u8> {
         let sync = *b"0123456789abcdef";
         let mut out = MAGIC.to_vec();
-        zigzag(&mut out, 2);
+        crate::decode::encode::long(&mut out, 2);
         with_len(&mut out, b"avro.schema");
         with_len(&mut out, EventKind::Purchase.schema_json().as_bytes());
         with_len(&mut out, b"avro.codec");
         with_len(&mut out, codec.as_bytes());
-        zigzag(&mut out, 0);
+        crate::decode::encode::long(&mut out, 0);
         out.extend_from_slice(&sync);
         for chunk in records.chunks(10) {
             let data: Vec<u8> = chunk
@@ -277,7 +265,7 @@ mod tests {
                 "deflate" => miniz_oxide::deflate::compress_to_vec(&data, 6),
                 _ => data,
             };
-            zigzag(&mut out, chunk.len() as i64);
+            crate::decode::encode::long(&mut out, chunk.len() as i64);
             with_len(&mut out, &data);
             out.extend_from_slice(&sync);
         }

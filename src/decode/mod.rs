@@ -293,6 +293,14 @@ impl fmt::Debug for Decoder {
     }
 }
 
+/// Our reader records, one per kind, for compiling writer plans against.
+fn reader_records() -> Result<Vec<ReaderRecord>, SchemaError> {
+    EventKind::ALL
+        .into_iter()
+        .map(|k| ReaderRecord::new(k).map_err(|e| reader_error(k, e)))
+        .collect()
+}
+
 fn reader_error(kind: EventKind, reason: String) -> SchemaError {
     SchemaError::Incompatible {
         origin: SchemaOrigin::Reader(kind),
@@ -308,10 +316,7 @@ impl Decoder {
             origin: SchemaOrigin::Reader(kind),
             reason,
         })?;
-        let records = EventKind::ALL
-            .into_iter()
-            .map(|k| ReaderRecord::new(k).map_err(|e| reader_error(k, e)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let records = reader_records()?;
         let mut d = Decoder {
             by_id: HashMap::new(),
             by_fingerprint: HashMap::new(),

@@ -145,6 +145,11 @@ impl Pipeline {
         c
     }
 
+    /// The decoder of record values (replay compiles its files' writer schemas with it).
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
