@@ -264,15 +264,23 @@ impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
         }
     }
 
+    /// Sets the value of `k` (one hash lookup; the key counts as changed).
     pub fn insert(&mut self, k: K, v: V) -> Option<V> {
-        match self.map.get_mut(&k) {
-            Some(e) => {
-                Self::touch(&mut self.changed, self.period, e);
+        use std::collections::hash_map::Entry as Slot;
+        let (changed, period) = (&mut self.changed, self.period);
+        match self.map.entry(k) {
+            Slot::Occupied(mut o) => {
+                let e = o.get_mut();
+                Self::touch(changed, period, e);
                 Some(std::mem::replace(&mut e.value, v))
             }
-            None => {
-                let e = self.fresh(v);
-                self.map.insert(k, e);
+            Slot::Vacant(slot) => {
+                *changed += 1;
+                slot.insert(Entry {
+                    value: v,
+                    born: period,
+                    touched: period,
+                });
                 None
             }
         }

@@ -32,6 +32,48 @@ impl Labels {
     }
 }
 
+/// Label values of one task as small numbers (the order they were first seen
+/// in), so state keyed by a label hashes a number, not a string.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(from = "Vec<Arc<str>>", into = "Vec<Arc<str>>")]
+pub(crate) struct LabelIds {
+    names: Vec<Arc<str>>,
+    ids: HashMap<Arc<str>, u32, foldhash::fast::RandomState>,
+}
+
+impl LabelIds {
+    /// The number of `v`, given it if new.
+    pub(crate) fn id(&mut self, v: &str) -> u32 {
+        if let Some(&id) = self.ids.get(v) {
+            return id;
+        }
+        // Numbers beyond u32 would need 4 G distinct labels in one task.
+        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        let a: Arc<str> = Arc::from(v);
+        self.names.push(a.clone());
+        self.ids.insert(a, id);
+        id
+    }
+
+    /// The value numbered `id` (given by [`LabelIds::id`]).
+    pub(crate) fn name(&self, id: u32) -> &Arc<str> {
+        &self.names[id as usize]
+    }
+}
+
+impl From<Vec<Arc<str>>> for LabelIds {
+    fn from(names: Vec<Arc<str>>) -> LabelIds {
+        let ids = (0u32..).zip(&names).map(|(i, n)| (n.clone(), i)).collect();
+        LabelIds { names, ids }
+    }
+}
+
+impl From<LabelIds> for Vec<Arc<str>> {
+    fn from(l: LabelIds) -> Vec<Arc<str>> {
+        l.names
+    }
+}
+
 /// A breakdown of a metric: the whole stream, or one value of a bounded dimension.
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,

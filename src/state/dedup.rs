@@ -36,6 +36,29 @@ impl Dedup {
         *self.seen.get_or_insert_with(event_id, || event_time) = event_time;
     }
 
+    /// Whether `event_id` is new at `watermark` ([`Dedup::is_duplicate`] is
+    /// false); if so, remembers it at `event_time`. Two hash lookups of the id
+    /// for a new one, one for a duplicate.
+    pub fn accept(
+        &mut self,
+        event_id: &str,
+        event_time: Millis,
+        watermark: Option<Millis>,
+    ) -> bool {
+        match self.seen.get(event_id).copied() {
+            Some(t) if watermark.is_none_or(|w| t + self.window_ms > w) => false,
+            // Remembered, but expired: remembered again from this event.
+            Some(_) => {
+                self.insert(event_id, event_time);
+                true
+            }
+            None => {
+                self.seen.insert(Box::from(event_id), event_time);
+                true
+            }
+        }
+    }
+
     /// Frees expired ids; amortised: a full pass at most every quarter window of watermark progress.
     pub fn sweep(&mut self, watermark: Millis) {
         let due = self
@@ -87,6 +110,22 @@ mod tests {
         assert!(d.is_duplicate("a", Some(1_599_999)));
         assert!(!d.is_duplicate("a", Some(1_600_000)));
         assert!(!d.is_duplicate("b", Some(0)));
+    }
+
+    #[test]
+    fn accept_is_is_duplicate_then_insert() {
+        let mut d = Dedup::new(600_000);
+        assert!(d.accept("a", 1_000_000, None));
+        assert!(!d.accept("a", 1_000_000, None), "a duplicate");
+        assert!(
+            !d.accept("a", 1_200_000, Some(1_599_999)),
+            "still remembered"
+        );
+        // Expired at 1_600_000: accepted, and remembered from the new event on.
+        assert!(d.accept("a", 1_700_000, Some(1_600_000)));
+        assert!(d.is_duplicate("a", Some(2_299_999)));
+        assert!(!d.is_duplicate("a", Some(2_300_000)));
+        assert_eq!(d.len(), 1);
     }
 
     #[test]

@@ -145,13 +145,12 @@ impl TaskState {
                 format!("event_time {t} is older than the partition watermark {w}"),
             ));
         }
-        if input.dedup.is_duplicate(event.event_id(), watermark) {
+        if !input.dedup.accept(event.event_id(), t, watermark) {
             return Err(Rejection::new(
                 RejectReason::Duplicate,
                 format!("event_id {:?} was already accepted", event.event_id()),
             ));
         }
-        input.dedup.insert(event.event_id(), t);
         input.clock.observe(t);
         if let Some(w) = input.clock.watermark(lateness) {
             input.dedup.sweep(w);
@@ -280,10 +279,11 @@ impl Merge for TaskState {
 /// customer numbers, `""` in bases and listed in deltas; 7: window buckets fed
 /// through a staging ring, `window::rolled`; 8: released customer numbers are
 /// given again, and a delta lists the numbers given again with their ids; email
-/// attribution kept by customer number).
-pub(super) const BASE_FORMAT: &[u8] = b"engaged-task-state/8\n";
+/// attribution kept by customer number; 9: web state keyed by label numbers,
+/// open sessions in slots per (site, visitor)).
+pub(super) const BASE_FORMAT: &[u8] = b"engaged-task-state/9\n";
 /// Leads every saved delta (see [`delta`]).
-pub(super) const DELTA_FORMAT: &[u8] = b"engaged-task-delta/8\n";
+pub(super) const DELTA_FORMAT: &[u8] = b"engaged-task-delta/9\n";
 
 fn format_tag(form: Form) -> &'static [u8] {
     match form {

@@ -6,6 +6,8 @@
 //! non-idle partitions. Idleness is the one place wall-clock time enters: it is
 //! passed in by the edge (`now`), never read here.
 
+pub mod timers;
+
 use std::collections::BTreeMap;
 use std::hash::Hash;
 

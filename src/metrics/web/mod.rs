@@ -1,0 +1,317 @@
+//! Web metrics (SPEC §3 Web): sessions from page views, and page-view/session aggregates per window.
+//!
+//! A session is a maximal run of one visitor's views on one site with
+//! consecutive views less than `session_timeout` apart. Views may arrive out of
+//! order (within the lateness bound): a view can extend a session backwards or
+//! bridge two open sessions, which then merge. A session closes when its
+//! partition's watermark reaches `last_view + session_timeout`; that instant is
+//! its close time, and it counts in the bucket of its close time. Because a view
+//! older than the watermark is late (rejected), a closed session can never be
+//! reopened, so closing is final and depends only on the set of accepted views.
+
+use std::collections::HashMap;
+
+/// The maps on the page-view path hash with foldhash (SipHash was a tenth of the
+/// profile); seeds are per process, and nothing depends on iteration order.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+use super::{Dim, LabelIds, NO_CHANNEL};
+use crate::event::{Millis, PageView};
+use crate::window::WindowSpec;
+use crate::window::rolled::{Absorb, RolledRings};
+
+mod durations;
+mod sessions;
+
+pub use durations::Durations;
+pub(crate) use sessions::{ClosedSession, Sessionizer};
+
+/// Upper bounds (seconds) of the session-duration histogram on `/metrics`.
+pub const DURATION_BUCKETS_SECONDS: [f64; 10] = [
+    0.0, 10.0, 30.0, 60.0, 180.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0,
+];
+
+/// Additive web aggregates of one bucket (or one window, once merged).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WebCounts {
+    pub page_views: u64,
+    pub sessions: u64,
+    pub bounced_sessions: u64,
+    pub duration_ms_sum: u64,
+    /// Session durations (ms), for exact percentiles.
+    pub durations_ms: Durations,
+}
+
+impl WebCounts {
+    pub fn merge(&mut self, other: &WebCounts) {
+        self.page_views += other.page_views;
+        self.sessions += other.sessions;
+        self.bounced_sessions += other.bounced_sessions;
+        self.duration_ms_sum += other.duration_ms_sum;
+        self.durations_ms.extend(&other.durations_ms);
+    }
+
+    fn add_session(&mut self, s: &ClosedSession) {
+        self.sessions += 1;
+        if s.views == 1 {
+            self.bounced_sessions += 1;
+        }
+        self.duration_ms_sum += s.duration_ms;
+        self.durations_ms.push(s.duration_ms);
+    }
+}
+
+/// Cumulative session-duration histogram (Prometheus buckets of [`DURATION_BUCKETS_SECONDS`]).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DurationHistogram {
+    /// Non-cumulative counts per bucket; the last entry is `+Inf`.
+    pub counts: [u64; DURATION_BUCKETS_SECONDS.len() + 1],
+    pub sum_ms: u64,
+    pub count: u64,
+}
+
+impl DurationHistogram {
+    pub fn observe(&mut self, duration_ms: u64) {
+        let secs = duration_ms as f64 / 1000.0;
+        let idx = DURATION_BUCKETS_SECONDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(DURATION_BUCKETS_SECONDS.len());
+        self.counts[idx] += 1;
+        self.sum_ms += duration_ms;
+        self.count += 1;
+    }
+
+    pub fn merge(&mut self, other: &DurationHistogram) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+        self.sum_ms += other.sum_ms;
+        self.count += other.count;
+    }
+}
+
+/// One bucket of web aggregates: the whole stream and per site / channel
+/// (label numbers of the task's [`LabelIds`]).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct WebBucket {
+    all: WebCounts,
+    site: FastMap<u32, WebCounts>,
+    channel: FastMap<u32, WebCounts>,
+}
+
+impl WebBucket {
+    fn parts(&mut self, site: u32, channel: u32) -> [&mut WebCounts; 3] {
+        let s = self.site.entry(site).or_default();
+        let c = self.channel.entry(channel).or_default();
+        [&mut self.all, s, c]
+    }
+
+    fn parts_mut(&mut self) -> impl Iterator<Item = &mut WebCounts> {
+        std::iter::once(&mut self.all)
+            .chain(self.site.values_mut())
+            .chain(self.channel.values_mut())
+    }
+
+    fn parts_ref(&self) -> impl Iterator<Item = &WebCounts> {
+        std::iter::once(&self.all)
+            .chain(self.site.values())
+            .chain(self.channel.values())
+    }
+}
+
+impl Absorb for WebCounts {
+    fn absorb(&mut self, o: &WebCounts) {
+        self.page_views += o.page_views;
+        self.sessions += o.sessions;
+        self.bounced_sessions += o.bounced_sessions;
+        self.duration_ms_sum += o.duration_ms_sum;
+        self.durations_ms.absorb(&o.durations_ms);
+    }
+}
+
+impl Absorb for WebBucket {
+    fn absorb(&mut self, other: &WebBucket) {
+        self.all.absorb(&other.all);
+        for (map, from) in [
+            (&mut self.site, &other.site),
+            (&mut self.channel, &other.channel),
+        ] {
+            for (v, c) in from {
+                map.entry(*v).or_default().absorb(c);
+            }
+        }
+    }
+}
+
+/// The web state of one task: its label numbers, its sessionizer and its window buckets.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WebState {
+    /// Sites and channels as numbers (buckets, sessions and open counts hold numbers).
+    labels: LabelIds,
+    sessions: Sessionizer,
+    /// One bucket ring per configured window (in configuration order), fed
+    /// through one staging ring ([`RolledRings`]).
+    windows: RolledRings<WebBucket>,
+    histogram: DurationHistogram,
+}
+
+impl WebState {
+    pub fn new(specs: &[WindowSpec], session_timeout_ms: i64) -> WebState {
+        WebState {
+            labels: LabelIds::default(),
+            sessions: Sessionizer::new(session_timeout_ms),
+            windows: RolledRings::new(specs),
+            histogram: DurationHistogram::default(),
+        }
+    }
+
+    /// An accepted page view.
+    pub fn on_view(&mut self, pv: &PageView) {
+        let site = self.labels.id(&pv.site);
+        let channel = self.labels.id(pv.channel.as_deref().unwrap_or(NO_CHANNEL));
+        self.sessions
+            .add_view(site, &pv.visitor_id, pv.event_time, channel, &self.labels);
+        self.windows.update(pv.event_time, |b| {
+            for c in b.parts(site, channel) {
+                c.page_views += 1;
+            }
+        });
+    }
+
+    /// The task's closing watermark moved to `watermark`: close sessions that
+    /// ended (each counts in the bucket of its close time), then roll what no
+    /// event can change any more into the windows.
+    pub fn on_watermark(&mut self, watermark: Millis) {
+        let windows = &mut self.windows;
+        let histogram = &mut self.histogram;
+        self.sessions.close_until(watermark, |s| {
+            histogram.observe(s.duration_ms);
+            windows.update(s.close_time, |b| {
+                for c in b.parts(s.site, s.channel) {
+                    c.add_session(&s);
+                }
+            });
+        });
+        self.windows.roll_to(watermark);
+    }
+
+    /// Adds this task's buckets of window `idx` in `[start, end)` to `into`,
+    /// sealing their session durations first ([`Durations::seal`]: only values
+    /// appended since the last snapshot are sorted in).
+    pub fn collect(
+        &mut self,
+        idx: usize,
+        start: Millis,
+        end: Millis,
+        into: &mut HashMap<Dim, WebCounts>,
+    ) {
+        let labels = &self.labels;
+        for bucket in self.windows.range_mut(idx, start, end) {
+            bucket.parts_mut().for_each(|c| c.durations_ms.seal());
+            let bucket = &*bucket;
+            into.entry(Dim::All).or_default().merge(&bucket.all);
+            for (v, c) in &bucket.site {
+                into.entry(Dim::Site(labels.name(*v).clone()))
+                    .or_default()
+                    .merge(c);
+            }
+            for (v, c) in &bucket.channel {
+                into.entry(Dim::Channel(labels.name(*v).clone()))
+                    .or_default()
+                    .merge(c);
+            }
+        }
+    }
+
+    /// Adds the open sessions of this task per dimension to `into`.
+    pub fn collect_open(&self, into: &mut HashMap<Dim, u64>) {
+        for (d, n) in self.sessions.open_by_dim(&self.labels) {
+            if n > 0 {
+                *into.entry(d).or_default() += n as u64;
+            }
+        }
+    }
+
+    pub fn histogram(&self) -> &DurationHistogram {
+        &self.histogram
+    }
+
+    /// Drops buckets of window `idx` that start before `before`.
+    pub fn evict(&mut self, idx: usize, before: Millis) {
+        self.windows.evict_before(idx, before);
+    }
+
+    /// Adds this task's entries to the memory accounting.
+    pub fn account(&self, size: &mut crate::state::memory::StateSize) {
+        use crate::state::memory::StateKind;
+        size.add(StateKind::OpenSession, self.sessions.open_count());
+        size.add(StateKind::WindowBucket, self.windows.len());
+        let held: usize = self
+            .windows
+            .iter()
+            .flat_map(WebBucket::parts_ref)
+            .map(|c| c.durations_ms.len())
+            .sum();
+        size.add(StateKind::SessionDuration, held);
+    }
+
+    /// Rough entry count, for the state-size gauge.
+    pub fn size(&self) -> usize {
+        self.sessions.open_count() + self.windows.len()
+    }
+}
+
+/// The web family: sessions from page views (see the module docs).
+impl super::family::Family for WebState {
+    fn on_event(&mut self, event: &crate::event::Event, _customer: Option<super::CustomerId>) {
+        if let crate::event::Event::PageView(pv) = event {
+            self.on_view(pv);
+        }
+    }
+
+    fn on_watermark(&mut self, w: Millis) {
+        WebState::on_watermark(self, w);
+    }
+
+    fn collect(
+        &mut self,
+        idx: usize,
+        start: Millis,
+        end: Millis,
+        into: &mut super::family::WindowAggregates,
+    ) {
+        WebState::collect(self, idx, start, end, &mut into.web);
+    }
+
+    fn evict(&mut self, idx: usize, start: Millis, _end: Millis, _lower_bound: Option<Millis>) {
+        WebState::evict(self, idx, start);
+    }
+
+    fn account(&self, size: &mut crate::state::memory::StateSize) {
+        WebState::account(self, size);
+    }
+
+    fn size(&self) -> usize {
+        WebState::size(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_upper_inclusive() {
+        let mut h = DurationHistogram::default();
+        h.observe(0);
+        h.observe(10_000);
+        h.observe(10_001);
+        h.observe(100_000_000);
+        assert_eq!(h.counts[0], 1);
+        assert_eq!(h.counts[1], 1);
+        assert_eq!(h.counts[2], 1);
+        assert_eq!(h.counts[DURATION_BUCKETS_SECONDS.len()], 1);
+        assert_eq!(h.count, 4);
+    }
+}
