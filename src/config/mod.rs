@@ -6,11 +6,16 @@
 //! and more into every pod of a namespace with a Service named `engaged`, and those
 //! must not stop start-up. They are logged by name (never by value) and ignored.
 //! [`RawConfig::validate`]
-//! turns it into a typed [`Config`] without any I/O, and every error names the
-//! key, the value and what is allowed. Reading schema files happens later, in
+//! turns it into a typed [`Config`] without any I/O, and every error is one line naming
+//! the key, the value and what is allowed (the properties of the `kafka*` tables are
+//! checked by librdkafka's own configuration parser; load errors are reworded in
+//! `load_error`). Reading schema files happens later, in
 //! [`Config::decoder_config`], where a missing file is also reported by key.
 
 pub mod kafka;
+mod load_error;
+#[cfg(test)]
+mod table_tests;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -276,6 +281,14 @@ fn window(value: &str) -> Result<WindowSpec, ConfigError> {
         match b {
             Some(b) => ms(humantime::parse_duration(b.trim())
                 .map_err(|_| invalid("windows", value, allowed))?),
+            None if length_ms % 60 != 0 => {
+                return Err(invalid(
+                    "windows",
+                    value,
+                    "a window whose default bucket (the window / 60) is a whole number of \
+                     milliseconds, or an explicit bucket that divides it, e.g. `1s/100ms`",
+                ));
+            }
             None => length_ms / 60,
         };
     if bucket_ms <= 0 || length_ms % bucket_ms != 0 {
@@ -286,6 +299,64 @@ fn window(value: &str) -> Result<WindowSpec, ConfigError> {
         length_ms,
         bucket_ms,
     })
+}
+
+/// What Kafka allows as a topic name (`kafka.common.internals.Topic`).
+fn topic_name(key: &str, t: &str) -> Result<(), ConfigError> {
+    let legal = (1..=249).contains(&t.len())
+        && t != "."
+        && t != ".."
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if legal {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            t,
+            "a Kafka topic name: 1 to 249 of `a-z A-Z 0-9 . _ -`, not `.` or `..`",
+        ))
+    }
+}
+
+/// Checks one `kafka*` table with librdkafka itself, property by property (no client
+/// is created, nothing is connected). The value of an unknown property is not shown:
+/// it may be a secret under a misspelt name.
+fn librdkafka_properties(table: &str, props: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for (name, value) in props {
+        // Setting it loads the plugins: that is I/O, left to the clients.
+        if name == "plugin.library.paths" {
+            continue;
+        }
+        let mut c = rdkafka::ClientConfig::new();
+        c.set(name, value);
+        let Err(e) = c.create_native_config() else {
+            continue;
+        };
+        let key = format!("{table}.{name}");
+        let desc = match e {
+            rdkafka::error::KafkaError::ClientConfig(_, desc, ..) => desc,
+            other => other.to_string(),
+        };
+        if desc.starts_with("No such configuration property") {
+            return Err(ConfigError::Load(format!(
+                "unknown key `{key}`: not a librdkafka property (librdkafka's \
+                 CONFIGURATION.md lists them; quote a dotted name in the file, \
+                 `\"security.protocol\" = \"SSL\"`)"
+            )));
+        }
+        let shown = load_error::shown(&key, || format!("{value:?}"));
+        // librdkafka's text quotes the value: never show it for a secret.
+        let desc = if load_error::is_secret(&key) {
+            "librdkafka refuses this value".to_string()
+        } else {
+            desc
+        };
+        return Err(ConfigError::Load(format!(
+            "`{key}` = {shown}: a value librdkafka accepts ({desc})"
+        )));
+    }
+    Ok(())
 }
 
 /// The prefix of configuration environment variables (`ENGAGED_<KEY>`).
@@ -458,14 +529,7 @@ impl RawConfig {
             fig = fig.merge(Toml::file(f));
         }
         fig = fig.merge(env).merge(Serialized::defaults(overrides));
-        fig.extract().map_err(|e| {
-            let key = e.path.join(".");
-            let mut msg = e.to_string();
-            if !key.is_empty() && !msg.contains(&key) {
-                msg = format!("`{key}`: {msg}");
-            }
-            ConfigError::Load(msg)
-        })
+        fig.extract().map_err(|e| load_error::load_error(&fig, e))
     }
 
     /// Pure validation; every error names the key, the value and what is allowed.
@@ -487,15 +551,23 @@ impl RawConfig {
         if self.input_topics.is_empty() {
             return Err(invalid("input_topics", "", "at least one topic"));
         }
+        for (i, t) in self.input_topics.iter().enumerate() {
+            topic_name("input_topics", t)?;
+            if self.input_topics[..i].contains(t) {
+                return Err(invalid(
+                    "input_topics",
+                    self.input_topics.join(","),
+                    format!("distinct topics (`{t}` is listed twice)"),
+                ));
+            }
+        }
         for (key, t) in [
             ("snapshot_topic", &self.snapshot_topic),
             ("dead_letter_topic", &self.dead_letter_topic),
             ("checkpoint_topic", &self.checkpoint_topic),
             ("customer_risk_topic", &self.customer_risk_topic),
         ] {
-            if t.trim().is_empty() {
-                return Err(invalid(key, t, "a topic name"));
-            }
+            topic_name(key, t)?;
             if self.input_topics.contains(t) {
                 return Err(invalid(key, t, "a topic that is not also an input topic"));
             }
@@ -528,17 +600,44 @@ impl RawConfig {
             .iter()
             .map(|w| window(w))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut names: Vec<&str> = windows.iter().map(|w| w.name.as_str()).collect();
-        names.sort();
-        names.dedup();
-        if names.len() != windows.len() {
-            return Err(invalid(
-                "windows",
-                self.windows.join(","),
-                "distinct window names",
-            ));
+        // The order is kept (it is the order of the output); a length given twice, under
+        // one name or two (`1h`, `60m`), would publish the same window twice.
+        for (i, w) in windows.iter().enumerate() {
+            if let Some(j) = windows[..i].iter().position(|o| o.length_ms == w.length_ms) {
+                let (a, b) = (self.windows[j].trim(), self.windows[i].trim());
+                return Err(invalid(
+                    "windows",
+                    self.windows.join(","),
+                    if a == b {
+                        format!("distinct windows (`{a}` is listed twice)")
+                    } else {
+                        format!("distinct windows (`{a}` and `{b}` have the same length)")
+                    },
+                ));
+            }
         }
         let lateness = duration("allowed_lateness", &self.allowed_lateness)?;
+        let shortest = windows
+            .iter()
+            .min_by_key(|w| w.length_ms)
+            .expect("at least one window");
+        if ms(lateness) > shortest.length_ms {
+            return Err(invalid(
+                "allowed_lateness",
+                &self.allowed_lateness,
+                format!(
+                    "a duration no longer than the shortest of `windows`, `{}`",
+                    shortest.name
+                ),
+            ));
+        }
+        for (table, props) in [
+            ("kafka", &self.kafka),
+            ("kafka_consumer", &self.kafka_consumer),
+            ("kafka_producer", &self.kafka_producer),
+        ] {
+            librdkafka_properties(table, props)?;
+        }
         let skew = duration("max_clock_skew", &self.max_clock_skew)?;
         let listen: SocketAddr = self.listen.parse().map_err(|_| {
             invalid(
@@ -951,7 +1050,7 @@ mod tests {
         let e = RawConfig::load_with_env(Some(&f), env(&KUBERNETES_SERVICE_LINKS), &no_flags)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown field") && e.contains("port"), "{e}");
+        assert!(e.contains("unknown key `port`"), "{e}");
     }
 
     #[test]

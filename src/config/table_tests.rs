@@ -1,0 +1,248 @@
+//! Every invalid configuration value stops start-up with one line naming the key, the
+//! value and what is allowed (issue 12, item 7): one row per case.
+
+use std::collections::BTreeMap;
+
+use super::{EnvVars, RawConfig};
+
+struct Case {
+    what: &'static str,
+    /// The configuration file.
+    toml: &'static str,
+    /// `ENGAGED_*` variables on top of it.
+    env: &'static [(&'static str, &'static str)],
+    /// Fragments the one-line message must contain: the key, the value, what is allowed.
+    key: &'static str,
+    value: &'static str,
+    allowed: &'static str,
+}
+
+const fn file(
+    what: &'static str,
+    toml: &'static str,
+    key: &'static str,
+    value: &'static str,
+    allowed: &'static str,
+) -> Case {
+    Case {
+        what,
+        toml,
+        env: &[],
+        key,
+        value,
+        allowed,
+    }
+}
+
+/// A bad duration for each duration key (checked against the keys below).
+const BAD_DURATION: &str = "a duration such as `500ms`";
+
+#[rustfmt::skip]
+const CASES: &[Case] = &[
+    // Unknown keys, at the top and inside tables.
+    file("unknown key", "port = 9898\n",
+         "unknown key `port`", "port", "not a configuration key; the keys are `allowed_lateness`"),
+    file("misspelt key", "bootstrap_server = \"kafka:9092\"\n",
+         "unknown key `bootstrap_server`", "bootstrap_server", "did you mean `bootstrap_servers`?"),
+    file("unknown librdkafka property (its value may be a secret: not shown)",
+         "[kafka]\n\"sasl.pasword\" = \"hunter2\"\n",
+         "unknown key `kafka.sasl.pasword`", "sasl.pasword", "not a librdkafka property"),
+    file("librdkafka property with dots, unquoted", "[kafka]\nsecurity.protocol = \"SSL\"\n",
+         "`kafka.security`", "a table", "must be quoted in the file"),
+    file("librdkafka value librdkafka refuses", "[kafka_producer]\n\"compression.type\" = \"zip\"\n",
+         "`kafka_producer.compression.type`", "\"zip\"", "a value librdkafka accepts"),
+    file("librdkafka value that is not a string", "[kafka]\nacks = 1\n",
+         "`kafka.acks`", "= 1", "a string"),
+    file("secret of the wrong type is not shown", "[kafka]\n\"sasl.password\" = 12345\n",
+         "`kafka.sasl.password`", "(hidden)", "a string"),
+    file("table that is not a table", "schema_ids = \"1\"\n",
+         "`schema_ids`", "\"1\"", "a table of schema id"),
+    file("not TOML", "group_id = \n",
+         "TOML parse error at line 1, column 12", "`group_id =`", "invalid string"),
+    file("wrong type", "risk_threshold = \"high\"\n",
+         "`risk_threshold`", "\"high\"", "a number"),
+    file("negative count", "max_dimension_values = -1\n",
+         "`max_dimension_values`", "-1", "a whole number"),
+    // Durations: every duration key (the test checks none is missing).
+    file("bad duration", "allowed_lateness = \"soon\"\n", "`allowed_lateness`", "\"soon\"", BAD_DURATION),
+    file("bad duration", "idle_timeout = \"soon\"\n", "`idle_timeout`", "\"soon\"", BAD_DURATION),
+    file("bad duration", "max_clock_skew = \"1 hour ago\"\n", "`max_clock_skew`", "\"1 hour ago\"", BAD_DURATION),
+    file("bad duration", "dedup_window = \"10\"\n", "`dedup_window`", "\"10\"", BAD_DURATION),
+    file("bad duration", "session_timeout = \"30 minutes later\"\n", "`session_timeout`", "\"30 minutes later\"", BAD_DURATION),
+    file("bad duration", "snapshot_interval = \"-5s\"\n", "`snapshot_interval`", "\"-5s\"", BAD_DURATION),
+    file("bad duration", "shutdown_timeout = \"30S\"\n", "`shutdown_timeout`", "\"30S\"", BAD_DURATION),
+    file("bad duration", "statistics_interval = \"5.5.5s\"\n", "`statistics_interval`", "\"5.5.5s\"", BAD_DURATION),
+    file("bad duration", "checkpoint_interval = \"\"\n", "`checkpoint_interval`", "\"\"", BAD_DURATION),
+    file("bad duration", "restore_timeout = \"2min30\"\n", "`restore_timeout`", "\"2min30\"", BAD_DURATION),
+    file("bad duration", "email_dedup_ttl = \"a month\"\n", "`email_dedup_ttl`", "\"a month\"", BAD_DURATION),
+    file("bad duration", "attribution_window = \"7days!\"\n", "`attribution_window`", "\"7days!\"", BAD_DURATION),
+    file("bad duration", "churn_horizon = \"P90D\"\n", "`churn_horizon`", "\"P90D\"", BAD_DURATION),
+    file("bad duration", "model_refit_interval = \"often\"\n", "`model_refit_interval`", "\"often\"", BAD_DURATION),
+    file("bad duration", "state_ttl = \"forever\"\n", "`state_ttl`", "\"forever\"", BAD_DURATION),
+    file("zero where a period is needed", "session_timeout = \"0s\"\n",
+         "`session_timeout`", "\"0s\"", "greater than zero"),
+    file("state_ttl shorter than what needs the state", "state_ttl = \"30d\"\n",
+         "`state_ttl`", "\"30d\"", "`off` or at least"),
+    // Windows.
+    file("no window", "windows = []\n", "`windows`", "\"\"", "at least one window"),
+    file("window duplicated", "windows = [\"5m\", \"1h\", \"5m\"]\n",
+         "`windows`", "\"5m,1h,5m\"", "distinct windows (`5m` is listed twice)"),
+    file("window duplicated under another name", "windows = [\"1h\", \"60m\"]\n",
+         "`windows`", "\"1h,60m\"", "`1h` and `60m` have the same length"),
+    file("window duplicated with another bucket", "windows = \"1h,1h/30s\"\n",
+         "`windows`", "\"1h,1h/30s\"", "`1h` and `1h/30s` have the same length"),
+    file("bucket not dividing its window", "windows = [\"1h/7m\"]\n",
+         "`windows`", "\"1h/7m\"", "the bucket must divide the window"),
+    file("bucket longer than its window", "windows = [\"1h/2h\"]\n",
+         "`windows`", "\"1h/2h\"", "the bucket must divide the window"),
+    file("empty bucket", "windows = [\"1h/0s\"]\n",
+         "`windows`", "\"1h/0s\"", "the bucket must divide the window"),
+    file("default bucket (window / 60) not whole milliseconds", "windows = [\"1s\"]\n",
+         "`windows`", "\"1s\"", "an explicit bucket that divides it, e.g. `1s/100ms`"),
+    file("window not a duration", "windows = [\"5x\"]\n",
+         "`windows`", "\"5x\"", "windows like `5m`"),
+    file("window too short", "windows = [\"500ms\"]\n",
+         "`windows`", "\"500ms\"", "at least 1s"),
+    file("window list of the wrong type", "windows = 5\n",
+         "`windows`", "= 5", "a list of strings"),
+    file("lateness longer than the smallest window", "allowed_lateness = \"6m\"\n",
+         "`allowed_lateness`", "\"6m\"", "no longer than the shortest of `windows`, `5m`"),
+    file("lateness longer than the smallest window, whatever the order",
+         "windows = [\"1h\", \"10m\", \"24h\"]\nallowed_lateness = \"15m\"\n",
+         "`allowed_lateness`", "\"15m\"", "the shortest of `windows`, `10m`"),
+    Case {
+        what: "lateness longer than the smallest window, from the environment",
+        toml: "",
+        env: &[("ENGAGED_WINDOWS", "1m,1h"), ("ENGAGED_ALLOWED_LATENESS", "2m")],
+        key: "`allowed_lateness`",
+        value: "\"2m\"",
+        allowed: "the shortest of `windows`, `1m`",
+    },
+    Case {
+        what: "window duplicated, from the environment",
+        toml: "",
+        env: &[("ENGAGED_WINDOWS", "1h,3600s")],
+        key: "`windows`",
+        value: "\"1h,3600s\"",
+        allowed: "`1h` and `3600s` have the same length",
+    },
+    // Topics.
+    file("empty topic list", "input_topics = []\n", "`input_topics`", "\"\"", "at least one topic"),
+    file("empty topic list, as a string", "input_topics = \" , \"\n",
+         "`input_topics`", "\"\"", "at least one topic"),
+    file("empty topic name", "input_topics = [\"pageviews\", \"\"]\n",
+         "`input_topics`", "\"\"", "a Kafka topic name"),
+    file("illegal topic name", "input_topics = [\"page views\"]\n",
+         "`input_topics`", "\"page views\"", "a Kafka topic name: 1 to 249 of `a-z A-Z 0-9 . _ -`"),
+    file("topic listed twice", "input_topics = [\"emails\", \"purchases\", \"emails\"]\n",
+         "`input_topics`", "\"emails,purchases,emails\"", "`emails` is listed twice"),
+    file("empty output topic", "snapshot_topic = \"\"\n", "`snapshot_topic`", "\"\"", "a Kafka topic name"),
+    file("illegal output topic", "dead_letter_topic = \"dlq/engaged\"\n",
+         "`dead_letter_topic`", "\"dlq/engaged\"", "a Kafka topic name"),
+    file("output topic that is an input", "checkpoint_topic = \"pageviews\"\n",
+         "`checkpoint_topic`", "\"pageviews\"", "not also an input topic"),
+    file("plain-datum schema for a topic not read", "[topic_schemas]\nclicks = \"/x.avsc\"\n",
+         "`topic_schemas.clicks`", "\"clicks\"", "one of the input_topics"),
+    file("schema id that is not a number", "[schema_ids]\nabc = \"/x.avsc\"\n",
+         "`schema_ids.abc`", "\"abc\"", "a schema id"),
+    // Other values.
+    file("no brokers", "bootstrap_servers = \" \"\n", "`bootstrap_servers`", "\" \"", "`host:port"),
+    file("no group", "group_id = \"\"\n", "`group_id`", "\"\"", "a non-empty consumer group id"),
+    file("address without port", "listen = \"localhost\"\n",
+         "`listen`", "\"localhost\"", "an address like `127.0.0.1:9898`"),
+    file("currency", "currency = \"euro\"\n", "`currency`", "\"euro\"", "an ISO 4217 code"),
+    file("model", "model = \"pareto\"\n", "`model`", "\"pareto\"", "`mbg_nbd` (default) or `bg_nbd`"),
+    file("probability", "risk_threshold = 1.5\n", "`risk_threshold`", "\"1.5\"", "a probability"),
+    file("no breakdown values", "max_dimension_values = 0\n", "`max_dimension_values`", "\"0\"", "at least 1"),
+    file("size", "max_memory = \"2 parsecs\"\n", "`max_memory`", "\"2 parsecs\"", "a size such as `512MiB`"),
+];
+
+/// The error that stops start-up with this file and these variables, if any.
+fn error_of(toml: &str, env: &[(&str, &str)]) -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("engaged.toml");
+    std::fs::write(&f, toml).unwrap();
+    let env = EnvVars::from_vars(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let no_flags = BTreeMap::<String, String>::new();
+    match RawConfig::load_with_env(Some(&f), env, &no_flags) {
+        Err(e) => Some(e.to_string()),
+        Ok(raw) => raw.validate().err().map(|e| e.to_string()),
+    }
+}
+
+#[test]
+fn every_invalid_value_stops_start_up_with_one_line_naming_key_value_and_what_is_allowed() {
+    let mut failures = Vec::new();
+    for case in CASES {
+        let Some(e) = error_of(case.toml, case.env) else {
+            failures.push(format!("{}: accepted\n  {:?}", case.what, case.toml));
+            continue;
+        };
+        let one_line = !e.contains('\n') && e.starts_with("invalid configuration: ");
+        if !one_line
+            || !e.contains(case.key)
+            || !e.contains(case.value)
+            || !e.contains(case.allowed)
+        {
+            failures.push(format!(
+                "{}: {e}\n  wanted key {:?}, value {:?}, allowed {:?}",
+                case.what, case.key, case.value, case.allowed
+            ));
+        }
+        if e.contains("hunter2") || e.contains("12345") {
+            failures.push(format!("{}: shows a secret: {e}", case.what));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_table_has_a_bad_duration_for_every_duration_key() {
+    let defaults = serde_json::to_value(RawConfig::default()).unwrap();
+    let duration_keys: Vec<&String> = defaults
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, v)| {
+            // `state_ttl` defaults to `off`, `windows` is a list.
+            *k == "state_ttl"
+                || v.as_str()
+                    .is_some_and(|s| humantime::parse_duration(s).is_ok())
+        })
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(duration_keys.len(), 15, "{duration_keys:?}");
+    for key in duration_keys {
+        let tested = CASES
+            .iter()
+            .any(|c| c.allowed == BAD_DURATION && c.key == format!("`{key}`"));
+        assert!(tested, "no bad-duration row for `{key}`");
+    }
+}
+
+#[test]
+fn windows_keep_their_order_and_valid_edges_are_accepted() {
+    // Not sorted: the output follows the configured order (README's replay example
+    // `--windows 7d,1h`), so an unsorted list is accepted as given.
+    let ok = |toml: &str| assert_eq!(error_of(toml, &[]), None, "{toml}");
+    ok("windows = [\"7d\", \"1h\"]\n");
+    ok("windows = [\"1s/100ms\"]\nallowed_lateness = \"1s\"\n");
+    ok("windows = [\"1h/1h\"]\n");
+    // Lateness equal to the shortest window, or none at all.
+    ok("allowed_lateness = \"5m\"\n");
+    ok("allowed_lateness = \"0s\"\n");
+    ok("[kafka]\n\"security.protocol\" = \"PLAINTEXT\"\n\"session.timeout.ms\" = \"6000\"\n");
+    let raw = RawConfig {
+        windows: vec!["7d".into(), "3d/1h".into(), "1h".into(), "10m".into()],
+        ..RawConfig::default()
+    };
+    let names: Vec<String> = raw
+        .validate()
+        .unwrap()
+        .core
+        .windows
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    assert_eq!(names, ["7d", "3d", "1h", "10m"]);
+}
