@@ -4,6 +4,10 @@
 //!
 //!     cargo bench --bench engine -- --warm-up-time 1 --measurement-time 5
 
+/// The allocator the `engaged` binary runs with (src/main.rs), so the figures are its own.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 use std::sync::Arc;
 

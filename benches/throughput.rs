@@ -34,6 +34,10 @@
 //! Prints a table and writes
 //! `target/throughput.json`.
 
+/// The allocator the `engaged` binary runs with (src/main.rs), so the figures are its own.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -1002,7 +1006,8 @@ async fn large_state(
     repeats: usize,
 ) -> Res<LargeState> {
     let topics = Topics {
-        inputs: vec![env.topic(&format!("{name}{customers}"))],
+        // A legal Kafka topic name: the phase's name without spaces.
+        inputs: vec![env.topic(&format!("{}{customers}", name.replace(' ', "-")))],
         checkpoints: String::new(),
         snapshots: env.topic("snapshots"),
         dead_letters: env.topic("dlq"),
