@@ -188,6 +188,53 @@ fn non_empty(field: &'static str, v: &str) -> Result<(), InvalidEvent> {
 }
 
 impl Event {
+    /// An event of `kind` with empty strings and zeros: a buffer a decoder
+    /// fills in ([`crate::decode::Decoder::decode_into`]), never an input.
+    pub fn empty(kind: EventKind) -> Event {
+        match kind {
+            EventKind::PageView => Event::PageView(PageView {
+                event_id: String::new(),
+                event_time: 0,
+                visitor_id: String::new(),
+                customer_id: None,
+                site: String::new(),
+                page: String::new(),
+                referrer: None,
+                channel: None,
+            }),
+            EventKind::EmailEvent => Event::Email(EmailEvent {
+                event_id: String::new(),
+                event_time: 0,
+                customer_id: String::new(),
+                campaign_id: String::new(),
+                message_id: String::new(),
+                kind: EmailEventType::Sent,
+                url: None,
+            }),
+            EventKind::Purchase => Event::Purchase(Purchase {
+                event_id: String::new(),
+                event_time: 0,
+                customer_id: String::new(),
+                order_id: String::new(),
+                kind: PurchaseType::Order,
+                amount_minor: 0,
+                currency: String::new(),
+                cost_minor: None,
+                items: 0,
+                campaign_id: None,
+            }),
+            EventKind::SurveyResponse => Event::Survey(SurveyResponse {
+                event_id: String::new(),
+                event_time: 0,
+                customer_id: None,
+                survey_id: String::new(),
+                kind: SurveyKind::Nps,
+                score: 0,
+                comment: None,
+            }),
+        }
+    }
+
     pub fn kind(&self) -> EventKind {
         match self {
             Event::PageView(_) => EventKind::PageView,

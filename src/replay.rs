@@ -115,12 +115,35 @@ fn to_event(kind: EventKind, v: Value) -> Result<Event, apache_avro::Error> {
 }
 
 /// The records of one file, decoded, in file order.
-type Records = Box<dyn Iterator<Item = Result<Event, String>>>;
+trait Records {
+    /// Decodes the next record into `out` (into the event already there when it
+    /// has one: its strings' buffers are reused); `false` at the end.
+    fn next_into(&mut self, out: &mut Result<Event, String>) -> bool;
+}
+
+/// apache-avro's reader: every record a new event.
+struct Generic<I>(I);
+
+impl<I: Iterator<Item = Result<Event, String>>> Records for Generic<I> {
+    fn next_into(&mut self, out: &mut Result<Event, String>) -> bool {
+        match self.0.next() {
+            Some(r) => {
+                *out = r;
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 /// Opens `path`: null- and deflate-coded files whose writer schema the fast plan
 /// compiles are read block by block ([`FastRecords`]); anything else, or every
 /// file with `generic`, through apache-avro's reader.
-fn records_of(path: &PathBuf, decoder: &Decoder, generic: bool) -> Result<Records, ReplayError> {
+fn records_of(
+    path: &PathBuf,
+    decoder: &Decoder,
+    generic: bool,
+) -> Result<Box<dyn Records>, ReplayError> {
     let open = || {
         File::open(path).map_err(|source| ReplayError::Open {
             path: path.clone(),
@@ -154,7 +177,7 @@ fn records_of(path: &PathBuf, decoder: &Decoder, generic: bool) -> Result<Record
     if kinds.iter().all(Option::is_none) {
         return Err(ReplayError::UnknownSchema { path: path.clone() });
     }
-    Ok(Box::new(reader.map(move |value| {
+    Ok(Box::new(Generic(reader.map(move |value| {
         value.map_err(|e| e.to_string()).and_then(|v| {
             let (branch, v) = match v {
                 Value::Union(b, inner) => (b as usize, *inner),
@@ -167,7 +190,7 @@ fn records_of(path: &PathBuf, decoder: &Decoder, generic: bool) -> Result<Record
                 .ok_or("record of an unknown type")?;
             to_event(kind, v).map_err(|e| e.to_string())
         })
-    })))
+    }))))
 }
 
 /// A file's records through the fast plan, one block in memory at a time.
@@ -188,31 +211,37 @@ struct FastRecords<R> {
     done: bool,
 }
 
-impl<R: std::io::Read> Iterator for FastRecords<R> {
-    type Item = Result<Event, String>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl<R: std::io::Read> Records for FastRecords<R> {
+    fn next_into(&mut self, out: &mut Result<Event, String>) -> bool {
         loop {
             if self.left > 0 {
                 self.left -= 1;
                 if let Some(why) = &self.lost {
-                    return Some(Err(why.clone()));
+                    *out = Err(why.clone());
+                    return true;
                 }
-                return Some(match self.datums.decode_at(&self.block, self.at) {
-                    Ok((event, next)) => {
-                        self.at = next;
-                        Ok(event)
+                let decoded = match out {
+                    Ok(event) => self.datums.decode_at_into(&self.block, self.at, event),
+                    Err(_) => {
+                        let mut event = Event::empty(EventKind::PageView);
+                        let decoded = self.datums.decode_at_into(&self.block, self.at, &mut event);
+                        *out = Ok(event);
+                        decoded
                     }
+                };
+                match decoded {
+                    Ok(next) => self.at = next,
                     Err(e) => {
                         self.lost = Some(format!(
                             "follows an undecodable record in its block ({e}): where it starts is unknown"
                         ));
-                        Err(e.to_string())
+                        *out = Err(e.to_string());
                     }
-                });
+                }
+                return true;
             }
             if self.done {
-                return None;
+                return false;
             }
             match self.blocks.next_block() {
                 Ok(Some(b)) => {
@@ -220,11 +249,12 @@ impl<R: std::io::Read> Iterator for FastRecords<R> {
                 }
                 Ok(None) => {
                     self.done = true;
-                    return None;
+                    return false;
                 }
                 Err(e) => {
                     self.done = true;
-                    return Some(Err(format!("damaged container file: {e}")));
+                    *out = Err(format!("damaged container file: {e}"));
+                    return true;
                 }
             }
         }
@@ -277,21 +307,35 @@ pub fn replay(
     for path in &opts.files {
         let records = records_of(path, pipeline.decoder(), opts.generic_decode)?;
         bar.set_message(path.display().to_string());
-        let mut records = records.enumerate();
+        let mut records = records;
+        // The chunk's records, kept from chunk to chunk: decoding into them
+        // reuses their strings' buffers.
+        let mut chunk: Vec<Result<Event, String>> = vec![];
+        let mut next_index = 0usize;
         loop {
             // A chunk of records under one lock of the task, ending where the
             // next eviction is due.
-            let room = (EVICT_EVERY - summary.consumed % EVICT_EVERY).min(CHUNK);
-            let (index, events): (Vec<usize>, Vec<Result<Event, Rejection>>) = records
-                .by_ref()
-                .take(room as usize)
-                .map(|(i, d)| {
-                    (
-                        i,
-                        d.map_err(|e| Rejection::new(RejectReason::Undecodable, e)),
-                    )
+            let room = (EVICT_EVERY - summary.consumed % EVICT_EVERY).min(CHUNK) as usize;
+            let mut n = 0;
+            while n < room {
+                if n == chunk.len() {
+                    chunk.push(Err(String::new()));
+                }
+                if !records.next_into(&mut chunk[n]) {
+                    break;
+                }
+                n += 1;
+            }
+            let first_index = next_index;
+            next_index += n;
+            let events: Vec<Result<&Event, Rejection>> = chunk[..n]
+                .iter()
+                .map(|d| {
+                    d.as_ref()
+                        .map_err(|e| Rejection::new(RejectReason::Undecodable, e.clone()))
                 })
-                .unzip();
+                .collect();
+            let index = first_index..next_index;
             if events.is_empty() {
                 break;
             }

@@ -224,14 +224,27 @@ impl Datums {
 
     /// Decodes the datum at `at` of `data`: the event and where the next one starts.
     pub fn decode_at(&self, data: &[u8], at: usize) -> Result<(Event, usize), DecodeError> {
+        let mut event = Event::empty(crate::event::EventKind::PageView);
+        let next = self.decode_at_into(data, at, &mut event)?;
+        Ok((event, next))
+    }
+
+    /// Decodes the datum at `at` of `data` into `out` (reusing its strings'
+    /// buffers, see [`super::Decoder::decode_into`]); where the next one starts.
+    pub fn decode_at_into(
+        &self,
+        data: &[u8],
+        at: usize,
+        out: &mut Event,
+    ) -> Result<usize, DecodeError> {
         let plan = self
             .writer
             .fast
             .as_ref()
             .ok_or_else(|| DecodeError::Malformed("no fast plan".into()))?;
         let mut r = Reader::new(data, at);
-        let event = plan.decode(&mut r)?;
-        Ok((event, data.len() - r.remaining()))
+        plan.decode_into(&mut r, out)?;
+        Ok(data.len() - r.remaining())
     }
 }
 

@@ -249,23 +249,28 @@ impl Writer {
         })
     }
 
-    fn decode(
+    /// Decodes the datum at `start` into `out` (see [`WriterPlan::decode_into`]).
+    fn decode_into(
         &self,
         payload: &[u8],
         start: usize,
         force_generic: bool,
         readers: &ReaderSchemas,
-    ) -> Result<Event, DecodeError> {
+        out: &mut Event,
+    ) -> Result<(), DecodeError> {
         match &self.fast {
             Some(plan) if !force_generic => {
                 let mut r = Reader::new(payload, start);
-                let event = plan.decode(&mut r)?;
+                plan.decode_into(&mut r, out)?;
                 match r.remaining() {
-                    0 => Ok(event),
+                    0 => Ok(()),
                     n => Err(DecodeError::TrailingBytes(n)),
                 }
             }
-            _ => self.generic.decode(payload, start, readers),
+            _ => {
+                *out = self.generic.decode(payload, start, readers)?;
+                Ok(())
+            }
         }
     }
 }
@@ -364,13 +369,30 @@ impl Decoder {
 
     /// Decodes one record value read from `topic` (the fast path).
     pub fn decode(&self, topic: &str, payload: &[u8]) -> Result<Event, DecodeError> {
-        self.decode_with(topic, payload, false)
+        let mut event = Event::empty(EventKind::PageView);
+        self.decode_with(topic, payload, false, &mut event)?;
+        Ok(event)
+    }
+
+    /// Like [`Decoder::decode`], into `out`: a record path that decodes into the
+    /// same event again and again reuses its strings' buffers instead of
+    /// allocating every string of every record. After an error `out` holds
+    /// anything of the right types: read it only after `Ok`.
+    pub fn decode_into(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        out: &mut Event,
+    ) -> Result<(), DecodeError> {
+        self.decode_with(topic, payload, false, out)
     }
 
     /// Like [`Decoder::decode`], but always through apache-avro's generic
     /// `Value` path: the reference implementation, for tests and benchmarks.
     pub fn decode_generic(&self, topic: &str, payload: &[u8]) -> Result<Event, DecodeError> {
-        self.decode_with(topic, payload, true)
+        let mut event = Event::empty(EventKind::PageView);
+        self.decode_with(topic, payload, true, &mut event)?;
+        Ok(event)
     }
 
     /// The framing of `payload`, from its magic bytes alone (see the module docs).
@@ -387,45 +409,58 @@ impl Decoder {
         topic: &str,
         payload: &[u8],
         generic: bool,
-    ) -> Result<Event, DecodeError> {
+        out: &mut Event,
+    ) -> Result<(), DecodeError> {
         if payload.is_empty() {
             return Err(DecodeError::Empty);
         }
         let framed = match Self::wire_format(payload) {
             WireFormat::Plain => {
                 return match self.by_topic.get(topic) {
-                    Some(w) => w.decode(payload, 0, generic, &self.readers),
+                    Some(w) => w.decode_into(payload, 0, generic, &self.readers, out),
                     None => Err(DecodeError::NoSchemaForTopic(topic.to_string())),
                 };
             }
-            WireFormat::Confluent => self.decode_confluent(payload, generic),
-            WireFormat::SingleObject => self.decode_single_object(payload, generic),
+            WireFormat::Confluent => self.decode_confluent(payload, generic, out),
+            WireFormat::SingleObject => self.decode_single_object(payload, generic, out),
         };
         match (framed, self.by_topic.get(topic)) {
-            (Ok(event), _) => Ok(event),
+            (Ok(()), _) => Ok(()),
             // The payload may be a plain datum that merely looks framed.
-            (Err(e), Some(w)) => w.decode(payload, 0, generic, &self.readers).map_err(|_| e),
+            (Err(e), Some(w)) => w
+                .decode_into(payload, 0, generic, &self.readers, out)
+                .map_err(|_| e),
             (Err(e), None) => Err(e),
         }
     }
 
-    fn decode_confluent(&self, payload: &[u8], generic: bool) -> Result<Event, DecodeError> {
+    fn decode_confluent(
+        &self,
+        payload: &[u8],
+        generic: bool,
+        out: &mut Event,
+    ) -> Result<(), DecodeError> {
         let id = header::<4>(payload, 1)?;
         let id = u32::from_be_bytes(id);
         let w = self
             .by_id
             .get(&id)
             .ok_or(DecodeError::UnknownSchemaId(id))?;
-        w.decode(payload, 5, generic, &self.readers)
+        w.decode_into(payload, 5, generic, &self.readers, out)
     }
 
-    fn decode_single_object(&self, payload: &[u8], generic: bool) -> Result<Event, DecodeError> {
+    fn decode_single_object(
+        &self,
+        payload: &[u8],
+        generic: bool,
+        out: &mut Event,
+    ) -> Result<(), DecodeError> {
         let fp = u64::from_le_bytes(header::<8>(payload, 2)?);
         let w = self
             .by_fingerprint
             .get(&fp)
             .ok_or(DecodeError::UnknownFingerprint(fp))?;
-        w.decode(payload, 10, generic, &self.readers)
+        w.decode_into(payload, 10, generic, &self.readers, out)
     }
 }
 

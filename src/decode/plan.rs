@@ -9,13 +9,12 @@
 //! name, `int` promotes to `long`, `bytes` and `string` are interchangeable, and
 //! unions on either side are resolved branch by branch.
 
+use std::borrow::Cow;
+
 use super::DecodeError;
 use super::reader::{Reader, Skip};
 use super::schema::{Named, Parsed, WType};
-use crate::event::{
-    EmailEvent, EmailEventType, Event, EventKind, PageView, Purchase, PurchaseType, SurveyKind,
-    SurveyResponse,
-};
+use crate::event::{EmailEventType, Event, EventKind, PurchaseType, SurveyKind};
 use serde_json::Value as Json;
 
 /// Most fields of any of our records (Purchase has 10).
@@ -109,17 +108,33 @@ fn shape(kind: EventKind) -> &'static [(&'static str, Expect)] {
     }
 }
 
-/// A decoded field value, typed by the reader schema.
+/// A decoded field value, typed by the reader schema. Strings borrow the datum
+/// (or the plan, for defaults): an event's strings are copied once, into the
+/// event ([`build`]) or into the buffers of a reused one ([`build_into`]).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) enum Val {
+pub(crate) enum Val<'a> {
     #[default]
     Absent,
     Null,
     Int(i32),
     Long(i64),
-    Str(String),
+    Str(Cow<'a, str>),
     /// Index into the reader's symbols.
     Enum(u32),
+}
+
+impl Val<'_> {
+    /// The same value, borrowing its string from `self`.
+    fn borrowed(&self) -> Val<'_> {
+        match self {
+            Val::Str(s) => Val::Str(Cow::Borrowed(s)),
+            Val::Absent => Val::Absent,
+            Val::Null => Val::Null,
+            Val::Int(n) => Val::Int(*n),
+            Val::Long(n) => Val::Long(*n),
+            Val::Enum(i) => Val::Enum(*i),
+        }
+    }
 }
 
 /// Reader-side types: only what our reader schemas use.
@@ -169,7 +184,7 @@ struct ReaderField {
     name: &'static str,
     aliases: Vec<String>,
     ty: RType,
-    default: Option<Val>,
+    default: Option<Val<'static>>,
 }
 
 /// One of our reader schemas, checked against the Rust struct.
@@ -203,14 +218,14 @@ fn rtype(p: &Parsed, t: &WType) -> Result<RType, String> {
 
 /// A reader default (JSON) as a value of the reader type; a union's default
 /// belongs to its first branch.
-fn default_val(t: &RType, d: &Json) -> Result<Val, String> {
+fn default_val(t: &RType, d: &Json) -> Result<Val<'static>, String> {
     match (t, d) {
         (RType::Union(b), d) => match b.first() {
             Some(first) => default_val(first, d),
             None => Err("empty union".into()),
         },
         (RType::Null, Json::Null) => Ok(Val::Null),
-        (RType::String, Json::String(s)) => Ok(Val::Str(s.clone())),
+        (RType::String, Json::String(s)) => Ok(Val::Str(Cow::Owned(s.clone()))),
         (RType::Long, Json::Number(n)) => {
             n.as_i64().map(Val::Long).ok_or("bad long default".into())
         }
@@ -318,7 +333,7 @@ pub(crate) struct RecordPlan {
     kind: EventKind,
     ops: Vec<Op>,
     /// Reader fields the writer lacks, with the reader's default.
-    defaults: Vec<(usize, Val)>,
+    defaults: Vec<(usize, Val<'static>)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -524,23 +539,31 @@ impl WriterPlan {
         Ok(WriterPlan { top, table })
     }
 
-    /// Decodes one datum. The caller checks for trailing bytes.
-    pub fn decode(&self, r: &mut Reader<'_>) -> Result<Event, DecodeError> {
-        let plan = match &self.top {
+    /// Decodes one datum into `event` (the caller checks for trailing bytes),
+    /// reusing its strings' buffers when it is
+    /// of the datum's kind (no allocation per string once they are large
+    /// enough). On an error `event` is left as it was or with some fields
+    /// overwritten: a caller reads it only after `Ok`.
+    pub fn decode_into(&self, r: &mut Reader<'_>, event: &mut Event) -> Result<(), DecodeError> {
+        let plan = self.record(r)?;
+        build_into(plan.kind, plan.run(r, &self.table)?, event)
+    }
+
+    fn record(&self, r: &mut Reader<'_>) -> Result<&RecordPlan, DecodeError> {
+        Ok(match &self.top {
             Top::Record(p) => p,
             Top::Union(ps) => &ps[r.branch(ps.len())?],
-        };
-        plan.run(r, &self.table)
+        })
     }
 }
 
-fn exec(read: &Read, r: &mut Reader<'_>, field: &'static str) -> Result<Val, DecodeError> {
+fn exec<'a>(read: &Read, r: &mut Reader<'a>, field: &'static str) -> Result<Val<'a>, DecodeError> {
     Ok(match read {
         Read::Null => Val::Null,
         Read::Int => Val::Int(r.int()?),
         Read::IntToLong => Val::Long(i64::from(r.int()?)),
         Read::Long => Val::Long(r.long()?),
-        Read::Str => Val::Str(r.string()?),
+        Read::Str => Val::Str(Cow::Borrowed(r.str()?)),
         Read::Enum {
             map,
             writer_symbols,
@@ -573,7 +596,13 @@ fn exec(read: &Read, r: &mut Reader<'_>, field: &'static str) -> Result<Val, Dec
 }
 
 impl RecordPlan {
-    fn run(&self, r: &mut Reader<'_>, table: &[Skip]) -> Result<Event, DecodeError> {
+    /// Reads the datum's fields into slots (strings borrowed from the datum,
+    /// defaults from the plan).
+    fn run<'x, 'a: 'x>(
+        &'x self,
+        r: &mut Reader<'a>,
+        table: &[Skip],
+    ) -> Result<Slots<'x>, DecodeError> {
         let mut slots = Slots::default();
         for op in &self.ops {
             match op {
@@ -585,21 +614,21 @@ impl RecordPlan {
             }
         }
         for (slot, v) in &self.defaults {
-            slots.put(*slot, v.clone())?;
+            slots.put(*slot, v.borrowed())?;
         }
-        build(self.kind, slots)
+        Ok(slots)
     }
 }
 
 #[derive(Default)]
-struct Slots([Val; MAX_FIELDS]);
+struct Slots<'a>([Val<'a>; MAX_FIELDS]);
 
-fn internal(slot: usize, v: &Val) -> DecodeError {
+fn internal(slot: usize, v: &Val<'_>) -> DecodeError {
     DecodeError::Malformed(format!("internal: slot {slot} holds {v:?}"))
 }
 
-impl Slots {
-    fn put(&mut self, slot: usize, v: Val) -> Result<(), DecodeError> {
+impl<'a> Slots<'a> {
+    fn put(&mut self, slot: usize, v: Val<'a>) -> Result<(), DecodeError> {
         match self.0.get_mut(slot) {
             Some(s) => {
                 *s = v;
@@ -608,16 +637,16 @@ impl Slots {
             None => Err(internal(slot, &v)),
         }
     }
-    fn take(&mut self, slot: usize) -> Val {
+    fn take(&mut self, slot: usize) -> Val<'a> {
         self.0.get_mut(slot).map(std::mem::take).unwrap_or_default()
     }
-    fn string(&mut self, slot: usize) -> Result<String, DecodeError> {
+    fn string(&mut self, slot: usize) -> Result<Cow<'a, str>, DecodeError> {
         match self.take(slot) {
             Val::Str(s) => Ok(s),
             v => Err(internal(slot, &v)),
         }
     }
-    fn opt_string(&mut self, slot: usize) -> Result<Option<String>, DecodeError> {
+    fn opt_string(&mut self, slot: usize) -> Result<Option<Cow<'a, str>>, DecodeError> {
         match self.take(slot) {
             Val::Str(s) => Ok(Some(s)),
             Val::Null => Ok(None),
@@ -654,50 +683,70 @@ impl Slots {
     }
 }
 
-/// Moves the slots into the struct; slot numbers are positions in [`shape`].
-fn build(kind: EventKind, mut s: Slots) -> Result<Event, DecodeError> {
-    Ok(match kind {
-        EventKind::PageView => Event::PageView(PageView {
-            event_id: s.string(0)?,
-            event_time: s.long(1)?,
-            visitor_id: s.string(2)?,
-            customer_id: s.opt_string(3)?,
-            site: s.string(4)?,
-            page: s.string(5)?,
-            referrer: s.opt_string(6)?,
-            channel: s.opt_string(7)?,
-        }),
-        EventKind::EmailEvent => Event::Email(EmailEvent {
-            event_id: s.string(0)?,
-            event_time: s.long(1)?,
-            customer_id: s.string(2)?,
-            campaign_id: s.string(3)?,
-            message_id: s.string(4)?,
-            kind: s.symbol(5, &EMAIL_TYPES)?,
-            url: s.opt_string(6)?,
-        }),
-        EventKind::Purchase => Event::Purchase(Purchase {
-            event_id: s.string(0)?,
-            event_time: s.long(1)?,
-            customer_id: s.string(2)?,
-            order_id: s.string(3)?,
-            kind: s.symbol(4, &PURCHASE_TYPES)?,
-            amount_minor: s.long(5)?,
-            currency: s.string(6)?,
-            cost_minor: s.opt_long(7)?,
-            items: s.int(8)?,
-            campaign_id: s.opt_string(9)?,
-        }),
-        EventKind::SurveyResponse => Event::Survey(SurveyResponse {
-            event_id: s.string(0)?,
-            event_time: s.long(1)?,
-            customer_id: s.opt_string(2)?,
-            survey_id: s.string(3)?,
-            kind: s.symbol(4, &SURVEY_KINDS)?,
-            score: s.int(5)?,
-            comment: s.opt_string(6)?,
-        }),
-    })
+/// `dst` becomes `src`, in `dst`'s buffer.
+fn set(dst: &mut String, src: &str) {
+    dst.clear();
+    dst.push_str(src);
+}
+
+/// `dst` becomes `src`, in `dst`'s buffer when it has one.
+fn set_opt(dst: &mut Option<String>, src: Option<Cow<'_, str>>) {
+    match (dst.as_mut(), src) {
+        (Some(d), Some(s)) => set(d, &s),
+        (None, Some(s)) => *dst = Some(s.into_owned()),
+        (_, None) => *dst = None,
+    }
+}
+
+/// Writes the slots into `out` (replaced by an empty event of `kind` first if
+/// it is of another kind); slot numbers are positions in [`shape`].
+fn build_into(kind: EventKind, mut s: Slots<'_>, out: &mut Event) -> Result<(), DecodeError> {
+    if out.kind() != kind {
+        *out = Event::empty(kind);
+    }
+    match out {
+        Event::PageView(e) => {
+            set(&mut e.event_id, &s.string(0)?);
+            e.event_time = s.long(1)?;
+            set(&mut e.visitor_id, &s.string(2)?);
+            set_opt(&mut e.customer_id, s.opt_string(3)?);
+            set(&mut e.site, &s.string(4)?);
+            set(&mut e.page, &s.string(5)?);
+            set_opt(&mut e.referrer, s.opt_string(6)?);
+            set_opt(&mut e.channel, s.opt_string(7)?);
+        }
+        Event::Email(e) => {
+            set(&mut e.event_id, &s.string(0)?);
+            e.event_time = s.long(1)?;
+            set(&mut e.customer_id, &s.string(2)?);
+            set(&mut e.campaign_id, &s.string(3)?);
+            set(&mut e.message_id, &s.string(4)?);
+            e.kind = s.symbol(5, &EMAIL_TYPES)?;
+            set_opt(&mut e.url, s.opt_string(6)?);
+        }
+        Event::Purchase(e) => {
+            set(&mut e.event_id, &s.string(0)?);
+            e.event_time = s.long(1)?;
+            set(&mut e.customer_id, &s.string(2)?);
+            set(&mut e.order_id, &s.string(3)?);
+            e.kind = s.symbol(4, &PURCHASE_TYPES)?;
+            e.amount_minor = s.long(5)?;
+            set(&mut e.currency, &s.string(6)?);
+            e.cost_minor = s.opt_long(7)?;
+            e.items = s.int(8)?;
+            set_opt(&mut e.campaign_id, s.opt_string(9)?);
+        }
+        Event::Survey(e) => {
+            set(&mut e.event_id, &s.string(0)?);
+            e.event_time = s.long(1)?;
+            set_opt(&mut e.customer_id, s.opt_string(2)?);
+            set(&mut e.survey_id, &s.string(3)?);
+            e.kind = s.symbol(4, &SURVEY_KINDS)?;
+            e.score = s.int(5)?;
+            set_opt(&mut e.comment, s.opt_string(6)?);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

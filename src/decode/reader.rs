@@ -94,17 +94,15 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
 
-    /// A `string` (or `bytes` promoted to string), which must be UTF-8.
+    /// A `string` (or `bytes` promoted to string) borrowed from the datum, which
+    /// must be UTF-8.
     #[inline]
-    pub fn string(&mut self) -> Result<String, DecodeError> {
+    pub fn str(&mut self) -> Result<&'a str, DecodeError> {
         let start = self.pos;
         let raw = self.bytes()?;
-        match std::str::from_utf8(raw) {
-            Ok(s) => Ok(s.to_owned()),
-            Err(e) => Err(DecodeError::Malformed(format!(
-                "string at byte {start} is not UTF-8: {e}"
-            ))),
-        }
+        std::str::from_utf8(raw).map_err(|e| {
+            DecodeError::Malformed(format!("string at byte {start} is not UTF-8: {e}"))
+        })
     }
 
     /// A union branch index, checked against the number of branches.
@@ -314,7 +312,7 @@ mod tests {
         let mut b = zz(5);
         b.extend_from_slice(b"abc");
         assert!(matches!(
-            Reader::new(&b, 0).string(),
+            Reader::new(&b, 0).str(),
             Err(DecodeError::Truncated {
                 offset: 1,
                 needed: 2
@@ -334,7 +332,7 @@ mod tests {
         let mut b = zz(2);
         b.extend_from_slice(&[0xc3, 0x28]);
         assert!(matches!(
-            Reader::new(&b, 0).string(),
+            Reader::new(&b, 0).str(),
             Err(DecodeError::Malformed(_))
         ));
     }

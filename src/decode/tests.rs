@@ -736,6 +736,27 @@ proptest! {
     }
 
     #[test]
+    fn decoding_into_a_reused_event_equals_decoding_afresh(
+        events in proptest::collection::vec(event(), 1..12),
+        garbage in proptest::collection::vec(any::<u8>(), 0..16),
+    ) {
+        let d = decoder();
+        // One buffer for every record, whatever their kinds and string lengths,
+        // with an undecodable record in the middle.
+        let mut buf = Event::empty(EventKind::SurveyResponse);
+        for (i, e) in events.iter().enumerate() {
+            if i == events.len() / 2 {
+                let mut bad = encode::single_object(e);
+                bad.truncate(bad.len() / 2);
+                bad.extend_from_slice(&garbage);
+                let _ = d.decode_into("any", &bad, &mut buf);
+            }
+            d.decode_into("any", &encode::single_object(e), &mut buf).unwrap();
+            prop_assert_eq!(&buf, e);
+        }
+    }
+
+    #[test]
     fn fast_path_equals_generic_path(e in event()) {
         let d = decoder();
         for m in [encode::confluent(schema_id(e.kind()), &e), encode::single_object(&e), encode::union_datum(&e)] {

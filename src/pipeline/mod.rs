@@ -199,6 +199,25 @@ impl Pipeline {
         }
     }
 
+    /// [`Pipeline::decode`] into `event` ([`Decoder::decode_into`]).
+    fn decode_into(
+        &self,
+        tp: &TopicPartition,
+        payload: Option<&[u8]>,
+        event: &mut Event,
+    ) -> Result<(), Rejection> {
+        match payload {
+            None => Err(Rejection::new(
+                RejectReason::Undecodable,
+                "record has no value",
+            )),
+            Some(bytes) => self
+                .decoder
+                .decode_into(&tp.topic, bytes, event)
+                .map_err(|e| Rejection::new(RejectReason::Undecodable, e.to_string())),
+        }
+    }
+
     fn decode_and_apply(
         &self,
         tp: &TopicPartition,
@@ -221,13 +240,16 @@ impl Pipeline {
         let counters = self.counters(tp);
         self.touch(tp, now);
         let (mut accepted, mut consumed) = (0, 0);
+        // Every record is decoded into this one event: its strings' buffers
+        // are reused instead of allocating each string of each record.
+        let mut event = Event::empty(crate::event::EventKind::PageView);
         // One lock of the task for the whole run of records.
         let results: Vec<_> = self.engine.with_task(tp.partition, |task| {
             payloads
                 .into_iter()
                 .map(|payload| {
                     consumed += 1;
-                    let result = self.decode(tp, payload).and_then(|event| {
+                    let result = self.decode_into(tp, payload, &mut event).and_then(|()| {
                         self.check_skew(&event, Some(now))?;
                         task.apply(&tp.topic, &event)
                     });
@@ -264,7 +286,7 @@ impl Pipeline {
     pub fn handle_events(
         &self,
         tp: &TopicPartition,
-        events: &[Result<Event, Rejection>],
+        events: &[Result<&Event, Rejection>],
         now: Option<Millis>,
     ) -> Vec<Result<(), Rejection>> {
         let counters = self.counters(tp);
