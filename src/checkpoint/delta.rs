@@ -32,7 +32,7 @@ thread_local! {
 }
 
 /// Runs `f` (an encode or a decode of one state) with `form` as this thread's form.
-pub fn in_form<R>(form: Form, f: impl FnOnce() -> R) -> R {
+pub(crate) fn in_form<R>(form: Form, f: impl FnOnce() -> R) -> R {
     struct Restore(Form);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -49,7 +49,7 @@ pub fn form() -> Form {
 }
 
 /// A state that can be restored as a base plus deltas.
-pub trait Merge {
+pub(crate) trait Merge {
     /// Applies `newer`, decoded from a delta saved after `self`'s state.
     fn merge(&mut self, newer: Self) -> Result<(), String>;
     /// The state was saved: what changed from now on goes into the next delta.
@@ -78,7 +78,7 @@ impl<T: Merge> Merge for Vec<T> {
 }
 
 /// Makes an owned key from a borrowed one, to remember it as changed.
-pub trait OwnKey<Q: ?Sized> {
+pub(crate) trait OwnKey<Q: ?Sized> {
     fn own(q: &Q) -> Self;
 }
 
@@ -102,7 +102,7 @@ impl OwnKey<str> for std::sync::Arc<str> {
 
 /// What [`Tracked::retain`]'s closure did to an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kept {
+pub(crate) enum Kept {
     Unchanged,
     Changed,
     Removed,
@@ -119,7 +119,7 @@ pub enum Kept {
 /// is bounded by the saved state). Decoded from a delta, the map holds the
 /// changed entries and `removed` the removed keys, for [`Merge::merge`].
 #[derive(Debug, Clone)]
-pub struct Tracked<K, V> {
+pub(crate) struct Tracked<K, V> {
     map: HashMap<K, Entry<V>, Hasher>,
     /// Keys the last save had that were removed since.
     removed: Vec<K>,
@@ -184,15 +184,6 @@ impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
         self.map.get(k).map(|e| &e.value)
     }
 
-    /// The stored key equal to `k` (to share it rather than make another).
-    pub fn key<Q>(&self, k: &Q) -> Option<&K>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.map.get_key_value(k).map(|(k, _)| k)
-    }
-
     /// The value of `k`, to change (the key counts as changed).
     pub fn get_mut<Q>(&mut self, k: &Q) -> Option<&mut V>
     where
@@ -221,7 +212,7 @@ impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
 
     /// The value of owned key `k`, inserted by `new` if absent, to change (one
     /// hash lookup; the key counts as changed).
-    pub fn get_or_insert(&mut self, k: K, new: impl FnOnce() -> V) -> &mut V {
+    pub(crate) fn get_or_insert(&mut self, k: K, new: impl FnOnce() -> V) -> &mut V {
         let (changed, period) = (&mut self.changed, self.period);
         let e = self.map.entry(k).or_insert_with(|| Entry {
             value: new(),
@@ -235,6 +226,7 @@ impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
     /// Applies `f` to the value of `k` (inserted by `new` if absent); `f` returns
     /// `Some` when it changed the value. One hash lookup: for keys that are cheap
     /// to own (numbers), on the event path.
+    #[cfg(test)]
     pub fn update<R>(
         &mut self,
         k: K,
@@ -297,7 +289,7 @@ impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
     }
 
     /// Visits every entry; `f` says whether it left it unchanged, changed it, or removes it.
-    pub fn retain(&mut self, mut f: impl FnMut(&K, &mut V) -> Kept) {
+    pub(crate) fn retain(&mut self, mut f: impl FnMut(&K, &mut V) -> Kept) {
         let (changed, removed, period) = (&mut self.changed, &mut self.removed, self.period);
         self.map.retain(|k, e| match f(k, &mut e.value) {
             Kept::Unchanged => true,
@@ -316,19 +308,17 @@ impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
         self.map.iter().map(|(k, e)| (k, &e.value))
     }
 
-    pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.map.values().map(|e| &e.value)
-    }
-
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 
     /// Keys changed or removed since the last save.
+    #[cfg(test)]
     pub fn changed(&self) -> usize {
         self.changed + self.removed.len()
     }
@@ -364,7 +354,7 @@ where
 impl<K: serde::Serialize + Hash + Eq, V> Tracked<K, V> {
     /// Serialises the map in this thread's form, each value as `f` makes it (a more
     /// compact equivalent, for example); decode the result as a `Tracked<K, W>`.
-    pub fn serialize_with<'a, S: serde::Serializer, W: serde::Serialize>(
+    pub(crate) fn serialize_with<'a, S: serde::Serializer, W: serde::Serialize>(
         &'a self,
         s: S,
         f: impl Fn(&'a V) -> W,
@@ -386,14 +376,7 @@ impl<K: serde::Serialize + Hash + Eq, V> Tracked<K, V> {
     }
 }
 
-impl<K, V> Tracked<K, V> {
-    /// Every value, to rewrite in place *without* marking it changed: only for
-    /// turning a freshly decoded map's values back into their in-memory form (the
-    /// inverse of a [`Tracked::serialize_with`] mapping).
-    pub fn decoded_values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        self.map.values_mut().map(|e| &mut e.value)
-    }
-}
+impl<K, V> Tracked<K, V> {}
 
 impl<'de, K, V> serde::Deserialize<'de> for Tracked<K, V>
 where

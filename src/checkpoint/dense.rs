@@ -18,7 +18,7 @@
 use super::delta::{Form, Kept, Merge, form};
 
 /// A key that is a small dense number.
-pub trait DenseKey: Copy {
+pub(crate) trait DenseKey: Copy {
     fn index(self) -> usize;
     fn from_index(i: usize) -> Self;
 }
@@ -38,7 +38,7 @@ macro_rules! dense_key {
 dense_key!(u8, u16, u32);
 
 /// Slots per chunk.
-pub const CHUNK: usize = 4096;
+pub(crate) const CHUNK: usize = 4096;
 const WORDS: usize = CHUNK / 64;
 
 #[derive(Debug, Clone)]
@@ -92,7 +92,7 @@ fn ones(words: &[u64; WORDS]) -> impl Iterator<Item = usize> + '_ {
 
 /// A map from dense numbers to values that remembers which keys changed since the last save.
 #[derive(Debug, Clone)]
-pub struct Dense<K, V> {
+pub(crate) struct Dense<K, V> {
     chunks: Vec<Option<Box<Chunk<V>>>>,
     len: usize,
     /// Entries changed since the last save.
@@ -156,7 +156,7 @@ impl<K: DenseKey, V: Default> Dense<K, V> {
     }
 
     /// The value of `k`, inserted by `new` if absent, to change (the key counts as changed).
-    pub fn get_or_insert(&mut self, k: K, new: impl FnOnce() -> V) -> &mut V {
+    pub(crate) fn get_or_insert(&mut self, k: K, new: impl FnOnce() -> V) -> &mut V {
         let (c, i) = Self::slot(k);
         let chunk = Self::chunk_in(&mut self.chunks, c);
         if !bit(&chunk.present, i) {
@@ -238,7 +238,7 @@ impl<K: DenseKey, V: Default> Dense<K, V> {
 
     /// Visits every entry in key order; `f` says whether it left it unchanged,
     /// changed it, or removes it.
-    pub fn retain(&mut self, mut f: impl FnMut(&K, &mut V) -> Kept) {
+    pub(crate) fn retain(&mut self, mut f: impl FnMut(&K, &mut V) -> Kept) {
         let mut gone = Vec::new();
         for c in 0..self.chunks.len() {
             let Some(chunk) = self.chunks[c].as_deref_mut() else {
@@ -267,26 +267,19 @@ impl<K: DenseKey, V: Default> Dense<K, V> {
         })
     }
 
-    pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.iter().map(|(_, v)| v)
-    }
-
     pub fn len(&self) -> usize {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Keys changed or removed since the last save.
+    #[cfg(test)]
     pub fn changed(&self) -> usize {
         self.changed + self.removed.len()
     }
 
     /// Every value, to rewrite in place *without* marking it changed: only for
     /// turning a freshly decoded map's values back into their in-memory form.
-    pub fn decoded_values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+    pub(crate) fn decoded_values_mut(&mut self) -> impl Iterator<Item = &mut V> {
         self.chunks.iter_mut().flatten().flat_map(|chunk| {
             let present = chunk.present;
             chunk
@@ -361,7 +354,7 @@ where
 impl<K: serde::Serialize + DenseKey, V: Default> Dense<K, V> {
     /// Serialises the map in this thread's form (the same as a `Tracked` map's),
     /// each value as `f` makes it; decode the result as a `Dense<K, W>`.
-    pub fn serialize_with<'a, S: serde::Serializer, W: serde::Serialize>(
+    pub(crate) fn serialize_with<'a, S: serde::Serializer, W: serde::Serialize>(
         &'a self,
         s: S,
         f: impl Fn(&'a V) -> W,

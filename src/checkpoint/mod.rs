@@ -32,7 +32,7 @@ const MANIFEST_FORMAT: &[u8] = b"engaged-manifest/3\n";
 
 /// One saved base or delta of a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Piece {
+pub(crate) struct Piece {
     pub generation: u64,
     pub chunks: u32,
     pub bytes: u64,
@@ -40,7 +40,7 @@ pub struct Piece {
 
 /// What a task's last complete checkpoint consists of.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     /// The generation of the newest piece (bases and deltas share one sequence).
     pub generation: u64,
     /// The slot of the base and its deltas.
@@ -76,27 +76,27 @@ pub enum CheckpointError {
     },
 }
 
-pub fn manifest_key(group: &str, partition: i32) -> String {
+pub(crate) fn manifest_key(group: &str, partition: i32) -> String {
     format!("{group}/{partition}")
 }
 
 /// Key of chunk `i` of the base in `slot`.
-pub fn chunk_key(group: &str, partition: i32, slot: u8, i: u32) -> String {
+pub(crate) fn chunk_key(group: &str, partition: i32, slot: u8, i: u32) -> String {
     format!("{group}/{partition}/{slot}/{i}")
 }
 
 /// Key of chunk `i` of delta number `j` (from 0) on the base in `slot`.
-pub fn delta_chunk_key(group: &str, partition: i32, slot: u8, j: usize, i: u32) -> String {
+pub(crate) fn delta_chunk_key(group: &str, partition: i32, slot: u8, j: usize, i: u32) -> String {
     format!("{group}/{partition}/{slot}/d{j}/{i}")
 }
 
-pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
+pub(crate) fn encode_manifest(m: &Manifest) -> Vec<u8> {
     let mut out = MANIFEST_FORMAT.to_vec();
     out.extend(postcard::to_stdvec(m).expect("a manifest always serialises"));
     out
 }
 
-pub fn decode_manifest(key: &str, bytes: &[u8]) -> Result<Manifest, CheckpointError> {
+pub(crate) fn decode_manifest(key: &str, bytes: &[u8]) -> Result<Manifest, CheckpointError> {
     let bad = |reason: String| CheckpointError::BadManifest {
         key: key.to_string(),
         reason,
@@ -111,12 +111,12 @@ pub fn decode_manifest(key: &str, bytes: &[u8]) -> Result<Manifest, CheckpointEr
 }
 
 /// How many chunks [`chunk_values`] cuts `len` bytes into.
-pub fn chunk_count(len: usize, chunk_bytes: usize) -> u32 {
+pub(crate) fn chunk_count(len: usize, chunk_bytes: usize) -> u32 {
     len.div_ceil(chunk_bytes.max(1)).max(1) as u32
 }
 
 /// Cuts `state` into chunk values (generation header + piece).
-pub fn chunk_values(generation: u64, state: &[u8], chunk_bytes: usize) -> Vec<Vec<u8>> {
+pub(crate) fn chunk_values(generation: u64, state: &[u8], chunk_bytes: usize) -> Vec<Vec<u8>> {
     let size = chunk_bytes.max(1);
     let mut out: Vec<Vec<u8>> = state
         .chunks(size)
@@ -135,14 +135,14 @@ pub fn chunk_values(generation: u64, state: &[u8], chunk_bytes: usize) -> Vec<Ve
 
 /// A task's state as the manifest lists it: the base, then the deltas in order.
 #[derive(Debug, PartialEq, Eq)]
-pub struct SavedState {
+pub(crate) struct SavedState {
     pub base: Vec<u8>,
     pub deltas: Vec<Vec<u8>>,
 }
 
 /// The latest record per key of the checkpoint topic, filtered to one consumer group.
 #[derive(Debug, Default)]
-pub struct CheckpointLog {
+pub(crate) struct CheckpointLog {
     latest: HashMap<String, Vec<u8>>,
 }
 
@@ -162,7 +162,7 @@ impl CheckpointLog {
         }
     }
 
-    pub fn manifest(
+    pub(crate) fn manifest(
         &self,
         group: &str,
         partition: i32,

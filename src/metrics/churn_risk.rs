@@ -23,11 +23,11 @@ use crate::event::Millis;
 use crate::model::{GammaGammaParams, Model, Params, Scorer};
 use crate::window::{BucketRing, WindowSpec};
 
-pub const DAY_MS: f64 = 86_400_000.0;
+pub(crate) const DAY_MS: f64 = 86_400_000.0;
 /// The horizon of `expected_orders_30d` and the predicted value, in days.
 pub const HORIZON_DAYS: f64 = 30.0;
 /// Upper bounds of the churn-risk distribution published on `/metrics`.
-pub const RISK_BUCKETS: [f64; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+pub(crate) const RISK_BUCKETS: [f64; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 
 /// The repeat-purchase history of one customer, and what was last published about them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,11 +65,11 @@ impl Default for History {
 mod nan_is_none {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
         (!v.is_nan()).then_some(*v).serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
     }
 }
@@ -176,7 +176,7 @@ pub struct Sweep {
 }
 
 impl Sweep {
-    pub fn merge(&mut self, o: Sweep) {
+    pub(crate) fn merge(&mut self, o: Sweep) {
         self.customers += o.customers;
         self.at_risk += o.at_risk;
         self.crossings += o.crossings;
@@ -311,7 +311,7 @@ impl RiskState {
     }
 
     /// The time of the customer's last ORDER, if it has a history.
-    pub fn last_order(&self, c: CustomerId) -> Option<Millis> {
+    pub(crate) fn last_order(&self, c: CustomerId) -> Option<Millis> {
         self.customers.get(&c).map(|h| h.last)
     }
 
@@ -321,12 +321,12 @@ impl RiskState {
     }
 
     /// Forgets a customer's history (`state_ttl`: its next ORDER starts a new one).
-    pub fn forget(&mut self, c: CustomerId) {
+    pub(crate) fn forget(&mut self, c: CustomerId) {
         self.customers.remove(&c);
     }
 
     /// Forgets every customer whose last ORDER is before `cutoff`; returns them.
-    pub fn expire_before(&mut self, cutoff: Millis) -> Vec<CustomerId> {
+    pub(crate) fn expire_before(&mut self, cutoff: Millis) -> Vec<CustomerId> {
         let mut gone = vec![];
         self.customers.retain(|c, h| {
             if h.last < cutoff {
@@ -373,7 +373,7 @@ impl RiskState {
     /// chunks, so that it holds the task's lock only briefly). A history changes
     /// only where `above` or `published` moves: only those go into the next
     /// checkpoint delta.
-    pub fn rescore_range(
+    pub(crate) fn rescore_range(
         &mut self,
         names: &CustomerIds,
         ids: std::ops::Range<u32>,
@@ -491,7 +491,7 @@ impl RiskState {
 }
 
 /// The `keep_below` threshold for a uniform sample of `sample` out of `total`.
-pub fn sample_threshold(sample: usize, total: usize) -> Option<u64> {
+pub(crate) fn sample_threshold(sample: usize, total: usize) -> Option<u64> {
     (sample > 0 && total > sample)
         .then(|| ((sample as f64 / total as f64) * u64::MAX as f64) as u64)
 }

@@ -18,7 +18,7 @@ use crate::window::rolled::{Absorb, RolledRings};
 
 /// Additive commerce aggregates of one bucket or window.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CommerceCounts {
+pub(crate) struct CommerceCounts {
     pub orders: i64,
     /// Sum of `amount_minor` of ORDER events (numerator of the average order value).
     pub order_revenue_minor: i64,
@@ -33,7 +33,7 @@ pub struct CommerceCounts {
 }
 
 impl CommerceCounts {
-    pub fn merge(&mut self, o: &CommerceCounts) {
+    pub(crate) fn merge(&mut self, o: &CommerceCounts) {
         self.orders += o.orders;
         self.order_revenue_minor += o.order_revenue_minor;
         self.renewal_revenue_minor += o.renewal_revenue_minor;
@@ -54,7 +54,7 @@ impl Absorb for CommerceCounts {
 
 /// Commerce state of one task.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct CommerceState {
+pub(crate) struct CommerceState {
     windows: RolledRings<CommerceCounts>,
     /// View `i`: purchasing customers of window `i`.
     purchasing: SharedDistinct<CustomerId>,
@@ -80,7 +80,7 @@ impl CommerceState {
     }
 
     /// An accepted purchase event of `customer` (interned by the task).
-    pub fn on_event(&mut self, p: &Purchase, customer: CustomerId) {
+    pub(crate) fn on_event(&mut self, p: &Purchase, customer: CustomerId) {
         let t = p.event_time;
         let amount = p.amount_minor;
         match p.kind {
@@ -149,11 +149,11 @@ impl CommerceState {
     }
 
     /// Forgets a customer's first ORDER (`state_ttl`: its next ORDER is a first ORDER).
-    pub fn forget(&mut self, customer: CustomerId) {
+    pub(crate) fn forget(&mut self, customer: CustomerId) {
         self.first_order.remove(&customer);
     }
 
-    pub fn account(&self, size: &mut crate::state::memory::StateSize) {
+    pub(crate) fn account(&self, size: &mut crate::state::memory::StateSize) {
         use crate::state::memory::StateKind;
         size.add(StateKind::WindowBucket, self.windows.len());
         size.add(StateKind::DistinctPosition, self.purchasing.positions());

@@ -17,7 +17,7 @@ pub struct CustomerId(u32);
 
 impl CustomerId {
     /// The customer numbered `i` (numbers are dense from 0, see [`CustomerIds`]).
-    pub fn from_index(i: u32) -> CustomerId {
+    pub(crate) fn from_index(i: u32) -> CustomerId {
         CustomerId(i)
     }
 }

@@ -34,7 +34,7 @@ fn gcd(a: i64, b: i64) -> i64 {
 
 /// Customer aggregates of one window.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CustomerCounts {
+pub(crate) struct CustomerCounts {
     pub active_customers: i64,
     pub churned_customers: i64,
     /// Customers active (not churned) at the window start: the churn-rate denominator.
@@ -43,7 +43,7 @@ pub struct CustomerCounts {
 
 /// Activity and churn state of one task.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct CustomerState {
+pub(crate) struct CustomerState {
     horizon_ms: i64,
     churned: Vec<BucketRing<i64>>,
     /// Views `0..n`: active customers of window `i` (queried at its end);
@@ -92,7 +92,7 @@ impl CustomerState {
     }
 
     /// An activity of `customer` at `t`.
-    pub fn on_activity(&mut self, customer: CustomerId, t: Millis) {
+    pub(crate) fn on_activity(&mut self, customer: CustomerId, t: Millis) {
         self.activity.insert(&customer, t);
         let h = self.horizon_ms;
         let runs = self.runs.get_or_insert(customer, Runs::new);
@@ -126,7 +126,7 @@ impl CustomerState {
     }
 
     /// The watermark of the task's activity inputs reached `watermark`: runs that ended churn.
-    pub fn on_watermark(&mut self, watermark: Millis) {
+    pub(crate) fn on_watermark(&mut self, watermark: Millis) {
         let h = self.horizon_ms;
         while let Some(&Reverse((at, customer))) = self.queue.peek() {
             if at > watermark {
@@ -208,7 +208,7 @@ impl CustomerState {
     }
 
     /// Adds this task's buckets and distinct positions to the memory accounting.
-    pub fn account(&self, size: &mut crate::state::memory::StateSize) {
+    pub(crate) fn account(&self, size: &mut crate::state::memory::StateSize) {
         use crate::state::memory::StateKind;
         size.add(
             StateKind::WindowBucket,

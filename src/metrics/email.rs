@@ -25,7 +25,7 @@ use crate::window::rolled::{Absorb, RolledRings};
 
 /// Additive email aggregates of one bucket or window.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct EmailCounts {
+pub(crate) struct EmailCounts {
     pub sent: i64,
     pub delivered: i64,
     pub bounced: i64,
@@ -37,7 +37,7 @@ pub struct EmailCounts {
 }
 
 impl EmailCounts {
-    pub fn merge(&mut self, o: &EmailCounts) {
+    pub(crate) fn merge(&mut self, o: &EmailCounts) {
         self.sent += o.sent;
         self.delivered += o.delivered;
         self.bounced += o.bounced;
@@ -136,7 +136,7 @@ fn campaign_for(clicks: &[(Millis, Arc<str>)], o: Millis, window: i64) -> Option
 
 /// Email state of one task.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct EmailState {
+pub(crate) struct EmailState {
     ttl_ms: i64,
     attribution_ms: i64,
     windows: RolledRings<EmailBucket>,
@@ -183,7 +183,7 @@ impl EmailState {
     }
 
     /// An accepted email event (`customer`: its customer's number, for clicks).
-    pub fn on_event(&mut self, e: &EmailEvent, customer: Option<CustomerId>) {
+    pub(crate) fn on_event(&mut self, e: &EmailEvent, customer: Option<CustomerId>) {
         let campaign = self.labels.get(&e.campaign_id);
         let t = e.event_time;
         match e.kind {
@@ -271,7 +271,7 @@ impl EmailState {
     /// Frees what no future event can change: messages past their TTL, and clicks
     /// and orders older than the attribution window before `lower_bound` (the
     /// smallest watermark of the task's inputs).
-    pub fn forget_before(&mut self, lower_bound: Millis) {
+    pub(crate) fn forget_before(&mut self, lower_bound: Millis) {
         self.forget_orders_before(lower_bound);
         let due = self
             .swept_at
@@ -370,7 +370,7 @@ impl EmailState {
 
     /// Adds this task's entries to the memory accounting (attribution entries
     /// are part of a customer's cost).
-    pub fn account(&self, size: &mut crate::state::memory::StateSize) {
+    pub(crate) fn account(&self, size: &mut crate::state::memory::StateSize) {
         use crate::state::memory::StateKind;
         size.add(StateKind::Message, self.messages.len());
         size.add(StateKind::WindowBucket, self.windows.len());

@@ -31,7 +31,7 @@ use crate::state::memory::StateSize;
 use crate::window::WindowSpec;
 
 /// One metric family's state in a task.
-pub trait Family {
+pub(crate) trait Family {
     /// An accepted event; every family sees every event and takes what it
     /// counts. `customer` is the number of the event's customer when the event
     /// is customer activity (SPEC §3 Customers) or a Purchase.
@@ -68,7 +68,7 @@ pub trait Family {
 
 /// Window aggregates of the whole instance for one window: each family adds its part.
 #[derive(Debug, Clone, Default)]
-pub struct WindowAggregates {
+pub(crate) struct WindowAggregates {
     /// Web, per dimension (`all`, sites, channels).
     pub web: HashMap<Dim, WebCounts>,
     pub email: EmailCounts,
@@ -83,7 +83,7 @@ pub struct WindowAggregates {
 
 /// Every family of a task: the registry. The field order is the saved layout.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Families {
+pub(crate) struct Families {
     pub web: WebState,
     pub email: EmailState,
     pub commerce: CommerceState,
@@ -94,7 +94,7 @@ pub struct Families {
 
 /// The settings the families are built from.
 #[derive(Debug, Clone, Copy)]
-pub struct FamilyConfig<'a> {
+pub(crate) struct FamilyConfig<'a> {
     pub windows: &'a [WindowSpec],
     pub session_timeout_ms: i64,
     pub email_dedup_ttl_ms: i64,
@@ -116,7 +116,7 @@ impl Families {
     }
 
     /// Every family, to drive uniformly.
-    pub fn all_mut(&mut self) -> [&mut dyn Family; 6] {
+    pub(crate) fn all_mut(&mut self) -> [&mut dyn Family; 6] {
         [
             &mut self.web,
             &mut self.email,

@@ -78,7 +78,7 @@ impl From<LabelIds> for Vec<Arc<str>> {
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
-pub enum Dim {
+pub(crate) enum Dim {
     All,
     Site(Arc<str>),
     Channel(Arc<str>),
@@ -105,16 +105,17 @@ impl Dim {
 }
 
 /// Label value for a page view without a channel (GA's "(none)").
-pub const NO_CHANNEL: &str = "(none)";
+pub(crate) const NO_CHANNEL: &str = "(none)";
 /// Label value that gathers every dimension value outside the top N.
-pub const OTHER: &str = "other";
+pub(crate) const OTHER: &str = "other";
 
 /// Nearest-rank percentile of a multiset of values (in any order).
 ///
 /// The `p`-th percentile is the smallest value `v` such that at least
 /// `ceil(p * n)` of the `n` values are `<= v` (rank at least 1): the value of
 /// that rank once sorted, found by selection on a copy (linear time).
-pub fn nearest_rank(values: &[u64], p: f64) -> Option<u64> {
+#[cfg(test)]
+pub(crate) fn nearest_rank(values: &[u64], p: f64) -> Option<u64> {
     let n = values.len();
     if n == 0 {
         return None;
@@ -130,7 +131,7 @@ pub fn nearest_rank(values: &[u64], p: f64) -> Option<u64> {
 /// values. Each run keeps the index range still in play (values before it are
 /// below the bracket, values after it above), so a step costs one binary search
 /// per run over what is left: O(runs × log(values) × 64) at most.
-pub fn nearest_rank_runs(runs: &[&[u64]], p: f64) -> Option<u64> {
+pub(crate) fn nearest_rank_runs(runs: &[&[u64]], p: f64) -> Option<u64> {
     let n: usize = runs.iter().map(|r| r.len()).sum();
     if n == 0 {
         return None;

@@ -8,7 +8,7 @@ use crate::window::rolled::{Absorb, RolledRings};
 
 /// Additive survey aggregates of one bucket or window.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SurveyCounts {
+pub(crate) struct SurveyCounts {
     pub nps_responses: i64,
     /// Scores 9–10.
     pub nps_promoters: i64,
@@ -22,7 +22,7 @@ pub struct SurveyCounts {
 }
 
 impl SurveyCounts {
-    pub fn merge(&mut self, o: &SurveyCounts) {
+    pub(crate) fn merge(&mut self, o: &SurveyCounts) {
         self.nps_responses += o.nps_responses;
         self.nps_promoters += o.nps_promoters;
         self.nps_detractors += o.nps_detractors;
@@ -59,7 +59,7 @@ impl Absorb for SurveyCounts {
 
 /// Survey state of one task.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct SurveyState {
+pub(crate) struct SurveyState {
     windows: RolledRings<SurveyCounts>,
 }
 
@@ -70,7 +70,7 @@ impl SurveyState {
         }
     }
 
-    pub fn on_event(&mut self, s: &SurveyResponse) {
+    pub(crate) fn on_event(&mut self, s: &SurveyResponse) {
         self.windows.update(s.event_time, |c| match s.kind {
             SurveyKind::Nps => {
                 c.nps_responses += 1;

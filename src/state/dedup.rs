@@ -8,7 +8,7 @@ use crate::checkpoint::delta::{Kept, Merge, Tracked};
 use crate::event::Millis;
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct Dedup {
+pub(crate) struct Dedup {
     window_ms: i64,
     seen: Tracked<Box<str>, Millis>,
     swept_at: Option<Millis>,
@@ -24,7 +24,8 @@ impl Dedup {
     }
 
     /// Whether `event_id` was accepted and is still remembered at `watermark`.
-    pub fn is_duplicate(&self, event_id: &str, watermark: Option<Millis>) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_duplicate(&self, event_id: &str, watermark: Option<Millis>) -> bool {
         match self.seen.get(event_id) {
             None => false,
             Some(&t) => watermark.is_none_or(|w| t + self.window_ms > w),
@@ -39,7 +40,7 @@ impl Dedup {
     /// Whether `event_id` is new at `watermark` ([`Dedup::is_duplicate`] is
     /// false); if so, remembers it at `event_time`. Two hash lookups of the id
     /// for a new one, one for a duplicate.
-    pub fn accept(
+    pub(crate) fn accept(
         &mut self,
         event_id: &str,
         event_time: Millis,
@@ -81,6 +82,7 @@ impl Dedup {
         self.seen.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
     }

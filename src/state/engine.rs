@@ -29,7 +29,7 @@ fn lock(task: &Mutex<TaskState>) -> MutexGuard<'_, TaskState> {
 }
 
 /// One task, locked: applies events to it ([`Engine::with_task`]).
-pub struct TaskApplier<'a> {
+pub(crate) struct TaskApplier<'a> {
     cfg: &'a CoreConfig,
     task: &'a mut TaskState,
 }
@@ -95,7 +95,7 @@ fn parallel_map<T: Sync, R: Send>(
 }
 
 /// Customers a rescoring sweep scores per lock of a task (about 1 µs each).
-pub const RESCORE_CHUNK: u32 = 4096;
+pub(crate) const RESCORE_CHUNK: u32 = 4096;
 
 impl Engine {
     pub fn new(cfg: CoreConfig) -> Engine {
@@ -122,7 +122,11 @@ impl Engine {
 
     /// Runs `f` with the task of `partition` locked: a worker applies a batch of
     /// the task's records under one lock, while other workers apply other tasks.
-    pub fn with_task<R>(&self, partition: i32, f: impl FnOnce(&mut TaskApplier<'_>) -> R) -> R {
+    pub(crate) fn with_task<R>(
+        &self,
+        partition: i32,
+        f: impl FnOnce(&mut TaskApplier<'_>) -> R,
+    ) -> R {
         let task = self.task(partition);
         let mut guard = lock(&task);
         f(&mut TaskApplier {
@@ -151,7 +155,7 @@ impl Engine {
 
     /// Marks `tp` idle or active (the edge decides, from `idle_timeout`); an idle
     /// input does not hold its task's closing watermark back.
-    pub fn set_idle(&self, tp: &TopicPartition, idle: bool) {
+    pub(crate) fn set_idle(&self, tp: &TopicPartition, idle: bool) {
         let task = self.task(tp.partition);
         let mut task = lock(&task);
         let input = task
@@ -193,12 +197,12 @@ impl Engine {
     }
 
     /// Drops a task's state (its partitions were revoked).
-    pub fn drop_task(&self, partition: i32) {
+    pub(crate) fn drop_task(&self, partition: i32) {
         self.tasks.remove(&partition);
     }
 
     /// The latest watermark any task was evicted at (snapshots must not go earlier).
-    pub fn evicted_at(&self) -> Option<Millis> {
+    pub(crate) fn evicted_at(&self) -> Option<Millis> {
         self.tasks
             .iter()
             .filter_map(|t| lock(t.value()).evicted_at)
@@ -276,16 +280,12 @@ impl Engine {
         Ok(())
     }
 
-    /// Sums window `idx` over every task for `[start, end)`.
-    pub fn aggregate(&self, idx: usize, start: Millis, end: Millis) -> WindowAggregates {
-        let mut bounds = vec![None; self.cfg.windows.len()];
-        bounds[idx] = Some((start, end));
-        self.aggregate_windows(&bounds).swap_remove(idx)
-    }
-
     /// Sums every window `i` with `bounds[i] = Some((start, end))` over every
     /// task, locking each task once (for the whole snapshot round).
-    pub fn aggregate_windows(&self, bounds: &[Option<(Millis, Millis)>]) -> Vec<WindowAggregates> {
+    pub(crate) fn aggregate_windows(
+        &self,
+        bounds: &[Option<(Millis, Millis)>],
+    ) -> Vec<WindowAggregates> {
         let mut aggs = vec![WindowAggregates::default(); bounds.len()];
         for p in self.tasks() {
             let Some(task) = self.tasks.get(&p).map(|t| t.value().clone()) else {
@@ -305,7 +305,7 @@ impl Engine {
     }
 
     /// Open sessions now, per dimension, over every task.
-    pub fn open_sessions(&self) -> HashMap<Dim, u64> {
+    pub(crate) fn open_sessions(&self) -> HashMap<Dim, u64> {
         let mut open = HashMap::new();
         for entry in self.tasks.iter() {
             let task = lock(entry.value());
@@ -399,7 +399,7 @@ impl Engine {
     }
 
     /// The cumulative session-duration histogram over every task.
-    pub fn duration_histogram(&self) -> DurationHistogram {
+    pub(crate) fn duration_histogram(&self) -> DurationHistogram {
         let mut h = DurationHistogram::default();
         for entry in self.tasks.iter() {
             let task = lock(entry.value());

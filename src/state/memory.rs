@@ -87,7 +87,7 @@ fn gcd(a: i64, b: i64) -> i64 {
 /// newest event plus `W` (`(W + lateness) / b`); its "alive at the start" counter
 /// from the window start to the newest event plus the horizon `H`, at buckets of
 /// `gcd(b, H)` (`(W + H + lateness) / gcd(b, H)`).
-pub fn fixed_bytes_per_task(cfg: &super::CoreConfig) -> u64 {
+pub(crate) fn fixed_bytes_per_task(cfg: &super::CoreConfig) -> u64 {
     let (lateness, horizon) = (cfg.allowed_lateness_ms, cfg.churn_horizon_ms);
     let (mut buckets, mut positions) = (0u64, 0u64);
     for w in &cfg.windows {
@@ -123,12 +123,6 @@ impl StateSize {
     /// Estimated heap bytes of the whole state.
     pub fn total_bytes(&self) -> u64 {
         StateKind::ALL.iter().map(|k| self.bytes(*k)).sum()
-    }
-
-    pub fn merge(&mut self, o: &StateSize) {
-        for (a, b) in self.entries.iter_mut().zip(o.entries) {
-            *a += b;
-        }
     }
 }
 

@@ -17,7 +17,7 @@ mod engine;
 pub mod memory;
 mod task;
 
-pub use engine::{Engine, RESCORE_CHUNK, SavedTask, TaskApplier};
+pub use engine::{Engine, SavedTask};
 
 use std::fmt;
 use std::sync::Arc;
@@ -25,7 +25,6 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::event::InvalidEvent;
-pub use crate::metrics::family::WindowAggregates;
 use crate::window::WindowSpec;
 
 /// A Kafka topic-partition (for replay: topic `replay`, partition 0).

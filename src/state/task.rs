@@ -43,7 +43,7 @@ impl Merge for InputState {
 
 /// The state of one task (one partition number across the input topics).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct TaskState {
+pub(crate) struct TaskState {
     pub(super) inputs: BTreeMap<Arc<str>, InputState>,
     /// The instance watermark this task's windows were last evicted at: no
     /// snapshot may be taken before it (restored with the state).

@@ -17,7 +17,7 @@ use crate::event::Millis;
 
 /// The event clock of one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionClock {
+pub(crate) struct PartitionClock {
     max_event_time: Option<Millis>,
     /// Set by [`PartitionClock::advance_to`] (end of a replay): a floor for the watermark.
     forced: Option<Millis>,
@@ -41,12 +41,12 @@ impl PartitionClock {
     }
 
     /// An event older than the watermark is late (SPEC §2); one at the watermark is not.
-    pub fn is_late(&self, event_time: Millis, allowed_lateness_ms: i64) -> bool {
+    pub(crate) fn is_late(&self, event_time: Millis, allowed_lateness_ms: i64) -> bool {
         matches!(self.watermark(allowed_lateness_ms), Some(w) if event_time < w)
     }
 
     /// Records an accepted event.
-    pub fn observe(&mut self, event_time: Millis) {
+    pub(crate) fn observe(&mut self, event_time: Millis) {
         self.max_event_time = Some(
             self.max_event_time
                 .map_or(event_time, |m| m.max(event_time)),
@@ -56,10 +56,6 @@ impl PartitionClock {
     /// Moves the watermark to at least `w` (end of input in replay).
     pub fn advance_to(&mut self, w: Millis) {
         self.forced = Some(self.forced.map_or(w, |f| f.max(w)));
-    }
-
-    pub fn max_event_time(&self) -> Option<Millis> {
-        self.max_event_time
     }
 }
 
@@ -108,7 +104,7 @@ pub fn instance_watermark(parts: impl IntoIterator<Item = PartitionTime>) -> Opt
 /// Keeps the published instance watermark from moving backwards (a partition
 /// that wakes up from idleness behind the others must not rewind snapshots).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct MonotoneWatermark(Option<Millis>);
+pub(crate) struct MonotoneWatermark(Option<Millis>);
 
 impl MonotoneWatermark {
     pub fn update(&mut self, candidate: Option<Millis>) -> Option<Millis> {
@@ -125,7 +121,7 @@ impl MonotoneWatermark {
 
 /// Wall-clock arrival times per partition, to tell idle partitions (SPEC §2 `idle_timeout`).
 #[derive(Debug, Clone)]
-pub struct IdleTracker<K> {
+pub(crate) struct IdleTracker<K> {
     idle_timeout_ms: i64,
     last_arrival: BTreeMap<K, Millis>,
 }
@@ -139,7 +135,7 @@ impl<K: Ord + Clone + Hash> IdleTracker<K> {
     }
 
     /// A record (accepted or not) or an assignment at wall time `now`.
-    pub fn touch(&mut self, key: &K, now: Millis) {
+    pub(crate) fn touch(&mut self, key: &K, now: Millis) {
         match self.last_arrival.get_mut(key) {
             Some(t) => *t = (*t).max(now),
             None => {
@@ -148,12 +144,12 @@ impl<K: Ord + Clone + Hash> IdleTracker<K> {
         }
     }
 
-    pub fn forget(&mut self, key: &K) {
+    pub(crate) fn forget(&mut self, key: &K) {
         self.last_arrival.remove(key);
     }
 
     /// Idle when nothing arrived for `idle_timeout` (an unknown partition is idle).
-    pub fn is_idle(&self, key: &K, now: Millis) -> bool {
+    pub(crate) fn is_idle(&self, key: &K, now: Millis) -> bool {
         self.last_arrival
             .get(key)
             .is_none_or(|t| now - *t >= self.idle_timeout_ms)

@@ -23,11 +23,11 @@ use std::collections::{BinaryHeap, VecDeque};
 use crate::event::Millis;
 
 /// Slots the ring holds at most; timers further ahead wait in the overflow heap.
-pub const MAX_SLOTS: usize = 4096;
+pub(crate) const MAX_SLOTS: usize = 4096;
 
 /// Timers `(instant, item)` by event time (see the module docs).
 #[derive(Debug, Clone)]
-pub struct Timers<T> {
+pub(crate) struct Timers<T> {
     slot_ms: i64,
     /// Start of the front slot.
     base: Millis,
@@ -51,10 +51,12 @@ impl<T: Ord + Copy> Timers<T> {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -101,7 +103,7 @@ impl<T: Ord + Copy> Timers<T> {
 
     /// Appends every timer at or before `w` to `out`, in (instant, item) order,
     /// and removes them.
-    pub fn pop_due(&mut self, w: Millis, out: &mut Vec<(Millis, T)>) {
+    pub(crate) fn pop_due(&mut self, w: Millis, out: &mut Vec<(Millis, T)>) {
         let first = out.len();
         while self.len > 0 {
             if self.slots.is_empty() {

@@ -70,7 +70,7 @@ const MAX_SPAN: i64 = 1 << 22;
 /// left: dense pages of `i32` allocated on first use near the present, a sparse
 /// map for outliers.
 #[derive(Debug, Clone)]
-pub struct DiffRing {
+pub(crate) struct DiffRing {
     len_ms: i64,
     bucket_ms: i64,
     /// Sum of the differences at positions `<= folded_to`.
@@ -227,7 +227,7 @@ impl DiffRing {
 
 /// Exact sliding distinct counts of one event set over several views (see the module docs).
 #[derive(Debug, Clone)]
-pub struct SharedDistinct<K> {
+pub(crate) struct SharedDistinct<K> {
     grain_ms: i64,
     /// Per key, its event buckets at the grain, ascending. Inline in the map entry.
     keys: Dense<K, Buckets>,
@@ -285,18 +285,18 @@ impl<K: DenseKey> SharedDistinct<K> {
 
     /// Distinct keys of view `view` with an event in `[end - len, end)`; `end` must
     /// be aligned to the view's bucket and not earlier than its last [`SharedDistinct::fold_to`].
-    pub fn count_at(&self, view: usize, end: Millis) -> i64 {
+    pub(crate) fn count_at(&self, view: usize, end: Millis) -> i64 {
         self.views[view].count_at(end)
     }
 
     /// Promises no query of view `view` before `end` again.
-    pub fn fold_to(&mut self, view: usize, end: Millis) {
+    pub(crate) fn fold_to(&mut self, view: usize, end: Millis) {
         self.views[view].fold_to(end);
     }
 
     /// No event before `lower_bound` is accepted any more (the task's closing
     /// watermark): keys keep only the buckets a future event can be next to.
-    pub fn forget_before(&mut self, lower_bound: Millis) {
+    pub(crate) fn forget_before(&mut self, lower_bound: Millis) {
         let g = self.grain_ms;
         let f = lower_bound.div_euclid(g) * g;
         let tolerance = self.views.iter().map(|v| v.len_ms + v.bucket_ms).min();
@@ -346,7 +346,7 @@ impl<K: DenseKey> SharedDistinct<K> {
     }
 
     /// Difference positions held over every view, for the state-size gauge.
-    pub fn positions(&self) -> usize {
+    pub(crate) fn positions(&self) -> usize {
         self.views.iter().map(DiffRing::size).sum()
     }
 }

@@ -36,14 +36,9 @@ impl WindowSpec {
     }
 
     /// `[e - W, e)` at watermark `w`, where `e = floor(w / b) * b`.
-    pub fn bounds_at(&self, watermark: Millis) -> (Millis, Millis) {
+    pub(crate) fn bounds_at(&self, watermark: Millis) -> (Millis, Millis) {
         let end = watermark.div_euclid(self.bucket_ms) * self.bucket_ms;
         (end - self.length_ms, end)
-    }
-
-    /// Start of the bucket containing `t`.
-    pub fn bucket_start(&self, t: Millis) -> Millis {
-        t.div_euclid(self.bucket_ms) * self.bucket_ms
     }
 }
 
@@ -55,7 +50,7 @@ impl fmt::Display for WindowSpec {
 
 /// Buckets of one window, keyed by bucket start.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct BucketRing<T> {
+pub(crate) struct BucketRing<T> {
     bucket_ms: i64,
     buckets: BTreeMap<Millis, T>,
 }
@@ -70,7 +65,7 @@ impl<T: Default> BucketRing<T> {
     }
 
     /// The bucket that holds event time `t`, created empty if needed.
-    pub fn bucket_mut(&mut self, t: Millis) -> &mut T {
+    pub(crate) fn bucket_mut(&mut self, t: Millis) -> &mut T {
         let start = t.div_euclid(self.bucket_ms) * self.bucket_ms;
         self.buckets.entry(start).or_default()
     }
@@ -86,7 +81,7 @@ impl<T: Default> BucketRing<T> {
     }
 
     /// Buckets whose start lies in `[start, end)`, oldest first, to change.
-    pub fn range_mut(
+    pub(crate) fn range_mut(
         &mut self,
         start: Millis,
         end: Millis,
@@ -100,16 +95,12 @@ impl<T: Default> BucketRing<T> {
     }
 
     /// Drops every bucket that starts before `t`.
-    pub fn evict_before(&mut self, t: Millis) {
+    pub(crate) fn evict_before(&mut self, t: Millis) {
         self.buckets = self.buckets.split_off(&t);
     }
 
     pub fn len(&self) -> usize {
         self.buckets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (Millis, &T)> {

@@ -25,7 +25,7 @@ use super::{BucketRing, WindowSpec};
 use crate::event::Millis;
 
 /// Adds another bucket's aggregates into this one (what rolling a slot up does).
-pub trait Absorb {
+pub(crate) trait Absorb {
     fn absorb(&mut self, other: &Self);
 }
 
@@ -35,7 +35,7 @@ fn gcd(a: i64, b: i64) -> i64 {
 
 /// One ring per window plus the staging slots not yet rolled into them (see the module docs).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct RolledRings<T> {
+pub(crate) struct RolledRings<T> {
     grain_ms: i64,
     /// Grain slots (by start) not yet rolled into the windows' buckets.
     staging: BTreeMap<Millis, T>,
@@ -70,7 +70,7 @@ impl<T: Default + Absorb> RolledRings<T> {
 
     /// Rolls every slot that ends at or before `w` (no accepted event can still
     /// fall in it) into the windows' buckets.
-    pub fn roll_to(&mut self, w: Millis) {
+    pub(crate) fn roll_to(&mut self, w: Millis) {
         let to = w.div_euclid(self.grain_ms) * self.grain_ms;
         if self.rolled_to.is_some_and(|r| r >= to) {
             return;
@@ -100,7 +100,7 @@ impl<T: Default + Absorb> RolledRings<T> {
     }
 
     /// [`RolledRings::range`], to change (e.g. to seal what a snapshot reads).
-    pub fn range_mut(
+    pub(crate) fn range_mut(
         &mut self,
         idx: usize,
         start: Millis,
@@ -118,7 +118,7 @@ impl<T: Default + Absorb> RolledRings<T> {
     }
 
     /// Drops window `idx`'s buckets that start before `before`.
-    pub fn evict_before(&mut self, idx: usize, before: Millis) {
+    pub(crate) fn evict_before(&mut self, idx: usize, before: Millis) {
         self.windows[idx].evict_before(before);
     }
 
@@ -133,10 +133,6 @@ impl<T: Default + Absorb> RolledRings<T> {
     /// Buckets and staging slots held, for the memory accounting.
     pub fn len(&self) -> usize {
         self.windows.iter().map(|w| w.len()).sum::<usize>() + self.staging.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -50,7 +50,7 @@ impl Durations {
 
     /// Sorts the values appended since the last seal into one run with the
     /// others (in place when no snapshot still shares the run).
-    pub fn seal(&mut self) {
+    pub(crate) fn seal(&mut self) {
         if self.tail.is_empty() && self.runs.len() <= 1 {
             return;
         }
@@ -72,7 +72,7 @@ impl Durations {
 
     /// Copies `other`'s values into this one's tail (a bucket taking a rolled-up
     /// slot: one run per bucket once sealed, not one per slot).
-    pub fn absorb(&mut self, other: &Durations) {
+    pub(crate) fn absorb(&mut self, other: &Durations) {
         other
             .runs
             .iter()

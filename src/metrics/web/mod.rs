@@ -27,13 +27,13 @@ pub use durations::Durations;
 pub(crate) use sessions::{ClosedSession, Sessionizer};
 
 /// Upper bounds (seconds) of the session-duration histogram on `/metrics`.
-pub const DURATION_BUCKETS_SECONDS: [f64; 10] = [
+pub(crate) const DURATION_BUCKETS_SECONDS: [f64; 10] = [
     0.0, 10.0, 30.0, 60.0, 180.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0,
 ];
 
 /// Additive web aggregates of one bucket (or one window, once merged).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct WebCounts {
+pub(crate) struct WebCounts {
     pub page_views: u64,
     pub sessions: u64,
     pub bounced_sessions: u64,
@@ -43,7 +43,7 @@ pub struct WebCounts {
 }
 
 impl WebCounts {
-    pub fn merge(&mut self, other: &WebCounts) {
+    pub(crate) fn merge(&mut self, other: &WebCounts) {
         self.page_views += other.page_views;
         self.sessions += other.sessions;
         self.bounced_sessions += other.bounced_sessions;
@@ -71,7 +71,7 @@ pub struct DurationHistogram {
 }
 
 impl DurationHistogram {
-    pub fn observe(&mut self, duration_ms: u64) {
+    pub(crate) fn observe(&mut self, duration_ms: u64) {
         let secs = duration_ms as f64 / 1000.0;
         let idx = DURATION_BUCKETS_SECONDS
             .iter()
@@ -82,7 +82,7 @@ impl DurationHistogram {
         self.count += 1;
     }
 
-    pub fn merge(&mut self, other: &DurationHistogram) {
+    pub(crate) fn merge(&mut self, other: &DurationHistogram) {
         for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
             *a += b;
         }
@@ -146,7 +146,7 @@ impl Absorb for WebBucket {
 
 /// The web state of one task: its label numbers, its sessionizer and its window buckets.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct WebState {
+pub(crate) struct WebState {
     /// Sites and channels as numbers (buckets, sessions and open counts hold numbers).
     labels: LabelIds,
     sessions: Sessionizer,
@@ -167,7 +167,7 @@ impl WebState {
     }
 
     /// An accepted page view.
-    pub fn on_view(&mut self, pv: &PageView) {
+    pub(crate) fn on_view(&mut self, pv: &PageView) {
         let site = self.labels.id(&pv.site);
         let channel = self.labels.id(pv.channel.as_deref().unwrap_or(NO_CHANNEL));
         self.sessions
@@ -182,7 +182,7 @@ impl WebState {
     /// The task's closing watermark moved to `watermark`: close sessions that
     /// ended (each counts in the bucket of its close time), then roll what no
     /// event can change any more into the windows.
-    pub fn on_watermark(&mut self, watermark: Millis) {
+    pub(crate) fn on_watermark(&mut self, watermark: Millis) {
         let windows = &mut self.windows;
         let histogram = &mut self.histogram;
         self.sessions.close_until(watermark, |s| {
@@ -225,7 +225,7 @@ impl WebState {
     }
 
     /// Adds the open sessions of this task per dimension to `into`.
-    pub fn collect_open(&self, into: &mut HashMap<Dim, u64>) {
+    pub(crate) fn collect_open(&self, into: &mut HashMap<Dim, u64>) {
         for (d, n) in self.sessions.open_by_dim(&self.labels) {
             if n > 0 {
                 *into.entry(d).or_default() += n as u64;
@@ -243,7 +243,7 @@ impl WebState {
     }
 
     /// Adds this task's entries to the memory accounting.
-    pub fn account(&self, size: &mut crate::state::memory::StateSize) {
+    pub(crate) fn account(&self, size: &mut crate::state::memory::StateSize) {
         use crate::state::memory::StateKind;
         size.add(StateKind::OpenSession, self.sessions.open_count());
         size.add(StateKind::WindowBucket, self.windows.len());

@@ -175,7 +175,7 @@ impl Sessionizer {
 
     /// Adds a view; merges every open session of this visitor it is within the
     /// gap of. `site` and `channel` are label numbers of `labels`.
-    pub fn add_view(
+    pub(crate) fn add_view(
         &mut self,
         site: u32,
         visitor: &str,
@@ -228,7 +228,7 @@ impl Sessionizer {
     }
 
     /// Closes every session whose close time is at or before `watermark`.
-    pub fn close_until(&mut self, watermark: Millis, mut out: impl FnMut(ClosedSession)) {
+    pub(crate) fn close_until(&mut self, watermark: Millis, mut out: impl FnMut(ClosedSession)) {
         let mut due = std::mem::take(&mut self.due);
         loop {
             self.close_queue.pop_due(watermark, &mut due);
@@ -278,7 +278,7 @@ impl Sessionizer {
     }
 
     /// Open sessions per dimension (`all`, sites, channels), zeros left out.
-    pub fn open_by_dim<'a>(
+    pub(crate) fn open_by_dim<'a>(
         &'a self,
         labels: &'a LabelIds,
     ) -> impl Iterator<Item = (Dim, i64)> + 'a {
@@ -296,7 +296,7 @@ impl Sessionizer {
             )
     }
 
-    pub fn open_count(&self) -> usize {
+    pub(crate) fn open_count(&self) -> usize {
         usize::try_from(self.open_by_dim.all).unwrap_or(0)
     }
 
