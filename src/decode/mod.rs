@@ -62,6 +62,8 @@ use generic::{GenericPlan, ReaderSchemas};
 use plan::{CompileError, ReaderRecord, WriterPlan};
 use reader::Reader;
 use std::collections::{BTreeMap, HashMap};
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
@@ -278,9 +280,11 @@ impl Writer {
 /// Decodes record values of every configured wire format and writer schema.
 /// Immutable after [`Decoder::new`]: `Send + Sync`, share it with an `Arc`.
 pub struct Decoder {
-    by_id: HashMap<u32, Arc<Writer>>,
-    by_fingerprint: HashMap<u64, Arc<Writer>>,
-    by_topic: HashMap<String, Arc<Writer>>,
+    // Looked up once per record: foldhash, not SipHash (the keys are schema ids,
+    // fingerprints and topic names from the configuration, not from the input).
+    by_id: FastMap<u32, Arc<Writer>>,
+    by_fingerprint: FastMap<u64, Arc<Writer>>,
+    by_topic: FastMap<String, Arc<Writer>>,
     readers: ReaderSchemas,
 }
 
@@ -323,9 +327,9 @@ impl Decoder {
         })?;
         let records = reader_records()?;
         let mut d = Decoder {
-            by_id: HashMap::new(),
-            by_fingerprint: HashMap::new(),
-            by_topic: HashMap::new(),
+            by_id: FastMap::default(),
+            by_fingerprint: FastMap::default(),
+            by_topic: FastMap::default(),
             readers,
         };
         for kind in EventKind::ALL {

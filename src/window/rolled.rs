@@ -65,6 +65,13 @@ impl<T: Default + Absorb> RolledRings<T> {
             return;
         }
         let slot = t.div_euclid(self.grain_ms) * self.grain_ms;
+        // Most events fall in the newest slot: no tree search for them.
+        if let Some(mut last) = self.staging.last_entry()
+            && *last.key() == slot
+        {
+            f(last.get_mut());
+            return;
+        }
         f(self.staging.entry(slot).or_default());
     }
 
