@@ -131,18 +131,38 @@ pub(crate) fn nearest_rank(values: &[u64], p: f64) -> Option<u64> {
 /// values. Each run keeps the index range still in play (values before it are
 /// below the bracket, values after it above), so a step costs one binary search
 /// per run over what is left: O(runs × log(values) × 64) at most.
-pub(crate) fn nearest_rank_runs(runs: &[&[u64]], p: f64) -> Option<u64> {
+#[cfg(test)]
+pub(crate) fn nearest_rank_runs<T: Copy + Into<u64>>(runs: &[&[T]], p: f64) -> Option<u64> {
     let n: usize = runs.iter().map(|r| r.len()).sum();
-    if n == 0 {
+    value_of_rank(runs, nearest_rank_of(p, n)?)
+}
+
+/// The rank (from 1) of the nearest-rank `p`-th percentile of `n` values.
+pub(crate) fn nearest_rank_of(p: f64, n: usize) -> Option<usize> {
+    (n > 0).then(|| ((p * n as f64).ceil() as usize).clamp(1, n))
+}
+
+/// The value of rank `rank` (from 1) in the union of sorted `runs`, by the
+/// bisection of [`nearest_rank_runs`]; `None` when there are fewer values.
+pub(crate) fn value_of_rank<T: Copy + Into<u64>>(runs: &[&[T]], rank: usize) -> Option<u64> {
+    let n: usize = runs.iter().map(|r| r.len()).sum();
+    if rank == 0 || rank > n {
         return None;
     }
-    let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
-    let mut lo = runs.iter().filter_map(|r| r.first()).copied().min()?;
-    let mut hi = runs.iter().filter_map(|r| r.last()).copied().max()?;
+    let mut lo: u64 = runs
+        .iter()
+        .filter_map(|r| r.first())
+        .map(|v| (*v).into())
+        .min()?;
+    let mut hi: u64 = runs
+        .iter()
+        .filter_map(|r| r.last())
+        .map(|v| (*v).into())
+        .max()?;
     // Per run still in play: values before `a` are < lo, values from `b` on are
     // > hi; `k` is the cut of the current step. A run with nothing left in play
     // leaves, its `a` values (all below any later midpoint) added to `below`.
-    let mut span: Vec<(&[u64], usize, usize, usize)> = runs
+    let mut span: Vec<(&[T], usize, usize, usize)> = runs
         .iter()
         .filter(|r| !r.is_empty())
         .map(|r| (*r, 0, r.len(), 0))
@@ -152,7 +172,7 @@ pub(crate) fn nearest_rank_runs(runs: &[&[u64]], p: f64) -> Option<u64> {
         let mid = lo + (hi - lo) / 2;
         let mut at_most = below;
         for (r, a, b, k) in span.iter_mut() {
-            *k = *a + r[*a..*b].partition_point(|v| *v <= mid);
+            *k = *a + r[*a..*b].partition_point(|v| (*v).into() <= mid);
             at_most += *k;
         }
         if at_most >= rank {
