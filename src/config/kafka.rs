@@ -23,3 +23,31 @@ pub fn apply_user_settings(
         c.set(k, v);
     }
 }
+
+/// Which client a librdkafka configuration is for: which table overrides `[kafka]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The consumer group member: `[kafka]`, then `[kafka_consumer]`.
+    Consumer,
+    /// The output producers: `[kafka]`, then `[kafka_producer]`.
+    Producer,
+    /// The admin client (creates the checkpoint topic): `[kafka]` only.
+    Admin,
+}
+
+/// The brokers and the operator's librdkafka settings a client of `role` is built
+/// with, secrets included (read from `*_file` keys and `ENGAGED_<TABLE>__<PROPERTY>`
+/// variables when the configuration was loaded). The clients set their own defaults
+/// between [`client_config`] and [`apply_user_settings`]; the operator's win. Its
+/// `Debug` (rdkafka's) hides librdkafka's sensitive properties.
+pub fn client_config_for(cfg: &Config, role: Role) -> ClientConfig {
+    let mut c = client_config(cfg);
+    let none = BTreeMap::new();
+    let own = match role {
+        Role::Consumer => &cfg.kafka_consumer,
+        Role::Producer => &cfg.kafka_producer,
+        Role::Admin => &none,
+    };
+    apply_user_settings(&mut c, &cfg.kafka, own);
+    c
+}

@@ -9,9 +9,11 @@ use figment::{Figment, Source};
 
 use super::{ConfigError, config_keys};
 
-/// Parts of key names whose values are never shown in an error: they may be secrets
-/// (`kafka.sasl.password`, `kafka."ssl.key.pem"`, a misplaced `sasl_password`).
-const SECRET_WORDS: [&str; 7] = [
+/// Parts of key names whose values are never shown in an error or a `Debug` output: they
+/// may be secrets (`kafka.sasl.password`, `kafka."ssl.key.pem"`, a misplaced
+/// `sasl_password`). They cover every property librdkafka itself treats as sensitive
+/// (`sasl.username`, `sasl.oauthbearer.config`, `ssl.keystore.password`…).
+const SECRET_WORDS: [&str; 9] = [
     "password",
     "passwd",
     "secret",
@@ -19,10 +21,12 @@ const SECRET_WORDS: [&str; 7] = [
     "credential",
     "jaas",
     "key",
+    "username",
+    "oauthbearer.config",
 ];
 
 /// Whether the value of `key` (dotted, any level) is hidden in errors.
-pub(super) fn is_secret(key: &str) -> bool {
+pub(crate) fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     SECRET_WORDS.iter().any(|w| key.contains(w))
 }
@@ -107,10 +111,13 @@ fn allowed(key: &str, expected: &str) -> String {
     let nested = key.contains('.');
     match (table, expected) {
         ("kafka" | "kafka_consumer" | "kafka_producer", "a string") if nested => {
-            "a string, e.g. `\"all\"` or `\"6000\"` (librdkafka property values are strings; a \
-             property name with dots must be quoted in the file, `\"security.protocol\" = \
-             \"SSL\"`, and cannot be set by an `ENGAGED_` variable)"
-                .into()
+            format!(
+                "a string, e.g. `\"all\"` or `\"6000\"` (librdkafka property values are strings; \
+                 a property name with dots must be quoted in the file, `\"security.protocol\" = \
+                 \"SSL\"`, and is spelt with `__` for each dot in a variable, \
+                 `ENGAGED_{}__SECURITY__PROTOCOL=SSL`)",
+                table.to_ascii_uppercase()
+            )
         }
         ("kafka" | "kafka_consumer" | "kafka_producer", _) => format!(
             "a table of librdkafka properties, e.g. `[{table}]` then `\"security.protocol\" = \
@@ -151,7 +158,16 @@ fn toml_syntax(msg: &str) -> String {
         } else if let Some((n, text)) = t.split_once(" | ")
             && n.trim().bytes().all(|b| b.is_ascii_digit())
         {
-            line = Some(text.trim().to_string());
+            // The offending line may set a secret (`"sasl.password" = "unterminated`).
+            let text = text.trim();
+            line = Some(if is_secret(text) {
+                match text.split_once('=') {
+                    Some((k, _)) => format!("{} = (hidden)", k.trim()),
+                    None => "(hidden: it may hold a secret)".to_string(),
+                }
+            } else {
+                text.to_string()
+            });
         } else {
             rest.push(t.to_string());
         }
@@ -160,6 +176,21 @@ fn toml_syntax(msg: &str) -> String {
         Some(l) => format!("{head} (`{l}`): {}", rest.join(", ")),
         None if rest.is_empty() => head,
         None => format!("{head}: {}", rest.join(", ")),
+    }
+}
+
+/// Replaces the values of secret-looking keys inside a table (`kafka.sasl` set by
+/// `ENGAGED_KAFKA.sasl.password`) by `(hidden)`.
+fn hide_secrets(key: &str, v: &mut figment::value::Value) {
+    if let figment::value::Value::Dict(_, dict) = v {
+        for (k, inner) in dict.iter_mut() {
+            let path = format!("{key}.{k}");
+            if is_secret(&path) {
+                *inner = figment::value::Value::from("(hidden)");
+            } else {
+                hide_secrets(&path, inner);
+            }
+        }
     }
 }
 
@@ -176,6 +207,10 @@ pub(super) fn load_error(fig: &Figment, e: figment::Error) -> ConfigError {
         shown(&key, || {
             fig.find_value(&key)
                 .ok()
+                .map(|mut v| {
+                    hide_secrets(&key, &mut v);
+                    v
+                })
                 .and_then(|v| serde_json::to_string(&v).ok())
                 .unwrap_or_else(|| "(none)".into())
         })
