@@ -1,5 +1,6 @@
 //! Core throughput (events/s): generated traffic through `Pipeline::handle_record`
-//! (decode + validate + late/duplicate checks + windows + sessions), compared in
+//! (decode + validate + late/duplicate checks + windows + sessions), and through
+//! `Pipeline::handle_records` in batches as `engaged run` applies them, compared in
 //! the same run with decode alone, and the cost of one snapshot round.
 //!
 //!     cargo bench --bench engine -- --warm-up-time 1 --measurement-time 5
@@ -73,6 +74,59 @@ fn bench(c: &mut Criterion) {
         b.iter_with_setup(pipeline, |p| {
             for (tp, payload, t) in &records {
                 black_box(p.handle_record(tp, Some(payload), *t).ok());
+            }
+            p
+        })
+    });
+    // As `engaged run` applies what it takes from librdkafka: batches of up to
+    // 32,768 records, each topic-partition's records of a batch in one
+    // `handle_records` call (one task lock, one event decoded into again and again).
+    let batches: Vec<Vec<(&TopicPartition, Vec<&[u8]>, i64)>> = records
+        .chunks(32_768)
+        .map(|chunk| {
+            let mut runs: Vec<(&TopicPartition, Vec<&[u8]>, i64)> = vec![];
+            for (tp, payload, t) in chunk {
+                // `now`: the run's newest event time (no record is from the future).
+                match runs.iter_mut().find(|(r, _, _)| *r == tp) {
+                    Some((_, payloads, now)) => {
+                        payloads.push(payload.as_slice());
+                        *now = (*now).max(*t);
+                    }
+                    None => runs.push((tp, vec![payload.as_slice()], *t)),
+                }
+            }
+            runs
+        })
+        .collect();
+    // Both ways apply the same records: the same ones accepted.
+    let one_by_one = pipeline();
+    let accepted_one = records
+        .iter()
+        .filter(|(tp, payload, t)| one_by_one.handle_record(tp, Some(payload), *t).is_ok())
+        .count();
+    let batched = pipeline();
+    let accepted_batched: usize = batches
+        .iter()
+        .flatten()
+        .map(|(tp, payloads, now)| {
+            batched
+                .handle_records(tp, payloads.iter().map(|x| Some(*x)), *now)
+                .iter()
+                .filter(|r| r.is_ok())
+                .count()
+        })
+        .sum();
+    assert_eq!(
+        accepted_one, accepted_batched,
+        "one by one and in batches accept the same records"
+    );
+    g.bench_function("decode_and_apply_batches", |b| {
+        b.iter_with_setup(pipeline, |p| {
+            for runs in &batches {
+                for (tp, payloads, now) in runs {
+                    let results = p.handle_records(tp, payloads.iter().map(|x| Some(*x)), *now);
+                    black_box(results);
+                }
             }
             p
         })
