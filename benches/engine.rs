@@ -57,6 +57,9 @@ fn pipeline() -> Pipeline {
     )
 }
 
+/// One topic-partition's records of a batch, and the wall time they are applied at.
+type Run<'a> = (&'a TopicPartition, Vec<&'a [u8]>, i64);
+
 fn bench(c: &mut Criterion) {
     let records = traffic(6);
     let mut g = c.benchmark_group("pipeline");
@@ -81,10 +84,10 @@ fn bench(c: &mut Criterion) {
     // As `engaged run` applies what it takes from librdkafka: batches of up to
     // 32,768 records, each topic-partition's records of a batch in one
     // `handle_records` call (one task lock, one event decoded into again and again).
-    let batches: Vec<Vec<(&TopicPartition, Vec<&[u8]>, i64)>> = records
+    let batches: Vec<Vec<Run<'_>>> = records
         .chunks(32_768)
         .map(|chunk| {
-            let mut runs: Vec<(&TopicPartition, Vec<&[u8]>, i64)> = vec![];
+            let mut runs: Vec<Run<'_>> = vec![];
             for (tp, payload, t) in chunk {
                 // `now`: the run's newest event time (no record is from the future).
                 match runs.iter_mut().find(|(r, _, _)| *r == tp) {

@@ -1006,7 +1006,7 @@ async fn large_state(
     repeats: usize,
 ) -> Res<LargeState> {
     let topics = Topics {
-        // A legal Kafka topic name: the phase's name without spaces.
+        // Part of a topic name: Kafka's characters only.
         inputs: vec![env.topic(&format!("{}{customers}", name.replace(' ', "-")))],
         checkpoints: String::new(),
         snapshots: env.topic("snapshots"),
@@ -1026,7 +1026,8 @@ async fn large_state(
     for (rep, (label, interval, compression)) in
         (0..repeats).flat_map(|rep| LARGE_STATE_CONFIGS.iter().map(move |c| (rep, *c)))
     {
-        let run = format!("{name}-{label}-{rep}");
+        // Part of topic names: Kafka's characters only.
+        let run = format!("{}-{label}-{rep}", name.replace(' ', "-"));
         let topics = Topics {
             checkpoints: env.topic(&format!("{run}.checkpoints")),
             ..topics.clone()
