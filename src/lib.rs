@@ -17,5 +17,7 @@ pub mod snapshot;
 pub mod source;
 pub mod state;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 pub mod time;
 pub mod window;

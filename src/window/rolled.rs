@@ -180,13 +180,7 @@ mod tests {
                 bucket_ms: 7 * MIN,
             },
         ];
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = |m: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % m
-        };
+        let mut next = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15);
         for case in 0..200 {
             let mut rings: RolledRings<i64> = RolledRings::new(&specs);
             let mut events = vec![];

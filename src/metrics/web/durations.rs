@@ -152,13 +152,7 @@ mod tests {
     /// some of them seven weeks and longer, equal those of the plain list.
     #[test]
     fn percentiles_equal_the_plain_lists_with_long_sessions_among_them() {
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = |m: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % m
-        };
+        let mut next = crate::testing::xorshift(0x2545_f491_4f6c_dd1d);
         for case in 0..200 {
             let mut window = Durations::default();
             let mut all = vec![];

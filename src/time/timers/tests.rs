@@ -2,20 +2,10 @@
 
 use super::*;
 
-/// xorshift: reproducible without a dependency.
-fn rng(mut x: u64) -> impl FnMut(u64) -> u64 {
-    move |m| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % m
-    }
-}
-
 #[test]
 fn pops_what_a_sorted_list_says_is_due_in_order() {
     for case in 0..300u64 {
-        let mut next = rng(0x9e37_79b9_7f4a_7c15 ^ (case * 0x1234_5678));
+        let mut next = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15 ^ (case * 0x1234_5678));
         let slot_ms = [1, 7, 1000][(case % 3) as usize];
         let mut timers: Timers<u32> = Timers::new(slot_ms);
         let mut reference: Vec<(Millis, u32)> = vec![];
