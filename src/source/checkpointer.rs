@@ -202,12 +202,10 @@ impl Checkpointer {
         self.progress.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a record at `offset` is already part of the restored state.
-    pub fn already_applied(&self, tp: &TopicPartition, offset: i64) -> bool {
-        self.progress()
-            .restored
-            .get(tp)
-            .is_some_and(|r| offset < *r)
+    /// Records of `tp` below this offset are already part of the restored state
+    /// (changes only in rebalances: a batch asks once per topic-partition).
+    pub fn restored_up_to(&self, tp: &TopicPartition) -> Option<i64> {
+        self.progress().restored.get(tp).copied()
     }
 
     /// A record was applied (or dead-lettered): its offset counts as done.

@@ -214,6 +214,8 @@ async fn apply_batch(
     let now = now_ms();
     // Per task, per topic-partition (first seen first), the records' indices in consumed order.
     let mut tps: Vec<TopicPartition> = vec![];
+    // Per topic-partition of `tps`: records below this offset are in the restored state.
+    let mut restored: Vec<Option<i64>> = vec![];
     let mut tasks: BTreeMap<i32, Vec<(usize, Vec<usize>)>> = BTreeMap::new();
     let mut of_record = Vec::with_capacity(batch.len());
     for (i, msg) in batch.iter().enumerate() {
@@ -224,12 +226,15 @@ async fn apply_batch(
         {
             Some(t) => t,
             None => {
-                tps.push(TopicPartition::new(topic, partition));
+                let tp = TopicPartition::new(topic, partition);
+                restored.push(checkpointer.restored_up_to(&tp));
+                tps.push(tp);
                 tps.len() - 1
             }
         };
         of_record.push(t);
-        if checkpointer.already_applied(&tps[t], msg.offset()) {
+        // Applied before the checkpoint it was restored from.
+        if restored[t].is_some_and(|r| msg.offset() < r) {
             continue;
         }
         let groups = tasks.entry(partition).or_default();
