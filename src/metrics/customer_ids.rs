@@ -1,6 +1,6 @@
 //! A task's customers as dense numbers: id string ↔ [`CustomerId`], the numbers of forgotten customers given again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::checkpoint::delta::{self, Form, Merge};
 
@@ -41,9 +41,9 @@ impl crate::checkpoint::dense::DenseKey for CustomerId {
 /// every customer it ever saw; a returning forgotten customer is a new one.
 /// Nothing outside the state depends on which number a customer has.
 ///
-/// The id strings live in one arena (start and length per number); the lookup
-/// table holds only numbers, hashing the string found through the arena. About
-/// `len + 17` bytes per customer. Released ids leave the arena when more than
+/// The id strings live in one arena (start and length per number, packed in 8
+/// bytes: [`Spans`]); the lookup table holds only numbers, hashing the string
+/// found through the arena. About `len + 13` bytes per customer. Released ids leave the arena when more than
 /// half of it is garbage (compaction rewrites it in number order).
 ///
 /// Saved as the list of id strings in number order (`""` for a released
@@ -53,10 +53,8 @@ impl crate::checkpoint::dense::DenseKey for CustomerId {
 #[derive(Clone, Default)]
 pub struct CustomerIds {
     arena: String,
-    /// Per number: where its id starts in `arena`, or [`RELEASED`].
-    starts: Vec<u64>,
-    /// Per number: its id's length in bytes (0 when released).
-    lens: Vec<u32>,
+    /// Per number: where its id lies in `arena`.
+    spans: Spans,
     table: hashbrown::HashTable<CustomerId>,
     hasher: foldhash::fast::RandomState,
     /// Numbers saved so far; in a decoded delta, the number of its first new id.
@@ -73,8 +71,76 @@ pub struct CustomerIds {
     reused: Vec<(u32, Box<str>)>,
 }
 
-/// Marks a released number in [`CustomerIds`]' `starts`.
-const RELEASED: u64 = 1 << 63;
+/// Where each number's id lies in the arena: start and length packed in one
+/// `u64` (start in the high 40 bits: an arena of up to 1 TiB; length in the low
+/// 24), a length of 16 MiB or more kept aside in `long` (exact for any id a
+/// Kafka record can carry), [`RELEASED`] for a released number.
+#[derive(Clone, Default)]
+struct Spans {
+    packed: Vec<u64>,
+    long: HashMap<u32, u32>,
+}
+
+/// Marks a released number in [`Spans`].
+const RELEASED: u64 = u64::MAX;
+const LEN_BITS: u32 = 24;
+/// The packed length that means "see `long`".
+const LONG: u64 = (1 << LEN_BITS) - 1;
+
+impl Spans {
+    fn len(&self) -> usize {
+        self.packed.len()
+    }
+
+    /// The arena range of number `i`'s id (empty when released).
+    fn get(&self, i: usize) -> std::ops::Range<usize> {
+        let v = self.packed[i];
+        if v == RELEASED {
+            return 0..0;
+        }
+        let start = (v >> LEN_BITS) as usize;
+        let len = match v & LONG {
+            LONG => self.long.get(&(i as u32)).copied().unwrap_or(0) as usize,
+            len => len as usize,
+        };
+        start..start + len
+    }
+
+    fn is_released(&self, i: usize) -> bool {
+        self.packed.get(i).is_none_or(|v| *v == RELEASED)
+    }
+
+    /// Number `i`'s id is `len` bytes at `start` (`i` at most one past the end).
+    fn set(&mut self, i: usize, start: usize, len: usize) {
+        if i == self.packed.len() {
+            self.packed.push(RELEASED);
+        }
+        self.long.remove(&(i as u32));
+        // An arena of a terabyte would need a terabyte of memory for the ids alone.
+        let start = (start as u64) << LEN_BITS;
+        self.packed[i] = match u64::try_from(len) {
+            Ok(len) if len < LONG => start | len,
+            _ => {
+                // A Kafka record is under 2 GiB (its sizes are i32), so is any id in it.
+                self.long.insert(i as u32, len as u32);
+                start | LONG
+            }
+        };
+    }
+
+    fn release(&mut self, i: usize) {
+        self.long.remove(&(i as u32));
+        self.packed[i] = RELEASED;
+    }
+
+    fn push_released(&mut self) {
+        self.packed.push(RELEASED);
+    }
+
+    fn reserve(&mut self, n: usize) {
+        self.packed.reserve(n);
+    }
+}
 
 impl std::fmt::Debug for CustomerIds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -92,48 +158,32 @@ impl CustomerIds {
         self.hasher.hash_one(name)
     }
 
-    /// The arena range of number `i`'s id (empty when released).
-    fn span(starts: &[u64], lens: &[u32], i: usize) -> std::ops::Range<usize> {
-        let start = starts[i];
-        if start & RELEASED != 0 {
-            return 0..0;
-        }
-        start as usize..start as usize + lens[i] as usize
-    }
-
     fn find(&self, name: &str) -> Option<CustomerId> {
-        let (arena, starts, lens) = (&self.arena, &self.starts, &self.lens);
+        let (arena, spans) = (&self.arena, &self.spans);
         self.table
             .find(self.hash(name), |id| {
-                &arena[Self::span(starts, lens, id.0 as usize)] == name
+                &arena[spans.get(id.0 as usize)] == name
             })
             .copied()
     }
 
     /// Writes `name` as the id of number `id` (new or released) and indexes it.
     fn assign(&mut self, id: CustomerId, name: &str) {
-        let i = id.0 as usize;
-        if i == self.starts.len() {
-            self.starts.push(RELEASED);
-            self.lens.push(0);
-        }
-        self.starts[i] = self.arena.len() as u64;
-        // A Kafka record is under 2 GiB (its sizes are i32), so is any id in it.
-        self.lens[i] = name.len() as u32;
+        self.spans.set(id.0 as usize, self.arena.len(), name.len());
         self.arena.push_str(name);
         let hash = self.hash(name);
         let hasher = &self.hasher;
-        let (arena, starts, lens) = (&self.arena, &self.starts, &self.lens);
+        let (arena, spans) = (&self.arena, &self.spans);
         self.table.insert_unique(hash, id, |id| {
             use std::hash::BuildHasher;
-            hasher.hash_one(&arena[Self::span(starts, lens, id.0 as usize)])
+            hasher.hash_one(&arena[spans.get(id.0 as usize)])
         });
     }
 
     /// The next number never given (2^32 customers in one task would need over a
     /// terabyte of per-customer state before this saturated).
     fn next_new(&self) -> CustomerId {
-        CustomerId(u32::try_from(self.starts.len()).unwrap_or(u32::MAX))
+        CustomerId(u32::try_from(self.spans.len()).unwrap_or(u32::MAX))
     }
 
     /// The number of `name`, given on first sight: the lowest released number, or a new one.
@@ -159,8 +209,7 @@ impl CustomerIds {
     fn append(&mut self, name: &str) -> Result<(), String> {
         let id = self.next_new();
         if name.is_empty() {
-            self.starts.push(RELEASED);
-            self.lens.push(0);
+            self.spans.push_released();
             self.free.insert(id.0);
             return Ok(());
         }
@@ -173,23 +222,22 @@ impl CustomerIds {
 
     /// The id string of a number given by [`CustomerIds::get`] (`""` once released).
     pub fn name(&self, id: CustomerId) -> &str {
-        &self.arena[Self::span(&self.starts, &self.lens, id.0 as usize)]
+        &self.arena[self.spans.get(id.0 as usize)]
     }
 
     /// Releases number `id` (no family holds state for it): its id leaves the
     /// lookup table and, at the next compaction, the arena; the number is given again.
     pub fn release(&mut self, id: CustomerId) {
         let i = id.0 as usize;
-        if i >= self.starts.len() || self.starts[i] & RELEASED != 0 {
+        if self.spans.is_released(i) {
             return;
         }
-        let span = Self::span(&self.starts, &self.lens, i);
+        let span = self.spans.get(i);
         let hash = self.hash(&self.arena[span.clone()]);
         if let Ok(entry) = self.table.find_entry(hash, |x| *x == id) {
             entry.remove();
         }
-        self.starts[i] = RELEASED;
-        self.lens[i] = 0;
+        self.spans.release(i);
         self.free.insert(id.0);
         if i < self.saved {
             self.released_since_save.push(id.0);
@@ -203,10 +251,10 @@ impl CustomerIds {
     /// Rewrites the arena without the ids of released numbers (numbers stay).
     fn compact(&mut self) {
         let mut arena = String::with_capacity(self.arena.len() - self.garbage);
-        for i in 0..self.starts.len() {
-            let span = Self::span(&self.starts, &self.lens, i);
+        for i in 0..self.spans.len() {
+            let span = self.spans.get(i);
             if !span.is_empty() {
-                self.starts[i] = arena.len() as u64;
+                self.spans.set(i, arena.len(), span.len());
                 arena.push_str(&self.arena[span]);
             }
         }
@@ -216,7 +264,7 @@ impl CustomerIds {
 
     /// Numbers not released: the customers the task holds.
     pub fn live(&self) -> usize {
-        self.starts.len() - self.free.len()
+        self.spans.len() - self.free.len()
     }
 
     /// The id strings in number order, from number `from` on.
@@ -226,11 +274,11 @@ impl CustomerIds {
 
     /// Numbers ever given (live and released).
     pub fn len(&self) -> usize {
-        self.starts.len()
+        self.spans.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.starts.is_empty()
+        self.spans.len() == 0
     }
 }
 
@@ -271,8 +319,7 @@ impl<'de> serde::Deserialize<'de> for CustomerIds {
         };
         let mut out = CustomerIds::default();
         // A length read from the input is only a hint: bound what it reserves.
-        out.starts.reserve(names.len().min(1 << 20));
-        out.lens.reserve(names.len().min(1 << 20));
+        out.spans.reserve(names.len().min(1 << 20));
         for n in names {
             out.append(&n).map_err(serde::de::Error::custom)?;
         }
@@ -327,5 +374,43 @@ impl Merge for CustomerIds {
         self.saved = self.len();
         self.released_since_save.clear();
         self.reused_since_save.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids of every length, a 16 MiB one among them (its length kept aside), stay
+    /// exact through releases, compactions and numbers given again.
+    #[test]
+    fn ids_of_any_length_survive_release_compaction_and_reuse() {
+        let long = "x".repeat(LONG as usize + 3);
+        let names: Vec<String> = (0..200)
+            .map(|i| match i {
+                7 => long.clone(),
+                _ => format!("customer-{}", "y".repeat(i % 40)) + &i.to_string(),
+            })
+            .collect();
+        let mut ids = CustomerIds::default();
+        let numbers: Vec<CustomerId> = names.iter().map(|n| ids.get(n)).collect();
+        for (n, id) in names.iter().zip(&numbers) {
+            assert_eq!(ids.name(*id), n);
+            assert_eq!(ids.get(n), *id, "found again");
+        }
+        // Release most (the long one too): the arena compacts.
+        for id in numbers.iter().filter(|id| id.0 % 5 != 0) {
+            ids.release(*id);
+        }
+        assert_eq!(ids.name(numbers[7]), "");
+        for (n, id) in names.iter().zip(&numbers).filter(|(_, id)| id.0 % 5 == 0) {
+            assert_eq!(ids.name(*id), n, "kept through the compaction");
+        }
+        // New customers take the released numbers, the long id again among them.
+        let again = ids.get(&long);
+        assert_eq!(ids.name(again), long);
+        assert_eq!(again.0, 1, "the lowest released number");
+        assert_eq!(ids.get("a-new-one"), CustomerId(2));
+        assert_eq!(ids.name(CustomerId(2)), "a-new-one");
     }
 }
