@@ -509,15 +509,25 @@ impl RawConfig {
                 ));
             }
         }
-        for (key, t) in [
+        let outputs = [
             ("snapshot_topic", &self.snapshot_topic),
             ("dead_letter_topic", &self.dead_letter_topic),
             ("checkpoint_topic", &self.checkpoint_topic),
             ("customer_risk_topic", &self.customer_risk_topic),
-        ] {
+        ];
+        for (i, (key, t)) in outputs.iter().enumerate() {
             topic_name(key, t)?;
             if self.input_topics.contains(t) {
                 return Err(invalid(key, t, "a topic that is not also an input topic"));
+            }
+            // Each output holds one kind of record (the checkpoint topic is read back
+            // on restore): two outputs in one topic would mix them.
+            if let Some((other, _)) = outputs[..i].iter().find(|(_, o)| o == t) {
+                return Err(invalid(
+                    key,
+                    t,
+                    format!("a topic of its own (`{other}` is the same topic)"),
+                ));
             }
         }
         let mut schema_ids = BTreeMap::new();

@@ -136,6 +136,8 @@ const CASES: &[Case] = &[
          "`input_topics`", "\"page views\"", "a Kafka topic name: 1 to 249 of `a-z A-Z 0-9 . _ -`"),
     file("topic listed twice", "input_topics = [\"emails\", \"purchases\", \"emails\"]\n",
          "`input_topics`", "\"emails,purchases,emails\"", "`emails` is listed twice"),
+    file("two outputs in one topic", "checkpoint_topic = \"engagement.snapshots\"\n",
+         "`checkpoint_topic`", "engagement.snapshots", "`snapshot_topic` is the same topic"),
     file("empty output topic", "snapshot_topic = \"\"\n", "`snapshot_topic`", "\"\"", "a Kafka topic name"),
     file("illegal output topic", "dead_letter_topic = \"dlq/engaged\"\n",
          "`dead_letter_topic`", "\"dlq/engaged\"", "a Kafka topic name"),
