@@ -187,19 +187,11 @@ impl Pipeline {
     }
 
     fn decode(&self, tp: &TopicPartition, payload: Option<&[u8]>) -> Result<Event, Rejection> {
-        match payload {
-            None => Err(Rejection::new(
-                RejectReason::Undecodable,
-                "record has no value",
-            )),
-            Some(bytes) => self
-                .decoder
-                .decode(&tp.topic, bytes)
-                .map_err(|e| Rejection::new(RejectReason::Undecodable, e.to_string())),
-        }
+        let mut event = Event::empty(crate::event::EventKind::PageView);
+        self.decode_into(tp, payload, &mut event).map(|()| event)
     }
 
-    /// [`Pipeline::decode`] into `event` ([`Decoder::decode_into`]).
+    /// One record value into `event` ([`Decoder::decode_into`]), or why not.
     fn decode_into(
         &self,
         tp: &TopicPartition,
