@@ -334,6 +334,9 @@ pub(crate) struct RecordPlan {
     ops: Vec<Op>,
     /// Reader fields the writer lacks, with the reader's default.
     defaults: Vec<(usize, Val<'static>)>,
+    /// The writer record is our reader record (every field read, in struct
+    /// order, with its own type): decoded by [`direct_into`], without slots.
+    direct: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -491,11 +494,37 @@ fn compile_record(
             }
         }
     }
+    let direct = is_identity(reader.kind, &ops) && defaults.is_empty();
     Ok(RecordPlan {
         kind: reader.kind,
         ops,
         defaults,
+        direct,
     })
+}
+
+/// Whether `ops` read every field of `kind`'s struct in order, each with the
+/// read our own reader schema compiles to: what [`direct_into`] does by hand.
+fn is_identity(kind: EventKind, ops: &[Op]) -> bool {
+    let own = |e: Expect| -> Read {
+        let opt = |t: Read| Read::Union(Box::new([Ok(Read::Null), Ok(t)]));
+        match e {
+            Expect::Str => Read::Str,
+            Expect::OptStr => opt(Read::Str),
+            Expect::Long => Read::Long,
+            Expect::OptLong => opt(Read::Long),
+            Expect::Int => Read::Int,
+            Expect::Enum(symbols) => Read::Enum {
+                map: (0..symbols.len() as u32).map(Some).collect(),
+                writer_symbols: symbols.iter().map(|s| s.to_string()).collect(),
+            },
+        }
+    };
+    let shape = shape(kind);
+    ops.len() == shape.len()
+        && ops.iter().zip(shape).enumerate().all(|(i, (op, (_, e)))| {
+            matches!(op, Op::Read { slot, read, .. } if *slot == i && *read == own(*e))
+        })
 }
 
 impl WriterPlan {
@@ -545,6 +574,21 @@ impl WriterPlan {
     /// enough). On an error `event` is left as it was or with some fields
     /// overwritten: a caller reads it only after `Ok`.
     pub fn decode_into(&self, r: &mut Reader<'_>, event: &mut Event) -> Result<(), DecodeError> {
+        let plan = self.record(r)?;
+        if plan.direct {
+            return direct_into(plan.kind, r, event);
+        }
+        build_into(plan.kind, plan.run(r, &self.table)?, event)
+    }
+
+    /// [`WriterPlan::decode_into`] through the slots, also where the record
+    /// is ours: the reference [`direct_into`] is tested against.
+    #[cfg(test)]
+    pub(crate) fn decode_into_by_slots(
+        &self,
+        r: &mut Reader<'_>,
+        event: &mut Event,
+    ) -> Result<(), DecodeError> {
         let plan = self.record(r)?;
         build_into(plan.kind, plan.run(r, &self.table)?, event)
     }
@@ -698,6 +742,81 @@ fn set_opt(dst: &mut Option<String>, src: Option<Cow<'_, str>>) {
     }
 }
 
+/// An optional string (`["null", "string"]`) into `dst`'s buffer.
+fn read_opt_str(r: &mut Reader<'_>, dst: &mut Option<String>) -> Result<(), DecodeError> {
+    match r.branch(2)? {
+        0 => *dst = None,
+        _ => set_opt(dst, Some(Cow::Borrowed(r.str()?))),
+    }
+    Ok(())
+}
+
+/// An enum our reader schema declares with `table`'s symbols, in order.
+fn read_symbol<T: Copy>(r: &mut Reader<'_>, table: &[T]) -> Result<T, DecodeError> {
+    let i = r.enum_index(table.len())?;
+    table
+        .get(i)
+        .copied()
+        .ok_or_else(|| DecodeError::Malformed(format!("internal: symbol {i}")))
+}
+
+/// Decodes a datum written with our own reader schema of `kind` straight into
+/// `out` (replaced by an empty event of `kind` first if it is of another kind):
+/// the reads the plan would execute, in the same order and with the same
+/// checks and errors, without the interpretation and the slots (a quarter of
+/// a mixed replay's instructions went to decoding through them).
+fn direct_into(kind: EventKind, r: &mut Reader<'_>, out: &mut Event) -> Result<(), DecodeError> {
+    if out.kind() != kind {
+        *out = Event::empty(kind);
+    }
+    match out {
+        Event::PageView(e) => {
+            set(&mut e.event_id, r.str()?);
+            e.event_time = r.long()?;
+            set(&mut e.visitor_id, r.str()?);
+            read_opt_str(r, &mut e.customer_id)?;
+            set(&mut e.site, r.str()?);
+            set(&mut e.page, r.str()?);
+            read_opt_str(r, &mut e.referrer)?;
+            read_opt_str(r, &mut e.channel)?;
+        }
+        Event::Email(e) => {
+            set(&mut e.event_id, r.str()?);
+            e.event_time = r.long()?;
+            set(&mut e.customer_id, r.str()?);
+            set(&mut e.campaign_id, r.str()?);
+            set(&mut e.message_id, r.str()?);
+            e.kind = read_symbol(r, &EMAIL_TYPES)?;
+            read_opt_str(r, &mut e.url)?;
+        }
+        Event::Purchase(e) => {
+            set(&mut e.event_id, r.str()?);
+            e.event_time = r.long()?;
+            set(&mut e.customer_id, r.str()?);
+            set(&mut e.order_id, r.str()?);
+            e.kind = read_symbol(r, &PURCHASE_TYPES)?;
+            e.amount_minor = r.long()?;
+            set(&mut e.currency, r.str()?);
+            e.cost_minor = match r.branch(2)? {
+                0 => None,
+                _ => Some(r.long()?),
+            };
+            e.items = r.int()?;
+            read_opt_str(r, &mut e.campaign_id)?;
+        }
+        Event::Survey(e) => {
+            set(&mut e.event_id, r.str()?);
+            e.event_time = r.long()?;
+            read_opt_str(r, &mut e.customer_id)?;
+            set(&mut e.survey_id, r.str()?);
+            e.kind = read_symbol(r, &SURVEY_KINDS)?;
+            e.score = r.int()?;
+            read_opt_str(r, &mut e.comment)?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes the slots into `out` (replaced by an empty event of `kind` first if
 /// it is of another kind); slot numbers are positions in [`shape`].
 fn build_into(kind: EventKind, mut s: Slots<'_>, out: &mut Event) -> Result<(), DecodeError> {
@@ -795,6 +914,55 @@ mod tests {
             let Top::Record(r) = &p.top else { panic!() };
             assert!(r.defaults.is_empty());
             assert!(r.ops.iter().all(|o| matches!(o, Op::Read { .. })), "{k:?}");
+        }
+    }
+
+    #[test]
+    fn only_our_own_records_are_decoded_directly() {
+        for k in EventKind::ALL {
+            let p = plan(k.schema_json()).unwrap();
+            let Top::Record(r) = &p.top else { panic!() };
+            assert!(r.direct, "{k:?}");
+        }
+        // Reordered fields, a skipped field, a promotion, a default: through the slots.
+        let survey = |fields: &str| {
+            plan(&format!(
+                r#"{{"type":"record","name":"SurveyResponse","namespace":"engaged.v1","fields":[{fields}]}}"#
+            ))
+            .unwrap()
+        };
+        let kind = r#"{"name":"kind","type":{"type":"enum","name":"SurveyKind","symbols":["NPS","CSAT","CES"]}}"#;
+        let opt = |n: &str| format!(r#"{{"name":"{n}","type":["null","string"]}}"#);
+        let base = [
+            r#"{"name":"event_id","type":"string"}"#.to_string(),
+            r#"{"name":"event_time","type":"long"}"#.to_string(),
+            opt("customer_id"),
+            r#"{"name":"survey_id","type":"string"}"#.to_string(),
+            kind.to_string(),
+            r#"{"name":"score","type":"int"}"#.to_string(),
+            opt("comment"),
+        ];
+        let direct = |p: &WriterPlan| matches!(&p.top, Top::Record(r) if r.direct);
+        assert!(direct(&survey(&base.join(","))));
+        let mut swapped = base.clone();
+        swapped.swap(0, 3);
+        let mut extra = base.to_vec();
+        extra.push(r#"{"name":"x","type":"long"}"#.to_string());
+        let mut promoted = base.clone();
+        promoted[1] = r#"{"name":"event_time","type":"int"}"#.to_string();
+        let mut flipped = base.clone();
+        flipped[6] = r#"{"name":"comment","type":["string","null"]}"#.to_string();
+        let mut symbols = base.clone();
+        symbols[4] = kind.replace(r#""CES"]"#, r#""CES","X"]"#);
+        for fields in [
+            swapped.join(","),
+            extra.join(","),
+            promoted.join(","),
+            flipped.join(","),
+            symbols.join(","),
+            base[..6].join(","),
+        ] {
+            assert!(!direct(&survey(&fields)), "{fields}");
         }
     }
 

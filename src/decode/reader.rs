@@ -368,7 +368,10 @@ mod tests {
                     assert!(std::str::from_utf8(&lone).is_err());
                     let mut pair = ascii.clone();
                     pair.splice(at..at, "é".bytes());
-                    assert_eq!(ascii_or_utf8(&pair), Ok(std::str::from_utf8(&pair).unwrap()));
+                    assert_eq!(
+                        ascii_or_utf8(&pair),
+                        Ok(std::str::from_utf8(&pair).unwrap())
+                    );
                 }
             }
         }
@@ -444,4 +447,3 @@ mod tests {
         assert_eq!(r.remaining(), 0);
     }
 }
-

@@ -756,6 +756,44 @@ proptest! {
         }
     }
 
+    /// Our own records skip the plan's slots ([`plan::direct_into`]): same
+    /// events, same errors and same bytes consumed as through the slots, on
+    /// valid and on corrupted or cut datums.
+    #[test]
+    fn direct_decoding_equals_decoding_through_slots(
+        e in event(),
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..3),
+        cut in any::<usize>(),
+    ) {
+        let readers: Vec<plan::ReaderRecord> = EventKind::ALL
+            .into_iter()
+            .map(|k| plan::ReaderRecord::new(k).unwrap())
+            .collect();
+        let json: serde_json::Value = serde_json::from_str(e.kind().schema_json()).unwrap();
+        let plan = plan::WriterPlan::compile(&Parsed::parse(&json).unwrap(), &readers).unwrap();
+        let mut m = encode::datum(&e);
+        for (at, x) in &flips {
+            let i = at % m.len();
+            m[i] ^= x;
+        }
+        // Whole most of the time, else cut anywhere.
+        let n = if cut % 2 == 0 { m.len() } else { cut % (m.len() + 1) };
+        let whole = n == m.len();
+        let m = &m[..n];
+        let (mut direct, mut slots) = (Event::empty(EventKind::SurveyResponse), Event::empty(e.kind()));
+        let (mut r1, mut r2) = (reader::Reader::new(m, 0), reader::Reader::new(m, 0));
+        let a = plan.decode_into(&mut r1, &mut direct).map_err(|e| e.to_string());
+        let b = plan.decode_into_by_slots(&mut r2, &mut slots).map_err(|e| e.to_string());
+        prop_assert_eq!(&a, &b);
+        if a.is_ok() {
+            prop_assert_eq!(&direct, &slots);
+            prop_assert_eq!(r1.remaining(), r2.remaining());
+            if flips.is_empty() && whole {
+                prop_assert_eq!(&direct, &e);
+            }
+        }
+    }
+
     #[test]
     fn fast_path_equals_generic_path(e in event()) {
         let d = decoder();
