@@ -132,10 +132,16 @@ impl TaskState {
         event: &Event,
     ) -> Result<(), Rejection> {
         let lateness = cfg.allowed_lateness_ms;
-        let input = self
-            .inputs
-            .entry(topic.clone())
-            .or_insert_with(|| InputState::new(cfg));
+        let input = match self.inputs.get_mut(&**topic) {
+            Some(input) => input,
+            None => {
+                // A new input can hold the closing watermark back.
+                self.closed_at = None;
+                self.inputs
+                    .entry(topic.clone())
+                    .or_insert_with(|| InputState::new(cfg))
+            }
+        };
         let t = event.event_time();
         let watermark = input.clock.watermark(lateness);
         if input.clock.is_late(t, lateness) {
@@ -152,9 +158,14 @@ impl TaskState {
             ));
         }
         input.clock.observe(t);
-        if let Some(w) = input.clock.watermark(lateness) {
+        let moved = input.clock.watermark(lateness);
+        if let Some(w) = moved {
             input.dedup.sweep(w);
         }
+        // The closing watermark is a function of the inputs' watermarks and idle
+        // marks; every other change of those (`advance`, `set_idle`, a restore)
+        // recomputes it, so while this input's watermark stays, it stays.
+        let moved = moved != watermark;
         // The customer this event is activity of (SPEC §3 Customers), or the buyer.
         let name: Option<&str> = match event {
             Event::PageView(pv) => pv.customer_id.as_deref(),
@@ -189,7 +200,10 @@ impl TaskState {
         // `last + horizon`, orders before `w`) lies after every event at or after
         // `w`: unless the closing watermark moved or this event is not after it,
         // nothing new can be due.
-        let w = self.closing_watermark(cfg);
+        let w = match self.closed_at {
+            Some(w) if !moved => w,
+            _ => self.closing_watermark(cfg),
+        };
         if self.closed_at != Some(w) || w.is_some_and(|w| t <= w) {
             self.close_at(w);
         }
