@@ -312,11 +312,6 @@ impl<K: Hash + Eq + Clone, V> Tracked<K, V> {
         self.map.len()
     }
 
-    #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
     /// Keys changed or removed since the last save.
     #[cfg(test)]
     pub fn changed(&self) -> usize {

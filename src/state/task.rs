@@ -294,10 +294,11 @@ impl Merge for TaskState {
 /// through a staging ring, `window::rolled`; 8: released customer numbers are
 /// given again, and a delta lists the numbers given again with their ids; email
 /// attribution kept by customer number; 9: web state keyed by label numbers,
-/// open sessions in slots per (site, visitor)).
-pub(super) const BASE_FORMAT: &[u8] = b"engaged-task-state/9\n";
+/// open sessions in slots per (site, visitor); 10: remembered event ids as
+/// records in arrival order, `state::dedup`).
+pub(super) const BASE_FORMAT: &[u8] = b"engaged-task-state/10\n";
 /// Leads every saved delta (see [`delta`]).
-pub(super) const DELTA_FORMAT: &[u8] = b"engaged-task-delta/9\n";
+pub(super) const DELTA_FORMAT: &[u8] = b"engaged-task-delta/10\n";
 
 fn format_tag(form: Form) -> &'static [u8] {
     match form {
