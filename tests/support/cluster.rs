@@ -7,7 +7,7 @@ use engaged::demo::generator::topic_of;
 use engaged::event::Event;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
@@ -126,6 +126,11 @@ impl Cluster {
     /// Produces every record in order without waiting in between, then waits for
     /// every delivery.
     pub async fn produce(&self, records: &[Rec]) {
+        self.produce_at(records).await;
+    }
+
+    /// [`Cluster::produce`], returning where each record was written: (partition, offset).
+    pub async fn produce_at(&self, records: &[Rec]) -> Vec<(i32, i64)> {
         let mut pending = vec![];
         for r in records {
             let mut record = FutureRecord::to(&r.topic)
@@ -149,10 +154,13 @@ impl Cluster {
                     .unwrap(),
             );
         }
+        let mut written = Vec::with_capacity(pending.len());
         for d in pending {
-            d.await.unwrap().unwrap();
+            let d = d.await.unwrap().unwrap();
+            written.push((d.partition, d.offset));
         }
         self.producer.flush(Duration::from_secs(60)).unwrap();
+        written
     }
 
     /// [`Cluster::produce`] of events to their family's topic, as single-object Avro
@@ -180,6 +188,24 @@ impl Cluster {
         let mock = self.producer.client().mock_cluster().unwrap();
         mock.request_errors(api, errors);
     }
+}
+
+/// Where a dead letter came from: its `engaged.source.topic`, `engaged.source.partition`
+/// and `engaged.source.offset` headers; `None` if one is missing or malformed.
+pub fn dead_letter_source(m: &OwnedMessage) -> Option<(String, i32, i64)> {
+    let headers = m.headers()?;
+    let get = |key: &str| {
+        (0..headers.count())
+            .map(|i| headers.get(i))
+            .find(|h| h.key == key)
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    };
+    Some((
+        get("engaged.source.topic")?.to_string(),
+        get("engaged.source.partition")?.parse().ok()?,
+        get("engaged.source.offset")?.parse().ok()?,
+    ))
 }
 
 /// Reads every record of `topic` (all partitions, up to the current end).

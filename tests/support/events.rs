@@ -135,3 +135,16 @@ impl Rec {
         }
     }
 }
+
+/// A writer fingerprint that none of engaged's schemas has.
+pub const UNKNOWN_FINGERPRINT: u64 = 0x0BAD_F00D_0BAD_F00D;
+
+/// A single-object encoded payload (`C3 01`, 8-byte fingerprint, datum) whose writer
+/// fingerprint is [`UNKNOWN_FINGERPRINT`]: what a producer with an unregistered schema
+/// ships, rejected as `undecodable`. `n` makes the datum bytes differ.
+pub fn unknown_fingerprint(n: u64) -> Vec<u8> {
+    let mut out = vec![0xC3, 0x01];
+    out.extend_from_slice(&UNKNOWN_FINGERPRINT.to_le_bytes());
+    out.extend_from_slice(&n.to_le_bytes());
+    out
+}

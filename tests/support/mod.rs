@@ -17,14 +17,18 @@ pub mod sidecar;
 
 // Not every test uses every helper.
 #[allow(unused_imports)]
-pub use cluster::{Cluster, OUTPUT_TOPICS, engaged_topics, no_initial_rebalance_delay, read_topic};
+pub use cluster::{
+    Cluster, OUTPUT_TOPICS, dead_letter_source, engaged_topics, no_initial_rebalance_delay,
+    read_topic,
+};
 #[allow(unused_imports)]
 pub use events::{
     EMAIL_TYPES, PURCHASE_TYPES, Rec, SURVEY_KINDS, clock_events, now_ms, partition_of, routed,
+    unknown_fingerprint,
 };
 #[allow(unused_imports)]
 pub use metrics::{Metrics, Sample, additive, close, family, sum, summed, value, windowed};
 #[allow(unused_imports)]
 pub use process::{Engaged, checkpoint_restores, engaged_ok, free_port, http_get};
 #[allow(unused_imports)]
-pub use sidecar::{Running, fetch, init_tracing, scrape, settle};
+pub use sidecar::{Running, fetch, init_tracing, scrape, settle, settle_within};

@@ -111,7 +111,18 @@ pub async fn scrape(addr: SocketAddr) -> Metrics {
 /// Scrapes until `ready` holds (failing after [`PATIENCE`]), then once more after
 /// two snapshot rounds, so that the returned scrape shows a complete round.
 pub async fn settle(addr: SocketAddr, what: &str, ready: impl Fn(&Metrics) -> bool) -> Metrics {
-    let deadline = Instant::now() + PATIENCE;
+    settle_within(addr, what, PATIENCE, ready).await
+}
+
+/// [`settle`], failing after `patience` instead (a liveness bound: how long the test
+/// waits at most, never a measure of speed).
+pub async fn settle_within(
+    addr: SocketAddr,
+    what: &str,
+    patience: Duration,
+    ready: impl Fn(&Metrics) -> bool,
+) -> Metrics {
+    let deadline = Instant::now() + patience;
     loop {
         let m = scrape(addr).await;
         if ready(&m) {
