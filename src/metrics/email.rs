@@ -17,6 +17,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::{CustomerId, Labels};
 use crate::checkpoint::delta::{Kept, Merge, Tracked};
 use crate::event::{EmailEvent, EmailEventType, Millis};
@@ -85,12 +87,14 @@ struct EmailBucket {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Message {
     campaign: Arc<str>,
-    times: [Vec<Millis>; 4],
+    /// Usually one time per type, inline (saved as a list, as a `Vec` was).
+    times: [SmallVec<[Millis; 1]>; 4],
 }
 
-/// The counted ("first") events of a sorted list: greedy chain with gaps of at least `ttl`.
-fn chain(times: &[Millis], ttl: i64) -> Vec<Millis> {
-    let mut out: Vec<Millis> = vec![];
+/// The counted ("first") events of a sorted list: greedy chain with gaps of at
+/// least `ttl` (usually one or two: inline, no allocation per email event).
+fn chain(times: &[Millis], ttl: i64) -> SmallVec<[Millis; 4]> {
+    let mut out: SmallVec<[Millis; 4]> = SmallVec::new();
     for &t in times {
         if out.last().is_none_or(|f| t - f >= ttl) {
             out.push(t);
@@ -284,7 +288,7 @@ impl EmailState {
         // Future events are at or after `lower_bound`: a counted event before it
         // stays counted, so what precedes the last such one is forgotten, and a
         // message whose last counted event is a TTL behind is forgotten whole.
-        let events = |m: &Message| m.times.iter().map(Vec::len).sum::<usize>();
+        let events = |m: &Message| m.times.iter().map(SmallVec::len).sum::<usize>();
         self.messages.retain(|_, m| {
             let before = events(m);
             for times in m.times.iter_mut() {
