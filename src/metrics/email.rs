@@ -14,7 +14,7 @@
 //! while they can still affect each other, and a click that arrives after an
 //! order it precedes re-attributes that order.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
@@ -22,6 +22,7 @@ use smallvec::SmallVec;
 use super::{CustomerId, Labels};
 use crate::checkpoint::delta::{Kept, Merge, Tracked};
 use crate::event::{EmailEvent, EmailEventType, Millis};
+use crate::time::timers::Timers;
 use crate::window::WindowSpec;
 use crate::window::rolled::{Absorb, RolledRings};
 
@@ -117,9 +118,10 @@ fn first_index(kind: EmailEventType) -> Option<usize> {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Attribution {
     /// (time, campaign), sorted.
-    clicks: Vec<(Millis, Arc<str>)>,
-    /// (time, attributed campaign), sorted by time.
-    orders: Vec<(Millis, Option<Arc<str>>)>,
+    clicks: SmallVec<[(Millis, Arc<str>); 1]>,
+    /// (time, attributed campaign), sorted by time (one inline: a customer who
+    /// does not click costs no allocation per ORDER; saved as a list, as before).
+    orders: SmallVec<[(Millis, Option<Arc<str>>); 1]>,
 }
 
 /// The campaign an order at `o` is attributed to: the last click at or before
@@ -152,9 +154,18 @@ pub(crate) struct EmailState {
     /// (time, customer) of the orders in `customers`, in time order: an order is
     /// forgotten as soon as no click can arrive before it any more, so a customer
     /// who does not click is not kept (nor checkpointed) for long. Derived from
-    /// `customers`: not saved, rebuilt ([`EmailState::restored`]).
+    /// `customers`: not saved, rebuilt ([`EmailState::restored`]). Timers in
+    /// slots of event time: a push per ORDER, no tree node.
+    #[serde(skip, default = "pending_orders")]
+    pending: Timers<CustomerId>,
+    /// The due orders of one pass (kept for its allocation).
     #[serde(skip)]
-    pending: BTreeSet<(Millis, CustomerId)>,
+    due: Vec<(Millis, CustomerId)>,
+}
+
+/// Slots of [`EmailState::pending`]: an order waits about `allowed_lateness`.
+fn pending_orders() -> Timers<CustomerId> {
+    Timers::new(1_000)
 }
 
 impl EmailState {
@@ -167,7 +178,8 @@ impl EmailState {
             customers: Tracked::default(),
             labels: Labels::default(),
             swept_at: None,
-            pending: BTreeSet::new(),
+            pending: pending_orders(),
+            due: vec![],
         }
     }
 
@@ -229,8 +241,8 @@ impl EmailState {
             self.customers.insert(
                 customer,
                 Attribution {
-                    clicks: vec![(c, campaign)],
-                    orders: vec![],
+                    clicks: smallvec::smallvec![(c, campaign)],
+                    orders: SmallVec::new(),
                 },
             );
             return;
@@ -262,7 +274,7 @@ impl EmailState {
     /// An accepted ORDER of `customer` at `o`.
     pub fn on_order(&mut self, customer: CustomerId, o: Millis) {
         let window = self.attribution_ms;
-        self.pending.insert((o, customer));
+        self.pending.push(o, customer);
         let a = self.customers.get_or_insert(customer, Default::default);
         let campaign = campaign_for(&a.clicks, o, window);
         let pos = a.orders.partition_point(|(t, _)| *t <= o);
@@ -324,10 +336,9 @@ impl EmailState {
     /// Forgets the orders before `lower_bound`: a future click is at or after it, so
     /// it cannot precede them. A customer left without clicks or orders is dropped.
     fn forget_orders_before(&mut self, lower_bound: Millis) {
-        while self.pending.first().is_some_and(|(o, _)| *o < lower_bound) {
-            let Some((_, customer)) = self.pending.pop_first() else {
-                break;
-            };
+        let mut due = std::mem::take(&mut self.due);
+        self.pending.pop_due(lower_bound - 1, &mut due);
+        for (_, customer) in due.drain(..) {
             // Orders are sorted: is the first one due? (The sweep may have been first.)
             let due = |a: &Attribution| a.orders.first().is_some_and(|(o, _)| *o < lower_bound);
             if !self.customers.get(&customer).is_some_and(due) {
@@ -340,15 +351,17 @@ impl EmailState {
                 }
             }
         }
+        self.due = due;
     }
 
     /// Rebuilds what is derived from the saved state (after a restore).
     pub fn restored(&mut self) {
-        self.pending = self
-            .customers
-            .iter()
-            .flat_map(|(c, a)| a.orders.iter().map(move |(o, _)| (*o, *c)))
-            .collect();
+        self.pending = pending_orders();
+        for (c, a) in self.customers.iter() {
+            for (o, _) in &a.orders {
+                self.pending.push(*o, *c);
+            }
+        }
     }
 
     /// Adds window `idx`'s buckets in `[start, end)`: the whole stream and per campaign.
@@ -396,6 +409,7 @@ impl Merge for EmailState {
             labels,
             swept_at,
             pending: _,
+            due: _,
         } = newer;
         (self.ttl_ms, self.attribution_ms, self.windows) = (ttl_ms, attribution_ms, windows);
         (self.labels, self.swept_at) = (labels, swept_at);
@@ -599,6 +613,12 @@ mod tests {
             })
             .expect("decodes");
         back.restored();
-        assert_eq!(back.pending, st.pending);
+        let queued = |st: &EmailState| {
+            let mut v: Vec<(Millis, CustomerId)> = st.pending.iter().copied().collect();
+            v.sort();
+            v
+        };
+        assert_eq!(queued(&back), queued(&st));
+        assert_eq!(queued(&st), vec![(20 * MIN, id("later"))]);
     }
 }
