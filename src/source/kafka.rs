@@ -260,22 +260,31 @@ async fn apply_batch(
     let done: Vec<(usize, Result<(), Rejection>)> = if threads <= 1 || batch.len() < PARALLEL_FROM {
         tasks.iter().flat_map(|g| apply(g)).collect()
     } else {
-        // Tasks dealt round-robin to the threads; each thread applies its tasks in turn.
+        // Largest task first, each taken by the next free thread (the loop's own
+        // among them): a batch's partitions are seldom of one size, and dealing
+        // them round-robin left a thread idle while another finished a large one.
+        let mut order: Vec<usize> = (0..tasks.len()).collect();
+        order.sort_by_key(|&t| {
+            std::cmp::Reverse(tasks[t].iter().map(|(_, r)| r.len()).sum::<usize>())
+        });
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let work = || {
+            let mut out = vec![];
+            while let Some(&t) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                out.extend(apply(&tasks[t]));
+            }
+            out
+        };
         std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|n| {
-                    let mine: Vec<_> = tasks.iter().skip(n).step_by(threads).collect();
-                    let apply = &apply;
-                    scope.spawn(move || mine.into_iter().flat_map(|g| apply(g)).collect::<Vec<_>>())
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| {
+            let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+            let mut done = work();
+            for h in helpers {
+                done.extend(
                     h.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                );
+            }
+            done
         })
     };
     let mut results: Vec<Option<Result<(), Rejection>>> = vec![None; batch.len()];
