@@ -200,17 +200,35 @@ impl Writer {
             origin: origin.clone(),
             reason,
         };
+        let json = serde_json::from_str::<serde_json::Value>(text);
+        // apache-avro 0.22 panics parsing some schemas (it puts a field's type
+        // in canonical form to check its default): refuse what that would trip
+        // on before handing it the text (found by the `writer_schema` fuzz target).
+        if let Ok(json) = &json
+            && !schema::apache_canonical_form_ok(json, None)
+        {
+            return Err(parse_err(
+                "a `size`, `precision` or `scale` that is not a 64-bit integer, or a \
+                 non-schema value where a schema belongs"
+                    .into(),
+            ));
+        }
         let avro = apache_avro::Schema::parse_str(text).map_err(|e| parse_err(e.to_string()))?;
-        let json: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        let json = json.map_err(|e| parse_err(e.to_string()))?;
         // The spec's fingerprint (Java, Python, fastavro) and apache-avro's,
         // which differs for schemas with logical types (avro-rs issue 61): a
         // producer using either finds its schema.
-        let avro_fingerprint = schema::rabin(avro.canonical_form().as_bytes());
-        let mut fingerprints = vec![avro_fingerprint];
+        // apache-avro panics computing the canonical form of some schemas it
+        // accepts (see `schema::apache_canonical_form_ok`): no producer can have
+        // used that fingerprint, so such a schema answers to the spec's only.
+        let avro_fingerprint = serde_json::to_value(&avro)
+            .ok()
+            .filter(|j| schema::apache_canonical_form_ok(j, Some(&mut Default::default())))
+            .map(|_| schema::rabin(avro.canonical_form().as_bytes()));
+        let mut fingerprints: Vec<u64> = avro_fingerprint.into_iter().collect();
         if let Ok(pcf) = schema::canonical_form(&json) {
             let spec_fingerprint = schema::rabin(pcf.as_bytes());
-            if spec_fingerprint != avro_fingerprint {
+            if Some(spec_fingerprint) != avro_fingerprint {
                 fingerprints.insert(0, spec_fingerprint);
             }
         }
@@ -277,6 +295,11 @@ impl Writer {
     }
 }
 
+/// The most apache-avro allocates at once for one value on the generic path
+/// (see [`Decoder::new`]): far above any sane string, and 16 times Kafka's
+/// default record size limit.
+const GENERIC_MAX_ALLOCATION: usize = 16 << 20;
+
 /// Decodes record values of every configured wire format and writer schema.
 /// Immutable after [`Decoder::new`]: `Send + Sync`, share it with an `Arc`.
 pub struct Decoder {
@@ -321,6 +344,12 @@ impl Decoder {
     /// Parses and compiles every schema up front; any unusable schema is an error
     /// naming its schema id or topic.
     pub fn new(cfg: &DecoderConfig) -> Result<Decoder, SchemaError> {
+        // apache-avro reserves room for a declared array, map, bytes or string
+        // length before reading it, up to this process-wide bound (512 MiB by
+        // default; the first setting wins): on the generic path a record of a
+        // few bytes could allocate that much (found by the `writer_schema`
+        // fuzz target).
+        apache_avro::util::max_allocation_bytes(GENERIC_MAX_ALLOCATION);
         let readers = ReaderSchemas::new().map_err(|(kind, reason)| SchemaError::Parse {
             origin: SchemaOrigin::Reader(kind),
             reason,

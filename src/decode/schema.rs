@@ -446,6 +446,67 @@ fn pcf(
     }
 }
 
+/// Whether apache-avro 0.22's `Schema::canonical_form` can run on the schema
+/// `json` (a schema's text, or `serde_json::to_value(&schema)`): it walks the
+/// JSON as below and panics on a value it cannot put in canonical form, such as
+/// an attribute `"fields": null` kept on a field, or a `size` beyond `i64`, and
+/// it does so while parsing too (for a field with a default). Mirrors its
+/// traversal (`parsing_canonical_form`, `pcf_map`) without building anything;
+/// with `defined` `None`, it also looks inside a named type met a second time
+/// (parsing canonicalizes parts of a schema on their own). Found by the
+/// `container` and `writer_schema` fuzz targets.
+pub(crate) fn apache_canonical_form_ok(
+    json: &Json,
+    mut defined: Option<&mut HashSet<String>>,
+) -> bool {
+    let obj = match json {
+        Json::String(_) => return true,
+        Json::Array(a) => {
+            return a
+                .iter()
+                .all(|v| apache_canonical_form_ok(v, defined.as_deref_mut()));
+        }
+        Json::Object(obj) => obj,
+        _ => return false,
+    };
+    let ty = obj.get("type").and_then(Json::as_str);
+    if let Some(defined) = defined.as_deref_mut()
+        && matches!(ty, Some("record" | "enum" | "fixed" | "ref"))
+    {
+        let ns = obj.get("namespace").and_then(Json::as_str);
+        let name = obj.get("name").and_then(Json::as_str).unwrap_or_default();
+        let full = ns.map_or(name.to_string(), |ns| format!("{ns}.{name}"));
+        if !defined.insert(full) {
+            return true;
+        }
+    }
+    for (k, v) in obj {
+        if obj.len() == 1 && k == "type" && v.is_string() {
+            return true;
+        }
+        match k.as_str() {
+            "default" | "doc" | "aliases" | "logicalType" => {}
+            "name" if ty.is_some_and(|t| matches!(t, "record" | "enum" | "fixed" | "ref")) => {}
+            "size" | "precision" | "scale" => {
+                let ok = match v {
+                    Json::String(s) => s.parse::<i64>().is_ok(),
+                    v => v.as_i64().is_some(),
+                };
+                if !ok {
+                    return false;
+                }
+            }
+            "name" | "type" | "fields" | "symbols" | "items" | "values" | "order"
+                if !apache_canonical_form_ok(v, defined.as_deref_mut()) =>
+            {
+                return false;
+            }
+            _ => {}
+        }
+    }
+    true
+}
+
 const RABIN_EMPTY: u64 = 0xc15d_213a_a4d7_a795;
 
 const RABIN_TABLE: [u64; 256] = {
