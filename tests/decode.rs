@@ -3,6 +3,7 @@
 //! our `Decoder` to exactly what fastavro itself reads back.
 
 use engaged::decode::container::{Blocks, Header};
+use engaged::decode::encode::long;
 use engaged::decode::{DecodeError, Decoder, DecoderConfig, WireFormat};
 use engaged::event::{Event, EventKind};
 use serde_json::Value as Json;
@@ -297,16 +298,6 @@ fn mixed_events_container_decodes_and_matches_its_summary() {
     }
     assert_eq!(revenue, summary["revenue_minor"].as_i64().unwrap());
     assert_eq!(last_time, summary["last_event_time"].as_i64().unwrap());
-}
-
-/// Appends `v` as an Avro long.
-fn long(out: &mut Vec<u8>, v: i64) {
-    let mut n = ((v << 1) ^ (v >> 63)) as u64;
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
 }
 
 /// A container header with `schema` (its declared length may exceed the bytes

@@ -6,6 +6,7 @@
 //! writers), so that fuzzing starts from records that decode.
 
 use engaged::decode::Decoder;
+use engaged::decode::encode::long;
 use engaged::event::EventKind;
 use engaged_fuzz::{config, schema_gen, topics};
 use std::path::{Path, PathBuf};
@@ -45,15 +46,6 @@ fn write(target: &str, name: &str, bytes: &[u8]) {
 
 fn topic_byte(topic: &str) -> u8 {
     topics().iter().position(|t| t == topic).unwrap_or(0) as u8
-}
-
-fn long(out: &mut Vec<u8>, v: i64) {
-    let mut n = ((v << 1) ^ (v >> 63)) as u64;
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
 }
 
 fn with_len(out: &mut Vec<u8>, b: &[u8]) {

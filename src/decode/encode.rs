@@ -55,8 +55,8 @@ pub fn union_schema_json() -> String {
     format!("[{}]", parts.join(","))
 }
 
-/// Appends `v` as an Avro long (zig-zag varint).
-pub(crate) fn long(out: &mut Vec<u8>, v: i64) {
+/// Appends `v` as an Avro `long` (zig-zag varint).
+pub fn long(out: &mut Vec<u8>, v: i64) {
     let mut n = ((v << 1) ^ (v >> 63)) as u64;
     while n >= 0x80 {
         out.push((n as u8) | 0x80);
