@@ -156,10 +156,10 @@ ROWS = [
         [
             ("stat", "Active customers", "short", 6, [q(f"engaged:customers_active:sum{{{JW}}}")], "Distinct customers with activity in the window."),
             ("stat", "Churned customers", "short", 6, [q(f"engaged:customers_churned:sum{{{JW}}}")], "Customers whose inactivity reached churn_horizon in the window."),
-            ("stat", "Churn rate", "percentunit", 6, [q(f"engaged:customers_churn_ratio:sum{{{JW}}}")], "Churned / active at the window start. ChurnRateHigh: above 5% over 7d."),
+            ("stat", "Churn rate", "percentunit", 6, [q(f"engaged:customers_churn_ratio:sum{{{JW}}}")], "Of the customers active at the window start, the share that churned in the window (lost / active at the start). ChurnRateHigh: above 5% over 7d."),
             ("stat", "Retention rate", "percentunit", 6, [q(f"engaged:customers_retention_ratio:sum{{{JW}}}")], "1 - churn rate."),
             ("timeseries", "Active and churned customers", "short", 24,
-             [q(f"engaged:customers_active:sum{{{JW}}}", "active"), q(f"engaged:customers_churned:sum{{{JW}}}", "churned")],
+             [q(f"engaged:customers_active:sum{{{JW}}}", "active"), q(f"engaged:customers_churned:sum{{{JW}}}", "churned"), q(f"engaged:customers_lost:sum{{{JW}}}", "lost (active at the start, then churned)")],
              "For the selected window."),
         ],
     ),

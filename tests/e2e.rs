@@ -1042,9 +1042,10 @@ type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<f64>);
 /// - customers (activity without SENT/DELIVERED/BOUNCED): alice −100 … −40, bob −170
 ///   (churns at −50), dave −30 … −20, erin −1500 (churns at −1380) | −12, −10.
 ///   24h: active alice bob dave erin = 4, churned bob erin = 2, active at −1440 (an
-///   activity in [−1560, −1440)): erin = 1 → churn ratio 2.
+///   activity in [−1560, −1440)): erin = 1, of whom lost (churned in the window):
+///   erin = 1 → churn ratio 1/1 (bob churned too, but was not active at −1440).
 ///   1h: active alice dave erin = 3, churned bob = 1, active at −60 ([−180, −60)):
-///   alice, bob = 2 → churn ratio 1/2.
+///   alice, bob = 2, lost bob = 1 → churn ratio 1/2.
 #[test]
 fn email_commerce_survey_and_churn_through_tansu_reach_metrics_and_snapshots() {
     let run = support::unique("e2e-families");
@@ -1312,7 +1313,9 @@ fn email_commerce_survey_and_churn_through_tansu_reach_metrics_and_snapshots() {
         ("engaged_customers_active", &w24, Some(4.0)),
         ("engaged_customers_active", &w1, Some(3.0)),
         ("engaged_customers_churned", &w24, Some(2.0)),
-        ("engaged_customers_churn_ratio", &w24, Some(2.0)),
+        ("engaged_customers_lost", &w24, Some(1.0)),
+        ("engaged_customers_lost", &w1, Some(1.0)),
+        ("engaged_customers_churn_ratio", &w24, Some(1.0)),
         ("engaged_customers_churn_ratio", &w1, Some(0.5)),
     ];
     let mut errors = vec![];
@@ -1382,12 +1385,13 @@ fn email_commerce_survey_and_churn_through_tansu_reach_metrics_and_snapshots() {
         (
             day.active_customers,
             day.churned_customers,
-            day.customers_at_window_start
+            day.customers_at_window_start,
+            day.lost_customers
         ),
-        (Some(4), Some(2), Some(1)),
+        (Some(4), Some(2), Some(1), Some(1)),
         "24h customers: {day:?}"
     );
-    assert_eq!(day.churn_rate, Some(2.0));
+    assert_eq!(day.churn_rate, Some(1.0));
     let spring = &last["24h/campaign/spring"];
     assert_eq!(spring.dimension_value.as_deref(), Some("spring"));
     assert_eq!(

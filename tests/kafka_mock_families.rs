@@ -511,13 +511,13 @@ impl Scenario {
 //   ivy   −62, −58: not churned
 //   active 1h:  alice carol dave erin gina ivy = 6;  24h: + bob = 7
 //   churned 1h: bob (−15), carol (−40) = 2;  24h: + erin (−120), hank (−1370) = 4
-//   active at window start s (an activity in [s − 120, s)):
+//   active at window start s (an activity in [s − 120, s)), and lost: those of them
+//   who churned in the window (SPEC §3: the start cohort's churn):
 //     1h  (s = −60, [−180, −60)): alice, bob (−135), carol (−160), dave (−62),
-//         erin (−90), ivy (−62) = 6 → churn ratio 2/6, retention 4/6
-//     24h (s = −1440, [−1560, −1440)): hank (−1490) = 1 → churn ratio 4/1 = 4, retention −3
-//         (SPEC §3 divides every churn in the window by the customers active at its
-//         start; with a window longer than churn_horizon, customers who arrive and churn
-//         inside the window can make the ratio exceed 1)
+//         erin (−90), ivy (−62) = 6; lost bob, carol = 2 → churn ratio 2/6, retention 4/6
+//     24h (s = −1440, [−1560, −1440)): hank (−1490) = 1; lost hank = 1 → churn ratio
+//         1/1, retention 0 (bob, carol and erin churned too, but became active inside
+//         the window: they count in `churned` only, so the ratio never exceeds 1)
 //
 // Web: page views 24h 2 (carol −160, anonymous −100), 1h 0.
 // ---------------------------------------------------------------------------
@@ -652,8 +652,9 @@ fn others_24h() -> Vec<Expect> {
         ("engaged_customers_active", Some(7.0)),
         ("engaged_customers_churned", Some(4.0)),
         ("engaged_customers_active_at_window_start", Some(1.0)),
-        ("engaged_customers_churn_ratio", Some(4.0)),
-        ("engaged_customers_retention_ratio", Some(-3.0)),
+        ("engaged_customers_lost", Some(1.0)),
+        ("engaged_customers_churn_ratio", Some(1.0)),
+        ("engaged_customers_retention_ratio", Some(0.0)),
         ("engaged_web_page_views", Some(2.0)),
     ]
 }
@@ -689,6 +690,7 @@ fn others_1h() -> Vec<Expect> {
         ("engaged_customers_active", Some(6.0)),
         ("engaged_customers_churned", Some(2.0)),
         ("engaged_customers_active_at_window_start", Some(6.0)),
+        ("engaged_customers_lost", Some(2.0)),
         ("engaged_customers_churn_ratio", Some(1.0 / 3.0)),
         ("engaged_customers_retention_ratio", Some(2.0 / 3.0)),
         ("engaged_web_page_views", Some(0.0)),
@@ -771,6 +773,7 @@ fn snapshot_value(s: &WindowSnapshot, family: &str) -> Option<f64> {
         "engaged_customers_active" => i(s.active_customers),
         "engaged_customers_churned" => i(s.churned_customers),
         "engaged_customers_active_at_window_start" => i(s.customers_at_window_start),
+        "engaged_customers_lost" => i(s.lost_customers),
         "engaged_customers_churn_ratio" => s.churn_rate,
         "engaged_customers_retention_ratio" => s.retention_rate,
         "engaged_web_page_views" => Some(s.page_views as f64),
@@ -904,6 +907,7 @@ fn phase2_1h_others() -> Vec<Expect> {
         ("engaged_customers_active", Some(2.0)),
         ("engaged_customers_churned", Some(0.0)),
         ("engaged_customers_active_at_window_start", Some(6.0)),
+        ("engaged_customers_lost", Some(0.0)),
         ("engaged_customers_churn_ratio", Some(0.0)),
         ("engaged_customers_retention_ratio", Some(1.0)),
         ("engaged_web_page_views", Some(2.0)),

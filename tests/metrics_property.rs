@@ -356,8 +356,9 @@ fn reference(
             .min()
             .flatten()
     };
-    let mut churns: Vec<Millis> = vec![];
-    for (p, times) in acts.values() {
+    // Churn instants, with the customer who churned.
+    let mut churns: Vec<(&str, Millis)> = vec![];
+    for (customer, (p, times)) in &acts {
         let mut ts = times.clone();
         ts.sort();
         let closed_by = activity_wm(*p);
@@ -365,7 +366,7 @@ fn reference(
             let next = ts.get(i + 1);
             if next.is_none_or(|n| n - t >= HORIZON) && closed_by.is_some_and(|w| t + HORIZON <= w)
             {
-                churns.push(t + HORIZON);
+                churns.push((customer, t + HORIZON));
             }
         }
     }
@@ -501,16 +502,27 @@ fn reference(
                     .values()
                     .filter(|(_, ts)| ts.iter().any(|t| inw(*t)))
                     .count() as i64;
-                let at_start = acts
-                    .values()
-                    .filter(|(_, ts)| ts.iter().any(|t| *t >= s - HORIZON && *t < s))
-                    .count() as i64;
-                let churned = churns.iter().filter(|t| inw(**t)).count() as i64;
+                // SPEC: customers active (not churned) at the window start, and
+                // of them, those who churned during the window.
+                let start_cohort: BTreeSet<&str> = acts
+                    .iter()
+                    .filter(|(_, (_, ts))| ts.iter().any(|t| *t >= s - HORIZON && *t < s))
+                    .map(|(c, _)| c.as_str())
+                    .collect();
+                let at_start = start_cohort.len() as i64;
+                let churned = churns.iter().filter(|(_, t)| inw(*t)).count() as i64;
+                let lost = churns
+                    .iter()
+                    .filter(|(c, t)| inw(*t) && start_cohort.contains(c))
+                    .map(|(c, _)| *c)
+                    .collect::<BTreeSet<&str>>()
+                    .len() as i64;
                 row.insert("active_customers", f(active));
                 row.insert("churned_customers", f(churned));
                 row.insert("customers_at_window_start", f(at_start));
-                row.insert("churn_rate", ratio(churned, at_start));
-                row.insert("retention_rate", ratio(churned, at_start).map(|r| 1.0 - r));
+                row.insert("lost_customers", f(lost));
+                row.insert("churn_rate", ratio(lost, at_start));
+                row.insert("retention_rate", ratio(lost, at_start).map(|r| 1.0 - r));
             }
             out.insert((spec.name.clone(), key), row);
         }
@@ -572,6 +584,7 @@ fn observed(snaps: &[WindowSnapshot]) -> BTreeMap<(String, Option<String>), Row>
             row.insert("active_customers", l(s.active_customers));
             row.insert("churned_customers", l(s.churned_customers));
             row.insert("customers_at_window_start", l(s.customers_at_window_start));
+            row.insert("lost_customers", l(s.lost_customers));
             row.insert("churn_rate", s.churn_rate);
             row.insert("retention_rate", s.retention_rate);
         }

@@ -358,3 +358,103 @@ fn the_fast_block_reader_replays_like_apache_avro() {
     assert_eq!(damaged.snapshots, without.snapshots);
     assert!(good.accepted > damaged.accepted);
 }
+
+/// (customer, event time) of every customer activity in the fixture (SPEC §3:
+/// every event carrying a `customer_id` except email SENT, DELIVERED and
+/// BOUNCED), leaving out the records engaged must reject (the fixture's only
+/// invalid records are ORDERs in USD; EUR is the default currency).
+fn read_activity() -> Vec<(String, i64)> {
+    let file = std::fs::File::open(FIXTURE).unwrap();
+    let mut out = vec![];
+    for v in apache_avro::Reader::new(file).unwrap() {
+        let v = match v.unwrap() {
+            Value::Union(_, inner) => *inner,
+            other => other,
+        };
+        let Value::Record(fields) = v else {
+            panic!("not a record")
+        };
+        let has = |name: &str| fields.iter().any(|(n, _)| n == name);
+        if has("currency") && string(field(&fields, "currency")).as_deref() != Some("EUR") {
+            continue;
+        }
+        if has("message_id")
+            && let Value::Enum(_, t) = field(&fields, "type")
+            && ["SENT", "DELIVERED", "BOUNCED"].contains(&t.as_str())
+        {
+            continue;
+        }
+        if !has("customer_id") {
+            continue;
+        }
+        if let Some(c) = string(field(&fields, "customer_id")) {
+            out.push((c, long(field(&fields, "event_time"))));
+        }
+    }
+    out
+}
+
+/// Issue "Metrics users can trust": with a churn horizon shorter than the
+/// windows, customers who become active and churn inside a window used to be
+/// divided by the customers active at its start (a churn rate of 2642% on a
+/// 150-day stream). The churn rate is now the start cohort's: recomputed here
+/// from the SPEC text, and at most 1 in every window and row.
+#[test]
+fn churn_rate_is_the_start_cohorts_and_never_exceeds_one() {
+    const H: i64 = 24 * 3_600_000;
+    let snaps = replay(&["--churn-horizon", "1d", "--windows", "1h,6h,24h,48h"]);
+    let mut by_customer: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (c, t) in read_activity() {
+        by_customer.entry(c).or_default().push(t);
+    }
+    let (_, last) = read_fixture();
+    let mut exceeded_before = false;
+    for (window, length) in [("1h", 1), ("6h", 6), ("24h", 24), ("48h", 48)] {
+        let length = length * 3_600_000;
+        let bucket = length / 60;
+        let end = last.div_euclid(bucket) * bucket;
+        let start = end - length;
+        let (mut at_start, mut lost, mut churned) = (0, 0, 0);
+        for times in by_customer.values_mut() {
+            times.sort();
+            // Churn instants: a horizon after an activity with none in the next horizon.
+            let churns: Vec<i64> = times
+                .iter()
+                .enumerate()
+                .filter(|(i, t)| times.get(i + 1).is_none_or(|n| n - *t >= H))
+                .map(|(_, t)| t + H)
+                .filter(|c| (start..end).contains(c))
+                .collect();
+            churned += churns.len() as i64;
+            let active_at_start = times.iter().any(|t| (start - H..start).contains(t));
+            if active_at_start {
+                at_start += 1;
+                if !churns.is_empty() {
+                    lost += 1;
+                }
+            }
+        }
+        let s = all_dim(&snaps, window);
+        assert_eq!(s["customers_at_window_start"], at_start, "{window}");
+        assert_eq!(s["lost_customers"], lost, "{window}");
+        assert_eq!(s["churned_customers"], churned, "{window}");
+        assert!(at_start > 0, "{window}: the start cohort is not empty");
+        let rate = s["churn_rate"].as_f64().expect("a churn rate");
+        assert!(
+            (rate - lost as f64 / at_start as f64).abs() < 1e-12,
+            "{window}: {rate}"
+        );
+        exceeded_before |= churned > at_start;
+    }
+    assert!(
+        exceeded_before,
+        "some window has more churns than customers at its start (the old ratio > 1)"
+    );
+    for s in &snaps {
+        let rate = &s["churn_rate"];
+        assert!(
+            rate.is_null() || rate.as_f64().is_some_and(|r| (0.0..=1.0).contains(&r)),
+            "{s}"
+        );
+    }
+}

@@ -208,3 +208,68 @@ proptest! {
         prop_assert_eq!(decoded, e);
     }
 }
+
+/// The snapshot schema evolves compatibly: fields are only added, each with a
+/// default. Checked against the first published schema (kept in
+/// tests/fixtures/EngagementSnapshot.v1.avsc) in both directions: a consumer
+/// still on v1 reads today's records, and today's reader reads v1's records
+/// (the added fields read as null).
+#[test]
+fn the_snapshot_schema_stays_compatible_with_its_first_version() {
+    use apache_avro::Schema;
+    use apache_avro::reader::datum::GenericDatumReader;
+    use apache_avro::types::Value;
+    use apache_avro::writer::datum::GenericDatumWriter;
+    let read = |writer: &Schema, reader: &Schema, mut bytes: &[u8]| {
+        GenericDatumReader::builder(writer)
+            .reader_schema(reader)
+            .build()
+            .and_then(|r| r.read_value(&mut bytes))
+            .unwrap()
+    };
+    let v1 = Schema::parse_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/EngagementSnapshot.v1.avsc"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let now = engaged::sink::snapshot_schema();
+    let snap = engaged::snapshot::WindowSnapshot {
+        window: "1h".into(),
+        dimension: "all".into(),
+        customers_at_window_start: Some(40),
+        lost_customers: Some(4),
+        churned_customers: Some(5),
+        churn_rate: Some(0.1),
+        ..Default::default()
+    };
+    let datum = engaged::sink::snapshot_datum(&snap).unwrap();
+    // v1 reads today's record.
+    let old = read(now, &v1, &datum);
+    let Value::Record(fields) = &old else {
+        panic!("{old:?}")
+    };
+    let get = |name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        get("churned_customers"),
+        Some(Value::Union(1, Box::new(Value::Long(5))))
+    );
+    assert_eq!(get("lost_customers"), None, "unknown to v1");
+    // Today's reader reads v1's record: the added field is null.
+    let v1_datum = GenericDatumWriter::builder(&v1)
+        .build()
+        .and_then(|w| w.write_value_to_vec(old))
+        .unwrap();
+    let new = read(&v1, now, &v1_datum);
+    let back: engaged::snapshot::WindowSnapshot = apache_avro::from_value(&new).unwrap();
+    assert_eq!(back.churned_customers, Some(5));
+    assert_eq!(back.customers_at_window_start, Some(40));
+    assert_eq!(back.lost_customers, None);
+}

@@ -156,6 +156,12 @@ pub const FAMILIES: [Family; 6] = [
         windowed: &[
             key("engaged_customers_active", "active", Count),
             key("engaged_customers_churned", "churned", Count),
+            key(
+                "engaged_customers_active_at_window_start",
+                "active at start",
+                Count,
+            ),
+            key("engaged_customers_lost", "of them lost", Count),
             key("engaged_customers_churn_ratio", "churn rate", Percent),
             key("engaged_customers_retention_ratio", "retention", Percent),
         ],
@@ -616,6 +622,7 @@ mod tests {
             active_customers: Some(1_500 + k),
             churned_customers: Some(25 + k),
             customers_at_window_start: Some(1_480 + k),
+            lost_customers: Some(25),
             churn_rate: r(0.0169),
             retention_rate: r(0.9831),
             at_risk_customers: Some(268),

@@ -15,9 +15,24 @@
 //! distinct counts, all views of one [`SharedDistinct`] over the activity: an
 //! activity costs one lookup of the customer whatever the number of windows, and
 //! snapshots cost the same whatever the number of customers.
+//!
+//! # The start cohort's churn
+//! `lost_customers` of a window `[s, e)` counts the customers active at `s`
+//! who churned in `[s, e)`. A customer is active at `s` exactly when one of
+//! its runs holds an activity in `[s - H, s)`, which is when that run began
+//! before `s` and ends at or after `s` (a run's end is `H` after its last
+//! activity and its activities are less than `H` apart); the run ends first
+//! among the customer's runs from `s` on, so the customer is lost exactly
+//! when a run with `first < s <= end < e` exists, and at most one run of a
+//! customer can do so (runs do not overlap). When a run churns, `(first,
+//! end)` is final (an activity that could change it would be late), and it
+//! counts in window `i` for the aligned starts `s` with
+//! `max(first, end - W_i) < s <= end`: one interval of starts, kept as a +1
+//! and a -1 in [`LostByStart`]. A window's count is the sum of the changes at
+//! starts up to its own: exact, and as cheap whatever the number of customers.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use super::CustomerId;
 use smallvec::SmallVec;
@@ -39,6 +54,75 @@ pub(crate) struct CustomerCounts {
     pub churned_customers: i64,
     /// Customers active (not churned) at the window start: the churn-rate denominator.
     pub customers_at_start: i64,
+    /// Those of them who churned in the window: the churn-rate numerator.
+    pub lost_customers: i64,
+}
+
+/// One window's `lost_customers` as a function of its start (see the module
+/// docs): the count at start `s` is `base` plus the changes at starts up to `s`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct LostByStart {
+    length_ms: i64,
+    bucket_ms: i64,
+    /// The sum of every change at a start up to `folded_to`.
+    base: i64,
+    /// No window of this length is asked for a start before this any more.
+    folded_to: Option<Millis>,
+    /// Changes of the count at starts after `folded_to`.
+    changes: BTreeMap<Millis, i64>,
+}
+
+impl LostByStart {
+    fn new(spec: &WindowSpec) -> LostByStart {
+        LostByStart {
+            length_ms: spec.length_ms,
+            bucket_ms: spec.bucket_ms,
+            base: 0,
+            folded_to: None,
+            changes: BTreeMap::new(),
+        }
+    }
+
+    /// A run that began at `first` churned at `end`: it counts for the
+    /// window starts `s` (multiples of the bucket) with `first < s <= end < s + W`.
+    fn add_run(&mut self, first: Millis, end: Millis) {
+        let b = self.bucket_ms;
+        let lo = first.max(end - self.length_ms);
+        let from = lo.div_euclid(b) * b + b;
+        let to = end.div_euclid(b) * b;
+        if from <= to {
+            self.change(from, 1);
+            self.change(to + b, -1);
+        }
+    }
+
+    fn change(&mut self, at: Millis, by: i64) {
+        if self.folded_to.is_some_and(|f| at <= f) {
+            self.base += by;
+            return;
+        }
+        let c = self.changes.entry(at).or_default();
+        *c += by;
+        if *c == 0 {
+            self.changes.remove(&at);
+        }
+    }
+
+    /// The count for a window starting at `start` (not before `folded_to`).
+    fn at(&self, start: Millis) -> i64 {
+        self.base + self.changes.range(..=start).map(|(_, c)| c).sum::<i64>()
+    }
+
+    /// No start before `start` will be asked for again.
+    fn fold_to(&mut self, start: Millis) {
+        if self.folded_to.is_some_and(|f| f >= start) {
+            return;
+        }
+        let later = self.changes.split_off(&(start + 1));
+        self.base += self.changes.values().sum::<i64>();
+        self.changes = later;
+        self.folded_to = Some(start);
+    }
 }
 
 /// Activity and churn state of one task.
@@ -46,6 +130,8 @@ pub(crate) struct CustomerCounts {
 pub(crate) struct CustomerState {
     horizon_ms: i64,
     churned: Vec<BucketRing<i64>>,
+    /// Per window: the start cohort's churn (`lost_customers`).
+    lost: Vec<LostByStart>,
     /// Views `0..n`: active customers of window `i` (queried at its end);
     /// views `n..2n`: customers alive at window `i`'s start (activity in `[s - H, s)`).
     activity: SharedDistinct<CustomerId>,
@@ -73,6 +159,7 @@ impl CustomerState {
         CustomerState {
             horizon_ms,
             churned: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
+            lost: specs.iter().map(LostByStart::new).collect(),
             activity: SharedDistinct::new(
                 &specs
                     .iter()
@@ -147,11 +234,11 @@ impl CustomerState {
             let Some(runs) = self.runs.get_mut(&customer) else {
                 continue;
             };
-            let mut ended: SmallVec<[Millis; 2]> = SmallVec::new();
-            runs.retain(|(_, l)| {
+            let mut ended: SmallVec<[(Millis, Millis); 2]> = SmallVec::new();
+            runs.retain(|(f, l)| {
                 let end = *l + h;
                 if end <= watermark {
-                    ended.push(end);
+                    ended.push((*f, end));
                 }
                 end > watermark
             });
@@ -161,9 +248,12 @@ impl CustomerState {
                     self.runs.remove(&customer);
                 }
             }
-            for end in ended {
+            for (first, end) in ended {
                 for ring in &mut self.churned {
                     *ring.bucket_mut(end) += 1;
+                }
+                for lost in &mut self.lost {
+                    lost.add_run(first, end);
                 }
             }
         }
@@ -189,12 +279,14 @@ impl CustomerState {
             active_customers: self.activity.count_at(idx, end),
             churned_customers: self.churned[idx].range(start, end).map(|(_, n)| *n).sum(),
             customers_at_start: self.activity.count_at(self.windows + idx, start),
+            lost_customers: self.lost[idx].at(start),
         }
     }
 
     /// A snapshot of window `idx` was taken over `[start, end)`; `lower_bound` is the task's smallest watermark.
     pub fn evict(&mut self, idx: usize, start: Millis, end: Millis, lower_bound: Option<Millis>) {
         self.churned[idx].evict_before(start);
+        self.lost[idx].fold_to(start);
         self.activity.fold_to(idx, end);
         self.activity.fold_to(self.windows + idx, start);
         if let Some(l) = lower_bound {
@@ -212,7 +304,8 @@ impl CustomerState {
         use crate::state::memory::StateKind;
         size.add(
             StateKind::WindowBucket,
-            self.churned.iter().map(|w| w.len()).sum(),
+            self.churned.iter().map(|w| w.len()).sum::<usize>()
+                + self.lost.iter().map(|l| l.changes.len()).sum::<usize>(),
         );
         size.add(StateKind::DistinctPosition, self.activity.positions());
     }
@@ -227,6 +320,7 @@ impl Merge for CustomerState {
         let CustomerState {
             horizon_ms,
             churned,
+            lost,
             activity,
             windows,
             runs,
@@ -240,6 +334,7 @@ impl Merge for CustomerState {
         }
         self.horizon_ms = horizon_ms;
         self.churned = churned;
+        self.lost = lost;
         self.activity.merge(activity)?;
         self.runs.merge(runs)
     }
@@ -274,6 +369,7 @@ impl super::family::Family for CustomerState {
         total.active_customers += c.active_customers;
         total.churned_customers += c.churned_customers;
         total.customers_at_start += c.customers_at_start;
+        total.lost_customers += c.lost_customers;
     }
 
     fn evict(&mut self, idx: usize, start: Millis, end: Millis, lower_bound: Option<Millis>) {
@@ -321,5 +417,76 @@ mod tests {
         // Active at 3h: an activity in [1h, 3h).
         assert_eq!(st.collect(0, 3 * H, 13 * H).customers_at_start, 1);
         assert_eq!(st.collect(0, 5 * H, 15 * H).customers_at_start, 0);
+    }
+
+    /// Churn of the start cohort (SPEC §3): of the customers active at the
+    /// window start, those who churned in the window; a customer who became
+    /// active in the window and churned there counts in `churned_customers`
+    /// only.
+    #[test]
+    fn the_churn_rate_counts_the_start_cohort_only() {
+        // One window of 10h (1h buckets), horizon 1h: much shorter than the window.
+        let spec = [WindowSpec {
+            name: "10h".into(),
+            length_ms: 10 * H,
+            bucket_ms: H,
+        }];
+        let mut st = CustomerState::new(&spec, H);
+        let mut ids = crate::metrics::CustomerIds::default();
+        let (a, b, c, d) = (ids.get("a"), ids.get("b"), ids.get("c"), ids.get("d"));
+        // a: active at the start (10h), churns at 10h30, returns at 12h, churns at 13h.
+        st.on_activity(a, 10 * H - H / 2);
+        st.on_activity(a, 12 * H);
+        // b: new in the window, churns at 15h, back and churns again at 17h.
+        st.on_activity(b, 14 * H);
+        st.on_activity(b, 16 * H);
+        // c: last activity exactly a horizon before the start: active at 10h,
+        // churns at 10h itself, the first instant of the window.
+        st.on_activity(c, 9 * H);
+        // d: churned at 9h59m59.999s, just before the window.
+        st.on_activity(d, 9 * H - 1);
+        st.on_watermark(20 * H);
+        let w = st.collect(0, 10 * H, 20 * H);
+        assert_eq!(w.customers_at_start, 2, "a and c");
+        assert_eq!(
+            w.lost_customers, 2,
+            "a and c, a once although it churned twice"
+        );
+        assert_eq!(w.churned_customers, 5, "a twice, b twice, c once");
+        // The window before: a, c and d were active in it and churn after its end
+        // (d at 9h59m59.999s, inside it); nobody was active at its start (0h).
+        let before = st.collect(0, 0, 10 * H);
+        assert_eq!((before.customers_at_start, before.lost_customers), (0, 0));
+        assert_eq!(before.churned_customers, 1, "d");
+        // Starting at 9h: d (activity at 8h59m59.999s) and c (9h: not before 9h)?
+        // c's activity at 9h is not in [8h, 9h): only d is active at 9h, and
+        // churns in [9h, 19h).
+        let w9 = st.collect(0, 9 * H, 19 * H);
+        assert_eq!((w9.customers_at_start, w9.lost_customers), (1, 1));
+    }
+
+    /// The start-cohort counts survive folding (eviction) and a run that
+    /// churns after its windows were folded past it.
+    #[test]
+    fn lost_customers_are_exact_across_folds() {
+        let spec = [WindowSpec {
+            name: "2h".into(),
+            length_ms: 2 * H,
+            bucket_ms: H,
+        }];
+        let mut st = CustomerState::new(&spec, H);
+        let mut ids = crate::metrics::CustomerIds::default();
+        let a = ids.get("a");
+        st.on_activity(a, 0);
+        st.on_activity(a, H / 2);
+        // Ends at 1h30: active at the start 1h, lost in [1h, 3h).
+        st.on_watermark(3 * H);
+        assert_eq!(st.collect(0, H, 3 * H).lost_customers, 1);
+        st.evict(0, H, 3 * H, None);
+        assert_eq!(st.collect(0, H, 3 * H).lost_customers, 1);
+        // [2h, 4h): a was not active at 2h.
+        assert_eq!(st.collect(0, 2 * H, 4 * H).lost_customers, 0);
+        st.evict(0, 2 * H, 4 * H, None);
+        assert_eq!(st.collect(0, 2 * H, 4 * H).lost_customers, 0);
     }
 }

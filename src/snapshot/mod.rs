@@ -96,6 +96,8 @@ pub struct WindowSnapshot {
     pub churned_customers: Option<i64>,
     /// Customers active (not churned) at the window start: the churn-rate denominator.
     pub customers_at_window_start: Option<i64>,
+    /// Of them, those who churned in the window: the churn-rate numerator.
+    pub lost_customers: Option<i64>,
     pub churn_rate: Option<f64>,
     pub retention_rate: Option<f64>,
     // Churn risk (model): in `all` rows, once a model has been fitted.
@@ -167,10 +169,8 @@ impl WindowSnapshot {
         self.active_customers = Some(c.active_customers);
         self.churned_customers = Some(c.churned_customers);
         self.customers_at_window_start = Some(c.customers_at_start);
-        self.churn_rate = ratio(
-            c.churned_customers as f64,
-            c.customers_at_start.max(0) as u64,
-        );
+        self.lost_customers = Some(c.lost_customers);
+        self.churn_rate = ratio(c.lost_customers as f64, c.customers_at_start.max(0) as u64);
         self.retention_rate = self.churn_rate.map(|r| 1.0 - r);
     }
 }

@@ -295,10 +295,11 @@ impl Merge for TaskState {
 /// given again, and a delta lists the numbers given again with their ids; email
 /// attribution kept by customer number; 9: web state keyed by label numbers,
 /// open sessions in slots per (site, visitor); 10: remembered event ids as
-/// records in arrival order, `state::dedup`).
-pub(super) const BASE_FORMAT: &[u8] = b"engaged-task-state/10\n";
+/// records in arrival order, `state::dedup`; 11: the start cohort's churn per
+/// window, `lost_customers`).
+pub(super) const BASE_FORMAT: &[u8] = b"engaged-task-state/11\n";
 /// Leads every saved delta (see [`delta`]).
-pub(super) const DELTA_FORMAT: &[u8] = b"engaged-task-delta/10\n";
+pub(super) const DELTA_FORMAT: &[u8] = b"engaged-task-delta/11\n";
 
 fn format_tag(form: Form) -> &'static [u8] {
     match form {

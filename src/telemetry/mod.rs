@@ -812,8 +812,14 @@ const WINDOWED: &[(&str, &str, Rows, Extract)] = &[
         |s| s.customers_at_window_start.map(|v| v as f64),
     ),
     (
+        "engaged_customers_lost",
+        "Customers active at the window start who churned in the window.",
+        Rows::All,
+        |s| s.lost_customers.map(|v| v as f64),
+    ),
+    (
         "engaged_customers_churn_ratio",
-        "churned / active at window start.",
+        "lost / active at window start: the start cohort's churn.",
         Rows::All,
         |s| s.churn_rate,
     ),
