@@ -104,10 +104,14 @@ fn config(bootstrap: &str, group: &str) -> String {
     // `idle_timeout`, the first input of a task to wake up moves the task's closing
     // watermark alone, and where sessions close then depends on which topic the
     // consumer happens to fetch first (see docs/operations.md, "Guarantees").
+    // Top-N is per instance (a page can be named by one instance and `other` on
+    // another, docs/metrics.md): `max_dimension_values` names every value here, so
+    // that every row adds up.
     format!(
         "bootstrap_servers = \"{bootstrap}\"\n\
          group_id = \"{group}\"\n\
          windows = [\"1h\", \"24h\", \"7d\"]\n\
+         max_dimension_values = 1000\n\
          snapshot_interval = \"400ms\"\n\
          checkpoint_interval = \"500ms\"\n\
          idle_timeout = \"10m\"\n\

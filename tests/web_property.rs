@@ -56,11 +56,13 @@ fn stream() -> impl Strategy<Value = Vec<Rec>> {
         0usize..4,             // channel
         0u32..100,             // duplicate dice
         any::<bool>(),         // snap to whole minutes: exact 30:00 gaps and ties happen
+        0usize..4,             // page
     );
     proptest::collection::vec(step, 1..250).prop_map(|steps| {
         let mut cursors = [1_700_000_000_000i64; PARTITIONS as usize];
         let mut out: Vec<Rec> = vec![];
-        for (n, (visitor, adv, jitter, site, channel, dice, snap)) in steps.into_iter().enumerate()
+        for (n, (visitor, adv, jitter, site, channel, dice, snap, page)) in
+            steps.into_iter().enumerate()
         {
             let p = visitor_partition(visitor);
             if dice < 12 {
@@ -84,7 +86,7 @@ fn stream() -> impl Strategy<Value = Vec<Rec>> {
                     visitor_id: format!("v{visitor}"),
                     customer_id: None,
                     site: ["shop", "blog"][site].into(),
-                    page: "/".into(),
+                    page: ["/", "/shop", "/cart", "/blog"][page].into(),
                     referrer: None,
                     channel: [None, Some("email"), Some("organic"), Some("paid")][channel]
                         .map(String::from),
@@ -145,6 +147,9 @@ struct RefSession {
     site: String,
     channel: String,
     partition: i32,
+    /// SPEC: the page of the last view (ties in time: the greatest event_id),
+    /// with that view's (time, event_id).
+    exit: (Millis, String, String),
 }
 
 fn channel_label(v: &PageView) -> String {
@@ -170,6 +175,10 @@ fn reference_sessions(views: &[(i32, PageView)]) -> Vec<RefSession> {
                 Some(s) if v.event_time - s.last < TIMEOUT => {
                     s.last = v.event_time;
                     s.views += 1;
+                    let at = (v.event_time, v.event_id.clone(), v.page.clone());
+                    if (&at.0, &at.1) > (&s.exit.0, &s.exit.1) {
+                        s.exit = at;
+                    }
                 }
                 _ => {
                     if let Some(s) = cur.take() {
@@ -182,6 +191,7 @@ fn reference_sessions(views: &[(i32, PageView)]) -> Vec<RefSession> {
                         site: v.site.clone(),
                         channel: channel_label(v),
                         partition: *p,
+                        exit: (v.event_time, v.event_id.clone(), v.page.clone()),
                     });
                 }
             }
@@ -209,6 +219,8 @@ struct Expect {
     duration_sum: f64,
     p50: Option<f64>,
     p90: Option<f64>,
+    exits: Option<i64>,
+    exit_rate: Option<f64>,
 }
 
 fn reference(
@@ -241,16 +253,24 @@ fn reference(
                     .iter()
                     .map(|(_, v)| ("channel".into(), Some(channel_label(v)))),
             )
+            .chain(
+                views
+                    .iter()
+                    .map(|(_, v)| ("page".into(), Some(v.page.clone()))),
+            )
             .collect();
         for (dim, val) in dims {
             let view_in = |v: &PageView| match dim.as_str() {
                 "site" => Some(&v.site) == val.as_ref(),
                 "channel" => Some(channel_label(v)) == val,
+                "page" => Some(&v.page) == val.as_ref(),
                 _ => true,
             };
+            // A page row counts no sessions, only those exiting on the page.
             let sess_in = |s: &RefSession| match dim.as_str() {
                 "site" => Some(&s.site) == val.as_ref(),
                 "channel" => Some(&s.channel) == val.as_ref(),
+                "page" => false,
                 _ => true,
             };
             let page_views = views
@@ -276,10 +296,32 @@ fn reference(
                 duration_sum: durations.iter().sum::<u64>() as f64 / 1000.0,
                 p50: percentile(&durations, 0.5),
                 p90: percentile(&durations, 0.9),
+                exits: None,
+                exit_rate: None,
+            };
+            // Per page: sessions closed in the window that exited on the page.
+            let e = if dim == "page" {
+                let exits = sessions
+                    .iter()
+                    .filter(|s| closed(s) && Some(&s.exit.2) == val.as_ref())
+                    .filter(|s| s.last + TIMEOUT >= start && s.last + TIMEOUT < end)
+                    .count() as i64;
+                Expect {
+                    exits: Some(exits),
+                    exit_rate: (page_views > 0).then(|| exits as f64 / page_views as f64),
+                    ..e
+                }
+            } else {
+                e
             };
             // A dimension value is published when it has anything to show;
             // the whole stream (`all`) always is.
-            if dim == "all" || e.page_views > 0 || e.sessions > 0 || e.sessions_active > 0 {
+            if dim == "all"
+                || e.page_views > 0
+                || e.sessions > 0
+                || e.sessions_active > 0
+                || e.exits.is_some_and(|x| x > 0)
+            {
                 out.insert((w.name.clone(), dim.clone(), val.clone()), e);
             }
         }
@@ -305,6 +347,8 @@ fn observed(snaps: &[WindowSnapshot]) -> BTreeMap<(String, String, Option<String
                     duration_sum: s.session_duration_sum_seconds,
                     p50: s.session_duration_p50_seconds,
                     p90: s.session_duration_p90_seconds,
+                    exits: s.exits,
+                    exit_rate: s.exit_rate,
                 },
             )
         })
@@ -350,6 +394,8 @@ proptest! {
                 prop_assert!((got.duration_sum - want.duration_sum).abs() < 1e-6, "duration {:?}", k);
                 prop_assert_eq!(got.p50, want.p50, "p50 {:?}", k);
                 prop_assert_eq!(got.p90, want.p90, "p90 {:?}", k);
+                prop_assert_eq!(got.exits, want.exits, "exits {:?}", k);
+                prop_assert_eq!(got.exit_rate, want.exit_rate, "exit_rate {:?}", k);
             }
         }
     }
@@ -389,14 +435,17 @@ fn top_n_folds_the_rest_into_other() {
     cfg.max_dimension_values = 1;
     let engine = Engine::new(cfg);
     let t0 = 1_700_000_000_000;
-    for (i, site) in ["a", "a", "b", "c"].iter().enumerate() {
+    for (i, (site, page)) in [("a", "/x"), ("a", "/y"), ("b", "/y"), ("c", "/z")]
+        .iter()
+        .enumerate()
+    {
         let pv = PageView {
             event_id: format!("e{i}"),
             event_time: t0 + i as i64,
             visitor_id: format!("v{i}"),
             customer_id: None,
             site: site.to_string(),
-            page: "/".into(),
+            page: page.to_string(),
             referrer: None,
             channel: None,
         };
@@ -411,5 +460,26 @@ fn top_n_folds_the_rest_into_other() {
     assert_eq!(
         sites,
         BTreeMap::from([("a".into(), 2), ("other".into(), 2)])
+    );
+    // Pages too, by page views: /y (2), the rest as other; each of the four
+    // one-view sessions closed 30 min after its view and exited where it was.
+    engine.advance(&tp(0), t0 + 50 * MIN);
+    let snaps = snapshot::build(&engine, t0 + 50 * MIN, &partitions(&engine));
+    let pages: BTreeMap<String, (i64, Option<i64>, Option<f64>)> = snaps
+        .iter()
+        .filter(|s| s.window == "1h" && s.dimension == "page")
+        .map(|s| {
+            (
+                s.dimension_value.clone().unwrap(),
+                (s.page_views, s.exits, s.exit_rate),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pages,
+        BTreeMap::from([
+            ("/y".into(), (2, Some(2), Some(1.0))),
+            ("other".into(), (2, Some(2), Some(1.0)))
+        ])
     );
 }

@@ -337,7 +337,44 @@ pub fn table(t: &Telemetry) -> String {
             fmt_opt(s.predicted_value_30d_minor, 0.01, ""),
         ));
     }
+    out.push_str(&exit_pages(&p.snapshots, 5));
     out
+}
+
+/// A line with the `n` most viewed pages of the first window that has page
+/// rows, with their exit rates (`other` left out).
+fn exit_pages(snapshots: &[crate::snapshot::WindowSnapshot], n: usize) -> String {
+    let Some(window) = snapshots
+        .iter()
+        .find(|s| s.dimension == "page" && s.page_views > 0)
+        .map(|s| s.window.clone())
+    else {
+        return String::new();
+    };
+    let mut pages: Vec<_> = snapshots
+        .iter()
+        .filter(|s| s.window == window && s.dimension == "page")
+        .filter(|s| s.dimension_value.as_deref() != Some(crate::metrics::OTHER))
+        .collect();
+    pages.sort_by(|a, b| {
+        b.page_views
+            .cmp(&a.page_views)
+            .then(a.dimension_value.cmp(&b.dimension_value))
+    });
+    let shown: Vec<String> = pages
+        .iter()
+        .take(n)
+        .map(|s| {
+            format!(
+                "{} {} ({}/{})",
+                s.dimension_value.as_deref().unwrap_or("-"),
+                fmt_opt(s.exit_rate, 100.0, "%"),
+                s.exits.unwrap_or(0),
+                s.page_views
+            )
+        })
+        .collect();
+    format!("exit rate by page ({window}): {}\n", shown.join(" | "))
 }
 
 /// Runs the demo until Ctrl-C (or `duration`).
@@ -494,5 +531,31 @@ mod tests {
             slow.refit_interval,
             Duration::from_secs(60 + 2 * 86_400 / 60)
         );
+    }
+
+    #[test]
+    fn the_exit_pages_line_shows_the_most_viewed_pages_of_the_first_window() {
+        use crate::snapshot::WindowSnapshot;
+        let page = |window: &str, page: &str, views: i64, exits: i64| WindowSnapshot {
+            window: window.into(),
+            dimension: "page".into(),
+            dimension_value: Some(page.into()),
+            page_views: views,
+            exits: Some(exits),
+            exit_rate: Some(exits as f64 / views as f64),
+            ..WindowSnapshot::default()
+        };
+        let snaps = [
+            page("5m", "/", 40, 10),
+            page("5m", "/cart", 10, 8),
+            page("5m", "other", 99, 1),
+            page("5m", "/search", 40, 2),
+            page("1h", "/", 400, 100),
+        ];
+        assert_eq!(
+            exit_pages(&snaps, 2),
+            "exit rate by page (5m): / 25.0% (10/40) | /search 5.0% (2/40)\n"
+        );
+        assert_eq!(exit_pages(&[], 2), "");
     }
 }

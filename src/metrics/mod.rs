@@ -83,6 +83,7 @@ pub(crate) enum Dim {
     Site(Arc<str>),
     Channel(Arc<str>),
     Campaign(Arc<str>),
+    Page(Arc<str>),
 }
 
 impl Dim {
@@ -93,13 +94,14 @@ impl Dim {
             Dim::Site(_) => "site",
             Dim::Channel(_) => "channel",
             Dim::Campaign(_) => "campaign",
+            Dim::Page(_) => "page",
         }
     }
 
     pub fn value(&self) -> Option<&str> {
         match self {
             Dim::All => None,
-            Dim::Site(v) | Dim::Channel(v) | Dim::Campaign(v) => Some(v),
+            Dim::Site(v) | Dim::Channel(v) | Dim::Campaign(v) | Dim::Page(v) => Some(v),
         }
     }
 }

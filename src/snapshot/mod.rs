@@ -36,9 +36,9 @@ pub struct WindowSnapshot {
     pub window_end: Millis,
     /// Instance watermark the snapshot was taken at.
     pub watermark: Millis,
-    /// `all`, `site`, `channel` or `campaign`.
+    /// `all`, `site`, `channel`, `campaign` or `page`.
     pub dimension: String,
-    /// The site, channel or campaign (top N, else `other`); `None` for `all`.
+    /// The site, channel, campaign or page (top N, else `other`); `None` for `all`.
     pub dimension_value: Option<String>,
     pub partitions: Vec<SourcePartition>,
     pub page_views: i64,
@@ -50,6 +50,10 @@ pub struct WindowSnapshot {
     pub avg_session_duration_seconds: Option<f64>,
     pub session_duration_p50_seconds: Option<f64>,
     pub session_duration_p90_seconds: Option<f64>,
+    /// Sessions closed in the window that exited on the page (`page` rows only).
+    pub exits: Option<i64>,
+    /// `exits / page_views` of the page (`page` rows only).
+    pub exit_rate: Option<f64>,
     // Email: in `all` and `campaign` rows; `None` elsewhere.
     pub emails_sent: Option<i64>,
     pub emails_delivered: Option<i64>,
@@ -198,6 +202,7 @@ fn fold_top_n<T: Default + Clone>(
             Dim::Site(_) => Dim::Site(OTHER.into()),
             Dim::Channel(_) => Dim::Channel(OTHER.into()),
             Dim::Campaign(_) => Dim::Campaign(OTHER.into()),
+            Dim::Page(_) => Dim::Page(OTHER.into()),
         };
         merge(out.entry(target).or_default(), &v);
     }
@@ -207,7 +212,7 @@ fn fold_top_n<T: Default + Clone>(
 /// The dimension values kept by top-N: ranked by page views, then sessions, then name.
 fn top_values(web: &HashMap<Dim, WebCounts>, open: &HashMap<Dim, u64>, n: usize) -> Vec<Dim> {
     let mut kept = vec![];
-    for name in ["site", "channel"] {
+    for name in ["site", "channel", "page"] {
         let mut ranked: Vec<(&Dim, u64, u64)> = web
             .keys()
             .chain(open.keys())
@@ -311,6 +316,12 @@ pub fn build(
                 avg_session_duration_seconds: ratio(secs(c.duration_ms_sum), c.sessions),
                 session_duration_p50_seconds: c.durations_ms.percentile(0.5).map(secs),
                 session_duration_p90_seconds: c.durations_ms.percentile(0.9).map(secs),
+                exits: matches!(d, Dim::Page(_)).then_some(c.exits as i64),
+                exit_rate: if matches!(d, Dim::Page(_)) {
+                    ratio(c.exits as f64, c.page_views)
+                } else {
+                    None
+                },
                 ..Default::default()
             }
         };

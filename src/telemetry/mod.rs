@@ -492,6 +492,8 @@ enum Rows {
     Web,
     /// `all`, `_by_campaign`.
     Email,
+    /// `_by_page` only.
+    Page,
     /// `all` only.
     All,
 }
@@ -501,6 +503,7 @@ impl Rows {
         match self {
             Rows::Web => matches!(dimension, "all" | "site" | "channel"),
             Rows::Email => matches!(dimension, "all" | "campaign"),
+            Rows::Page => dimension == "page",
             Rows::All => dimension == "all",
         }
     }
@@ -555,6 +558,24 @@ const WINDOWED: &[(&str, &str, Rows, Extract)] = &[
         "90th percentile of session duration (nearest rank).",
         Rows::Web,
         |s| s.session_duration_p90_seconds,
+    ),
+    (
+        "engaged_web_page_views",
+        "Page views of the page in the window (top pages by page views, the rest as other).",
+        Rows::Page,
+        |s| Some(s.page_views as f64),
+    ),
+    (
+        "engaged_web_exits",
+        "Sessions closed in the window whose exit page (the page of their last view) is the page.",
+        Rows::Page,
+        |s| s.exits.map(|v| v as f64),
+    ),
+    (
+        "engaged_web_exit_ratio",
+        "exits / page_views of the page in the window; absent without page views.",
+        Rows::Page,
+        |s| s.exit_rate,
     ),
     (
         "engaged_email_sent",
@@ -929,7 +950,7 @@ fn suffix(dimension: &str) -> String {
 
 fn windowed_families(p: &Published) -> Vec<MetricFamily> {
     let mut out = vec![];
-    for dimension in ["all", "site", "channel", "campaign"] {
+    for dimension in ["all", "site", "channel", "campaign", "page"] {
         let snaps: Vec<&WindowSnapshot> = p
             .snapshots
             .iter()

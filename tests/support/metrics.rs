@@ -205,7 +205,7 @@ pub fn sum(text: &str, name: &str) -> f64 {
 /// instances add up; ratios, averages, percentiles and scores do not.
 pub fn additive(series: &str) -> bool {
     let name = series.split('{').next().unwrap_or(series);
-    let name = ["_by_site", "_by_channel", "_by_campaign"]
+    let name = ["_by_site", "_by_channel", "_by_campaign", "_by_page"]
         .iter()
         .find_map(|s| name.strip_suffix(s))
         .unwrap_or(name);

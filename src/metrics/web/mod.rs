@@ -8,6 +8,11 @@
 //! its close time, and it counts in the bucket of its close time. Because a view
 //! older than the watermark is late (rejected), a closed session can never be
 //! reopened, so closing is final and depends only on the set of accepted views.
+//!
+//! Per page: the page views of the page (at their event time) and the sessions
+//! that exited there (at their close time), for `exit_rate = exits /
+//! page_views` of the page in a window. Pages are label numbers of their own
+//! table; the top pages by page views are published, the rest as `other`.
 
 use std::collections::HashMap;
 
@@ -24,7 +29,7 @@ mod durations;
 mod sessions;
 
 pub use durations::Durations;
-pub(crate) use sessions::{ClosedSession, Sessionizer};
+pub(crate) use sessions::{ClosedSession, Sessionizer, View};
 
 /// Upper bounds (seconds) of the session-duration histogram on `/metrics`.
 pub(crate) const DURATION_BUCKETS_SECONDS: [f64; 10] = [
@@ -40,6 +45,8 @@ pub(crate) struct WebCounts {
     pub duration_ms_sum: u64,
     /// Session durations (ms), for exact percentiles.
     pub durations_ms: Durations,
+    /// Sessions that exited on the page (in `page` rows only).
+    pub exits: u64,
 }
 
 impl WebCounts {
@@ -49,6 +56,7 @@ impl WebCounts {
         self.bounced_sessions += other.bounced_sessions;
         self.duration_ms_sum += other.duration_ms_sum;
         self.durations_ms.extend(&other.durations_ms);
+        self.exits += other.exits;
     }
 
     fn add_session(&mut self, s: &ClosedSession) {
@@ -98,6 +106,8 @@ struct WebBucket {
     all: WebCounts,
     site: FastMap<u32, WebCounts>,
     channel: FastMap<u32, WebCounts>,
+    /// By page label number (of [`WebState`]'s page labels).
+    page: FastMap<u32, PageCounts>,
 }
 
 impl WebBucket {
@@ -127,7 +137,15 @@ impl Absorb for WebCounts {
         self.bounced_sessions += o.bounced_sessions;
         self.duration_ms_sum += o.duration_ms_sum;
         self.durations_ms.absorb(&o.durations_ms);
+        self.exits += o.exits;
     }
+}
+
+/// One page's counts in a bucket: its views, and the sessions that exited on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct PageCounts {
+    views: u64,
+    exits: u64,
 }
 
 impl Absorb for WebBucket {
@@ -141,6 +159,11 @@ impl Absorb for WebBucket {
                 map.entry(*v).or_default().absorb(c);
             }
         }
+        for (p, c) in &other.page {
+            let mine = self.page.entry(*p).or_default();
+            mine.views += c.views;
+            mine.exits += c.exits;
+        }
     }
 }
 
@@ -149,6 +172,8 @@ impl Absorb for WebBucket {
 pub(crate) struct WebState {
     /// Sites and channels as numbers (buckets, sessions and open counts hold numbers).
     labels: LabelIds,
+    /// Pages as numbers, apart from sites and channels.
+    pages: LabelIds,
     sessions: Sessionizer,
     /// One bucket ring per configured window (in configuration order), fed
     /// through one staging ring ([`RolledRings`]).
@@ -160,6 +185,7 @@ impl WebState {
     pub fn new(specs: &[WindowSpec], session_timeout_ms: i64) -> WebState {
         WebState {
             labels: LabelIds::default(),
+            pages: LabelIds::default(),
             sessions: Sessionizer::new(session_timeout_ms),
             windows: RolledRings::new(specs),
             histogram: DurationHistogram::default(),
@@ -170,12 +196,21 @@ impl WebState {
     pub(crate) fn on_view(&mut self, pv: &PageView) {
         let site = self.labels.id(&pv.site);
         let channel = self.labels.id(pv.channel.as_deref().unwrap_or(NO_CHANNEL));
-        self.sessions
-            .add_view(site, &pv.visitor_id, pv.event_time, channel, &self.labels);
+        let page = self.pages.id(&pv.page);
+        let view = View {
+            site,
+            visitor: &pv.visitor_id,
+            time: pv.event_time,
+            channel,
+            page,
+            event_id: &pv.event_id,
+        };
+        self.sessions.add_view(view, &self.labels);
         self.windows.update(pv.event_time, |b| {
             for c in b.parts(site, channel) {
                 c.page_views += 1;
             }
+            b.page.entry(page).or_default().views += 1;
         });
     }
 
@@ -191,6 +226,7 @@ impl WebState {
                 for c in b.parts(s.site, s.channel) {
                     c.add_session(&s);
                 }
+                b.page.entry(s.exit_page).or_default().exits += 1;
             });
         });
         self.windows.roll_to(watermark);
@@ -220,6 +256,13 @@ impl WebState {
                 into.entry(Dim::Channel(labels.name(*v).clone()))
                     .or_default()
                     .merge(c);
+            }
+            for (p, c) in &bucket.page {
+                let row = into
+                    .entry(Dim::Page(self.pages.name(*p).clone()))
+                    .or_default();
+                row.page_views += c.views;
+                row.exits += c.exits;
             }
         }
     }

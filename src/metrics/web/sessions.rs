@@ -9,6 +9,12 @@
 //! (rejected), a closed session can never be reopened, so closing is final and
 //! depends only on the set of accepted views.
 //!
+//! A session's exit page is the page of its last view; of views at the same
+//! last instant, the one with the greatest `event_id` (SPEC §3). The open
+//! session keeps the page and event id of that view, and a view or a merge
+//! that comes later in (time, event id) order takes its place, so the exit
+//! page too depends only on the set of views, not on their arrival order.
+//!
 //! # Layout
 //! Each (site, visitor) with an open session owns a slot of [`Sessionizer`]'s
 //! `visitors`: the visitor's id once, the site and channel as label numbers
@@ -38,8 +44,20 @@ use crate::time::timers::Timers;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// One page view as the sessionizer sees it: label numbers (site, channel,
+/// page) and the view's own ids.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct View<'a> {
+    pub site: u32,
+    pub visitor: &'a str,
+    pub time: Millis,
+    pub channel: u32,
+    pub page: u32,
+    pub event_id: &'a str,
+}
+
 /// An open session of a visitor on a site.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Session {
     /// Unique in the task: a merged session gets a new one.
     pub id: u64,
@@ -49,6 +67,23 @@ pub(crate) struct Session {
     /// Label number of the first view's channel (ties: the smallest label), as
     /// GA attributes a session's source.
     pub channel: u32,
+    /// Label number of the exit page: the page of the last view (ties: the
+    /// greatest event id, kept in `exit_event`).
+    pub exit_page: u32,
+    pub exit_event: String,
+}
+
+impl Session {
+    /// Whether the view at (`time`, `event_id`) comes after this session's exit view.
+    fn exits_before(&self, time: Millis, event_id: &str) -> bool {
+        (self.last, self.exit_event.as_str()) < (time, event_id)
+    }
+
+    fn set_exit(&mut self, page: u32, event_id: &str) {
+        self.exit_page = page;
+        self.exit_event.clear();
+        self.exit_event.push_str(event_id);
+    }
 }
 
 /// A session that closed at `close_time = last + session_timeout`.
@@ -59,6 +94,8 @@ pub(crate) struct ClosedSession {
     pub views: u32,
     pub site: u32,
     pub channel: u32,
+    /// Label number (in the page labels) of the page of the last view.
+    pub exit_page: u32,
 }
 
 /// The open sessions of one visitor on one site (a free slot has none).
@@ -175,14 +212,15 @@ impl Sessionizer {
 
     /// Adds a view; merges every open session of this visitor it is within the
     /// gap of. `site` and `channel` are label numbers of `labels`.
-    pub(crate) fn add_view(
-        &mut self,
-        site: u32,
-        visitor: &str,
-        t: Millis,
-        channel: u32,
-        labels: &LabelIds,
-    ) {
+    pub(crate) fn add_view(&mut self, view: View<'_>, labels: &LabelIds) {
+        let View {
+            site,
+            visitor,
+            time: t,
+            channel,
+            page,
+            event_id,
+        } = view;
         let timeout = self.timeout_ms;
         let slot = self.slot(site, visitor);
         let v = &mut self.visitors[slot];
@@ -193,6 +231,9 @@ impl Sessionizer {
             && t < s.last + timeout
             && !before((t, channel), (s.first, s.channel), labels)
         {
+            if s.exits_before(t, event_id) {
+                s.set_exit(page, event_id);
+            }
             s.last = s.last.max(t);
             s.views += 1;
             return;
@@ -203,28 +244,34 @@ impl Sessionizer {
             last: t,
             views: 1,
             channel,
+            exit_page: page,
+            exit_event: event_id.to_owned(),
         };
         self.next_id += 1;
         let mut i = 0;
         while i < v.open.len() {
-            let s = v.open[i];
+            let s = &v.open[i];
             if !(t > s.first - timeout && t < s.last + timeout) {
                 i += 1;
                 continue;
             }
-            v.open.swap_remove(i);
+            let s = v.open.swap_remove(i);
             self.open_by_dim.count(site, s.channel, -1);
             if before((s.first, s.channel), (merged.first, merged.channel), labels) {
                 merged.channel = s.channel;
+            }
+            if merged.exits_before(s.last, &s.exit_event) {
+                merged.exit_page = s.exit_page;
+                merged.exit_event = s.exit_event;
             }
             merged.first = merged.first.min(s.first);
             merged.last = merged.last.max(s.last);
             merged.views += s.views;
         }
+        let (close, id, channel) = (merged.last + timeout, merged.id, merged.channel);
         v.open.push(merged);
-        self.close_queue
-            .push(merged.last + timeout, (merged.id, slot));
-        self.open_by_dim.count(site, merged.channel, 1);
+        self.close_queue.push(close, (id, slot));
+        self.open_by_dim.count(site, channel, 1);
     }
 
     /// Closes every session whose close time is at or before `watermark`.
@@ -241,15 +288,14 @@ impl Sessionizer {
                 let Some(i) = v.open.iter().position(|s| s.id == id) else {
                     continue;
                 };
-                let s = v.open[i];
-                let close = s.last + self.timeout_ms;
+                let close = v.open[i].last + self.timeout_ms;
                 if close > at {
                     // Extended since it was queued (due in a later pass if still at
                     // or before `watermark`).
                     self.close_queue.push(close, (id, slot));
                     continue;
                 }
-                v.open.swap_remove(i);
+                let s = v.open.swap_remove(i);
                 let site = v.site;
                 self.open_by_dim.count(site, s.channel, -1);
                 if v.open.is_empty() {
@@ -261,6 +307,7 @@ impl Sessionizer {
                     views: s.views,
                     site,
                     channel: s.channel,
+                    exit_page: s.exit_page,
                 });
             }
         }
