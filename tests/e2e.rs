@@ -1032,8 +1032,9 @@ type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<f64>);
 ///
 /// By hand:
 /// - email, 24h (all spring): sent 3, delivered 2, bounced 1, unique opens 1 (the second
-///   open is not unique), unique clicks 1, attributed orders 1 → open ratio 1/2,
-///   conversion 1/1; 1h: only the attributed order (−50): attributed 1, clicks 0 →
+///   open is not unique), unique clicks 1, attributed orders 1; send cohort: of the 2
+///   delivered, alice's opened (1), of the 3 sent, dave's bounced (1) → open ratio 1/2,
+///   bounce ratio 1/3, conversion 1/1; 1h: only the attributed order (−50): attributed 1, clicks 0 →
 ///   conversion ratio absent.
 /// - commerce, both windows: orders −50, −30, −10 → 3, order revenue 9000, AOV 3000,
 ///   purchasing 3, new alice, dave = 2, returning erin = 1, margin 2500 + 2000 = 4500.
@@ -1282,7 +1283,9 @@ fn email_commerce_survey_and_churn_through_tansu_reach_metrics_and_snapshots() {
         ),
         ("engaged_email_sent", &w24, Some(3.0)),
         ("engaged_email_unique_opens", &w24, Some(1.0)),
+        ("engaged_email_delivered_opened", &w24, Some(1.0)),
         ("engaged_email_open_ratio", &w24, Some(0.5)),
+        ("engaged_email_sent_bounced", &w24, Some(1.0)),
         ("engaged_email_bounce_ratio", &w24, Some(1.0 / 3.0)),
         (
             "engaged_email_unique_clicks_by_campaign",

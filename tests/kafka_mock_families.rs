@@ -444,33 +444,47 @@ impl Scenario {
 //
 // Windows at watermark T: 1h = [−60, 0), 24h = [−1440, 0).
 //
-// Email (SENT/DELIVERED/BOUNCED count at their own time; OPENED, CLICKED, UNSUBSCRIBED,
-// COMPLAINED count a message once, at its first such event):
+// Email (SPEC §3: every kind counts a message once, at its first such event; a click
+// is an open; the rates are the send cohort's: of the messages first DELIVERED in the
+// window, those opened/clicked/unsubscribed/complained within email_dedup_ttl, 30 d,
+// of it; of those first SENT, those BOUNCED):
 //   sent       spring alice bob dave erin (−300), summer alice carol dave frank (−55):
 //              24h 8, 1h 4
 //   delivered  spring alice dave erin (−299), summer alice carol dave (−54): 24h 6, 1h 3
 //   bounced    spring bob (−299), summer frank (−54): 24h 2, 1h 1
 //   opens      spring-alice −230 (the second open at −220 is not unique), spring-dave
-//              −62 (not −58: outside 1h), summer-alice −40, summer-dave −30: 24h 4, 1h 2
+//              −62 (not −58: outside 1h), spring-erin −44 (her click: a click without an
+//              open is an open), summer-alice −40, summer-dave −30: 24h 5, 1h 3
 //   clicks     spring-alice −210, spring-dave −48, spring-erin −44, summer-alice −35,
 //              summer-dave −29: 24h 5, 1h 4
 //   unsubs     spring-dave −50: 24h 1, 1h 1
 //   complaints spring-erin −240, summer-carol −20: 24h 2, 1h 1
+//   cohort 24h (delivered: spring alice dave erin, summer alice carol dave = 6):
+//              opened alice dave erin + alice dave = 5, clicked 5, unsubscribed 1
+//              (spring-dave), complained 2 (spring-erin, summer-carol); sent 8, bounced 2
+//   cohort 1h  (delivered at −54: summer alice carol dave = 3): opened alice dave = 2,
+//              clicked 2, unsubscribed 0 (dave's unsubscribe is of his spring message,
+//              delivered before the window), complained 1 (carol); sent 4, bounced 1
 //   attributed alice −180 → spring, alice −10 → summer, dave −15 → summer; alice −140
 //              (70 min after her last click), erin −45 (her click is later), ivy, gina:
 //              none → 24h 3, 1h 2
-//   ratios 24h: open 4/6, CTR 5/6, CTOR 5/4, unsub 1/6, bounce 2/8, conversion 3/5
-//   ratios 1h:  open 2/3, CTR 4/3, CTOR 4/2, unsub 1/3, bounce 1/4, conversion 2/4
+//   ratios 24h: open 5/6, CTR 5/6, CTOR 5/5, unsub 1/6, complaint 2/6, bounce 2/8,
+//               conversion 3/5 (attributed / unique clicks)
+//   ratios 1h:  open 2/3, CTR 2/3, CTOR 2/2, unsub 0/3, complaint 1/3, bounce 1/4,
+//               conversion 2/4 (the old per-event ratios were CTR 4/3 and CTOR 2: clicks
+//               of messages delivered before the window over deliveries in it)
 //   by campaign:
-//     spring 24h: sent 4, delivered 3, bounced 1, opens 2, clicks 3, unsubs 1,
-//                 complaints 1, attributed 1 → open 2/3, CTR 3/3, CTOR 3/2, unsub 1/3,
-//                 bounce 1/4, conversion 1/3
-//     spring 1h:  dave's and erin's clicks (−48, −44) and dave's unsubscribe (−50):
-//                 clicks 2, unsubs 1, everything else 0 → open, CTR, CTOR, unsub and
-//                 bounce ratios absent (zero denominators), conversion 0/2 = 0
+//     spring 24h: sent 4, delivered 3, bounced 1, opens 3, clicks 3, unsubs 1,
+//                 complaints 1, attributed 1; cohort opened 3, clicked 3, unsubscribed 1,
+//                 complained 1, sent bounced 1 → open 1, CTR 1, CTOR 1, unsub 1/3,
+//                 complaint 1/3, bounce 1/4, conversion 1/3
+//     spring 1h:  erin's open (her click at −44), dave's and erin's clicks (−48, −44) and
+//                 dave's unsubscribe (−50): opens 1, clicks 2, unsubs 1, everything else
+//                 0 → every cohort ratio absent (zero denominators), conversion 0/2 = 0
 //     summer (all at −55 or later, so 24h = 1h): sent 4, delivered 3, bounced 1,
-//                 opens 2, clicks 2, unsubs 0, complaints 1, attributed 2 → open 2/3,
-//                 CTR 2/3, CTOR 1, unsub 0, bounce 1/4, conversion 1
+//                 opens 2, clicks 2, unsubs 0, complaints 1, attributed 2; cohort opened
+//                 2, clicked 2, unsubscribed 0, complained 1, sent bounced 1 → open 2/3,
+//                 CTR 2/3, CTOR 1, unsub 0, complaint 1/3, bounce 1/4, conversion 1
 //
 // Commerce (the USD order and the duplicate are rejected; hank −1490 and gina −1800
 // are before both windows):
@@ -530,15 +544,21 @@ fn email_all_24h() -> Vec<Expect> {
         ("engaged_email_sent", Some(8.0)),
         ("engaged_email_delivered", Some(6.0)),
         ("engaged_email_bounced", Some(2.0)),
-        ("engaged_email_unique_opens", Some(4.0)),
+        ("engaged_email_unique_opens", Some(5.0)),
         ("engaged_email_unique_clicks", Some(5.0)),
         ("engaged_email_unsubscribes", Some(1.0)),
         ("engaged_email_complaints", Some(2.0)),
         ("engaged_email_attributed_orders", Some(3.0)),
-        ("engaged_email_open_ratio", Some(4.0 / 6.0)),
+        ("engaged_email_delivered_opened", Some(5.0)),
+        ("engaged_email_delivered_clicked", Some(5.0)),
+        ("engaged_email_delivered_unsubscribed", Some(1.0)),
+        ("engaged_email_delivered_complained", Some(2.0)),
+        ("engaged_email_sent_bounced", Some(2.0)),
+        ("engaged_email_open_ratio", Some(5.0 / 6.0)),
         ("engaged_email_click_through_ratio", Some(5.0 / 6.0)),
-        ("engaged_email_click_to_open_ratio", Some(1.25)),
+        ("engaged_email_click_to_open_ratio", Some(1.0)),
         ("engaged_email_unsubscribe_ratio", Some(1.0 / 6.0)),
+        ("engaged_email_complaint_ratio", Some(2.0 / 6.0)),
         ("engaged_email_bounce_ratio", Some(0.25)),
         ("engaged_email_conversion_ratio", Some(0.6)),
     ]
@@ -549,15 +569,21 @@ fn email_all_1h() -> Vec<Expect> {
         ("engaged_email_sent", Some(4.0)),
         ("engaged_email_delivered", Some(3.0)),
         ("engaged_email_bounced", Some(1.0)),
-        ("engaged_email_unique_opens", Some(2.0)),
+        ("engaged_email_unique_opens", Some(3.0)),
         ("engaged_email_unique_clicks", Some(4.0)),
         ("engaged_email_unsubscribes", Some(1.0)),
         ("engaged_email_complaints", Some(1.0)),
         ("engaged_email_attributed_orders", Some(2.0)),
+        ("engaged_email_delivered_opened", Some(2.0)),
+        ("engaged_email_delivered_clicked", Some(2.0)),
+        ("engaged_email_delivered_unsubscribed", Some(0.0)),
+        ("engaged_email_delivered_complained", Some(1.0)),
+        ("engaged_email_sent_bounced", Some(1.0)),
         ("engaged_email_open_ratio", Some(2.0 / 3.0)),
-        ("engaged_email_click_through_ratio", Some(4.0 / 3.0)),
-        ("engaged_email_click_to_open_ratio", Some(2.0)),
-        ("engaged_email_unsubscribe_ratio", Some(1.0 / 3.0)),
+        ("engaged_email_click_through_ratio", Some(2.0 / 3.0)),
+        ("engaged_email_click_to_open_ratio", Some(1.0)),
+        ("engaged_email_unsubscribe_ratio", Some(0.0)),
+        ("engaged_email_complaint_ratio", Some(1.0 / 3.0)),
         ("engaged_email_bounce_ratio", Some(0.25)),
         ("engaged_email_conversion_ratio", Some(0.5)),
     ]
@@ -568,15 +594,21 @@ fn email_spring_24h() -> Vec<Expect> {
         ("engaged_email_sent", Some(4.0)),
         ("engaged_email_delivered", Some(3.0)),
         ("engaged_email_bounced", Some(1.0)),
-        ("engaged_email_unique_opens", Some(2.0)),
+        ("engaged_email_unique_opens", Some(3.0)),
         ("engaged_email_unique_clicks", Some(3.0)),
         ("engaged_email_unsubscribes", Some(1.0)),
         ("engaged_email_complaints", Some(1.0)),
         ("engaged_email_attributed_orders", Some(1.0)),
-        ("engaged_email_open_ratio", Some(2.0 / 3.0)),
+        ("engaged_email_delivered_opened", Some(3.0)),
+        ("engaged_email_delivered_clicked", Some(3.0)),
+        ("engaged_email_delivered_unsubscribed", Some(1.0)),
+        ("engaged_email_delivered_complained", Some(1.0)),
+        ("engaged_email_sent_bounced", Some(1.0)),
+        ("engaged_email_open_ratio", Some(1.0)),
         ("engaged_email_click_through_ratio", Some(1.0)),
-        ("engaged_email_click_to_open_ratio", Some(1.5)),
+        ("engaged_email_click_to_open_ratio", Some(1.0)),
         ("engaged_email_unsubscribe_ratio", Some(1.0 / 3.0)),
+        ("engaged_email_complaint_ratio", Some(1.0 / 3.0)),
         ("engaged_email_bounce_ratio", Some(0.25)),
         ("engaged_email_conversion_ratio", Some(1.0 / 3.0)),
     ]
@@ -587,15 +619,21 @@ fn email_spring_1h() -> Vec<Expect> {
         ("engaged_email_sent", Some(0.0)),
         ("engaged_email_delivered", Some(0.0)),
         ("engaged_email_bounced", Some(0.0)),
-        ("engaged_email_unique_opens", Some(0.0)),
+        ("engaged_email_unique_opens", Some(1.0)),
         ("engaged_email_unique_clicks", Some(2.0)),
         ("engaged_email_unsubscribes", Some(1.0)),
         ("engaged_email_complaints", Some(0.0)),
         ("engaged_email_attributed_orders", Some(0.0)),
+        ("engaged_email_delivered_opened", Some(0.0)),
+        ("engaged_email_delivered_clicked", Some(0.0)),
+        ("engaged_email_delivered_unsubscribed", Some(0.0)),
+        ("engaged_email_delivered_complained", Some(0.0)),
+        ("engaged_email_sent_bounced", Some(0.0)),
         ("engaged_email_open_ratio", None),
         ("engaged_email_click_through_ratio", None),
         ("engaged_email_click_to_open_ratio", None),
         ("engaged_email_unsubscribe_ratio", None),
+        ("engaged_email_complaint_ratio", None),
         ("engaged_email_bounce_ratio", None),
         ("engaged_email_conversion_ratio", Some(0.0)),
     ]
@@ -612,10 +650,16 @@ fn email_summer() -> Vec<Expect> {
         ("engaged_email_unsubscribes", Some(0.0)),
         ("engaged_email_complaints", Some(1.0)),
         ("engaged_email_attributed_orders", Some(2.0)),
+        ("engaged_email_delivered_opened", Some(2.0)),
+        ("engaged_email_delivered_clicked", Some(2.0)),
+        ("engaged_email_delivered_unsubscribed", Some(0.0)),
+        ("engaged_email_delivered_complained", Some(1.0)),
+        ("engaged_email_sent_bounced", Some(1.0)),
         ("engaged_email_open_ratio", Some(2.0 / 3.0)),
         ("engaged_email_click_through_ratio", Some(2.0 / 3.0)),
         ("engaged_email_click_to_open_ratio", Some(1.0)),
         ("engaged_email_unsubscribe_ratio", Some(0.0)),
+        ("engaged_email_complaint_ratio", Some(1.0 / 3.0)),
         ("engaged_email_bounce_ratio", Some(0.25)),
         ("engaged_email_conversion_ratio", Some(1.0)),
     ]
@@ -738,10 +782,16 @@ fn snapshot_value(s: &WindowSnapshot, family: &str) -> Option<f64> {
         "engaged_email_unsubscribes" => i(s.unsubscribes),
         "engaged_email_complaints" => i(s.complaints),
         "engaged_email_attributed_orders" => i(s.attributed_orders),
+        "engaged_email_delivered_opened" => i(s.delivered_opened),
+        "engaged_email_delivered_clicked" => i(s.delivered_clicked),
+        "engaged_email_delivered_unsubscribed" => i(s.delivered_unsubscribed),
+        "engaged_email_delivered_complained" => i(s.delivered_complained),
+        "engaged_email_sent_bounced" => i(s.sent_bounced),
         "engaged_email_open_ratio" => s.open_rate,
         "engaged_email_click_through_ratio" => s.click_through_rate,
         "engaged_email_click_to_open_ratio" => s.click_to_open_rate,
         "engaged_email_unsubscribe_ratio" => s.unsubscribe_rate,
+        "engaged_email_complaint_ratio" => s.complaint_rate,
         "engaged_email_bounce_ratio" => s.email_bounce_rate,
         "engaged_email_conversion_ratio" => s.email_conversion_rate,
         "engaged_commerce_orders" => i(s.orders),
@@ -820,7 +870,8 @@ fn check_snapshot(s: &WindowSnapshot, expected: &[Expect], errors: &mut Vec<Stri
 //       commerce: renewals 3, revenue 21999 + 200 = 22199, net 20699, the rest as at T
 //       survey: CSAT 2, 4, 5, 5, 5 → 5 responses, 4 satisfied → 80; NPS, CES as at T
 //       customers: active + clock-0, clock-1 = 9; churned 4 (hank, erin, carol, bob);
-//           active at the start ([−1500, −1380)): hank (−1490) = 1 → 4, −3
+//           active at the start ([−1500, −1380)): hank (−1490) = 1, lost hank
+//           (−1370) = 1 → churn ratio 1, retention 0
 //       page views 4
 // ---------------------------------------------------------------------------
 
@@ -871,10 +922,16 @@ fn phase2_1h_email() -> Vec<Expect> {
         ("engaged_email_unsubscribes", Some(0.0)),
         ("engaged_email_complaints", Some(0.0)),
         ("engaged_email_attributed_orders", Some(0.0)),
+        ("engaged_email_delivered_opened", Some(0.0)),
+        ("engaged_email_delivered_clicked", Some(0.0)),
+        ("engaged_email_delivered_unsubscribed", Some(0.0)),
+        ("engaged_email_delivered_complained", Some(0.0)),
+        ("engaged_email_sent_bounced", Some(0.0)),
         ("engaged_email_open_ratio", None),
         ("engaged_email_click_through_ratio", None),
         ("engaged_email_click_to_open_ratio", None),
         ("engaged_email_unsubscribe_ratio", None),
+        ("engaged_email_complaint_ratio", None),
         ("engaged_email_bounce_ratio", Some(0.0)),
         ("engaged_email_conversion_ratio", None),
     ]

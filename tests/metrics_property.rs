@@ -298,26 +298,63 @@ fn reference(
         })
         .collect();
 
-    // Counted "first" events per message and type.
-    let mut firsts: Vec<(Millis, String, usize)> = vec![]; // (time, campaign, type index)
-    let mut by_msg: BTreeMap<(String, usize), (String, Vec<Millis>)> = BTreeMap::new();
+    // SPEC §3 Email: counts follow messages. Per message, the events of each
+    // kind (an open is an OPENED or a CLICKED); each kind's first event counts
+    // once (remembered for the TTL: the chain of firsts), at its own time.
+    // Send cohort: a counted DELIVERED at d counts in delivered_opened
+    // (_clicked, _unsubscribed, _complained) at d when the message has such an
+    // event within the TTL of d (docs/metrics.md: also one recorded before the
+    // delivery); a counted SENT at s in sent_bounced when a BOUNCED is.
+    let mut by_msg: BTreeMap<String, (String, HashMap<EmailEventType, Vec<Millis>>)> =
+        BTreeMap::new();
     for m in &emails {
-        let k = match m.kind {
-            EmailEventType::Opened => 0,
-            EmailEventType::Clicked => 1,
-            EmailEventType::Unsubscribed => 2,
-            EmailEventType::Complained => 3,
-            _ => continue,
-        };
         by_msg
-            .entry((m.message_id.clone(), k))
-            .or_insert_with(|| (m.campaign_id.clone(), vec![]))
+            .entry(m.message_id.clone())
+            .or_insert_with(|| (m.campaign_id.clone(), HashMap::new()))
             .1
+            .entry(m.kind)
+            .or_default()
             .push(m.event_time);
     }
-    for ((_, k), (campaign, times)) in by_msg {
-        for t in chain(times) {
-            firsts.push((t, campaign.clone(), k));
+    // (time, campaign, counter name)
+    let mut counted: Vec<(Millis, String, &'static str)> = vec![];
+    for (campaign, kinds) in by_msg.values() {
+        let of = |ks: &[EmailEventType]| -> Vec<Millis> {
+            ks.iter()
+                .flat_map(|k| kinds.get(k).cloned().unwrap_or_default())
+                .collect()
+        };
+        let near = |times: &[Millis], at: Millis| times.iter().any(|t| (t - at).abs() < TTL);
+        use EmailEventType::*;
+        for (ks, name) in [
+            (&[Sent][..], "emails_sent"),
+            (&[Delivered], "emails_delivered"),
+            (&[Bounced], "emails_bounced"),
+            (&[Opened, Clicked], "unique_opens"),
+            (&[Clicked], "unique_clicks"),
+            (&[Unsubscribed], "unsubscribes"),
+            (&[Complained], "complaints"),
+        ] {
+            for t in chain(of(ks)) {
+                counted.push((t, campaign.clone(), name));
+            }
+        }
+        for d in chain(of(&[Delivered])) {
+            for (ks, name) in [
+                (&[Opened, Clicked][..], "delivered_opened"),
+                (&[Clicked], "delivered_clicked"),
+                (&[Unsubscribed], "delivered_unsubscribed"),
+                (&[Complained], "delivered_complained"),
+            ] {
+                if near(&of(ks), d) {
+                    counted.push((d, campaign.clone(), name));
+                }
+            }
+        }
+        for sent in chain(of(&[Sent])) {
+            if near(&of(&[Bounced]), sent) {
+                counted.push((sent, campaign.clone(), "sent_bounced"));
+            }
         }
     }
     // Attribution of each ORDER.
@@ -381,24 +418,27 @@ fn reference(
         keys.extend(campaigns.into_iter().map(Some));
         for key in keys {
             let mine = |c: &str| key.as_deref().is_none_or(|k| k == c);
-            let count_type = |ty: EmailEventType| {
-                emails
+            let n = |name: &str| {
+                counted
                     .iter()
-                    .filter(|m| m.kind == ty && mine(&m.campaign_id) && inw(m.event_time))
+                    .filter(|(t, c, k)| *k == name && mine(c) && inw(*t))
                     .count() as i64
             };
-            let first = |k: usize| {
-                firsts
-                    .iter()
-                    .filter(|(t, c, kk)| *kk == k && mine(c) && inw(*t))
-                    .count() as i64
-            };
-            let (sent, delivered, bounced) = (
-                count_type(EmailEventType::Sent),
-                count_type(EmailEventType::Delivered),
-                count_type(EmailEventType::Bounced),
+            let (sent, delivered, bounced) =
+                (n("emails_sent"), n("emails_delivered"), n("emails_bounced"));
+            let (opens, clicks, unsubs, complaints) = (
+                n("unique_opens"),
+                n("unique_clicks"),
+                n("unsubscribes"),
+                n("complaints"),
             );
-            let (opens, clicks, unsubs, complaints) = (first(0), first(1), first(2), first(3));
+            let (d_opened, d_clicked, d_unsub, d_complained, s_bounced) = (
+                n("delivered_opened"),
+                n("delivered_clicked"),
+                n("delivered_unsubscribed"),
+                n("delivered_complained"),
+                n("sent_bounced"),
+            );
             let attributed_n = attributed
                 .iter()
                 .filter(|(t, c)| mine(c) && inw(*t))
@@ -418,11 +458,17 @@ fn reference(
             row.insert("unique_clicks", f(clicks));
             row.insert("unsubscribes", f(unsubs));
             row.insert("complaints", f(complaints));
-            row.insert("open_rate", ratio(opens, delivered));
-            row.insert("click_through_rate", ratio(clicks, delivered));
-            row.insert("click_to_open_rate", ratio(clicks, opens));
-            row.insert("unsubscribe_rate", ratio(unsubs, delivered));
-            row.insert("email_bounce_rate", ratio(bounced, sent));
+            row.insert("delivered_opened", f(d_opened));
+            row.insert("delivered_clicked", f(d_clicked));
+            row.insert("delivered_unsubscribed", f(d_unsub));
+            row.insert("delivered_complained", f(d_complained));
+            row.insert("sent_bounced", f(s_bounced));
+            row.insert("open_rate", ratio(d_opened, delivered));
+            row.insert("click_through_rate", ratio(d_clicked, delivered));
+            row.insert("click_to_open_rate", ratio(d_clicked, d_opened));
+            row.insert("unsubscribe_rate", ratio(d_unsub, delivered));
+            row.insert("complaint_rate", ratio(d_complained, delivered));
+            row.insert("email_bounce_rate", ratio(s_bounced, sent));
             row.insert("attributed_orders", f(attributed_n));
             row.insert("email_conversion_rate", ratio(attributed_n, clicks));
             if key.is_none() {
@@ -547,10 +593,16 @@ fn observed(snaps: &[WindowSnapshot]) -> BTreeMap<(String, Option<String>), Row>
         row.insert("unique_clicks", l(s.unique_clicks));
         row.insert("unsubscribes", l(s.unsubscribes));
         row.insert("complaints", l(s.complaints));
+        row.insert("delivered_opened", l(s.delivered_opened));
+        row.insert("delivered_clicked", l(s.delivered_clicked));
+        row.insert("delivered_unsubscribed", l(s.delivered_unsubscribed));
+        row.insert("delivered_complained", l(s.delivered_complained));
+        row.insert("sent_bounced", l(s.sent_bounced));
         row.insert("open_rate", s.open_rate);
         row.insert("click_through_rate", s.click_through_rate);
         row.insert("click_to_open_rate", s.click_to_open_rate);
         row.insert("unsubscribe_rate", s.unsubscribe_rate);
+        row.insert("complaint_rate", s.complaint_rate);
         row.insert("email_bounce_rate", s.email_bounce_rate);
         row.insert("attributed_orders", l(s.attributed_orders));
         row.insert("email_conversion_rate", s.email_conversion_rate);

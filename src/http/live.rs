@@ -101,6 +101,7 @@ pub const FAMILIES: [Family; 6] = [
         windowed: &[
             key("engaged_email_sent", "sent", Count),
             key("engaged_email_delivered", "delivered", Count),
+            key("engaged_email_delivered_opened", "of them opened", Count),
             key("engaged_email_open_ratio", "open rate", Percent),
             key(
                 "engaged_email_click_through_ratio",
@@ -112,6 +113,7 @@ pub const FAMILIES: [Family; 6] = [
                 "unsubscribe rate",
                 Percent,
             ),
+            key("engaged_email_complaint_ratio", "complaint rate", Percent),
             key("engaged_email_bounce_ratio", "bounce rate", Percent),
         ],
         now: &[],
@@ -597,6 +599,8 @@ mod tests {
             unique_clicks: Some(170 + k),
             unsubscribes: Some(15 + k),
             complaints: Some(2 + k),
+            delivered_opened: Some(1_200),
+            complaint_rate: r(0.0004),
             open_rate: r(0.2474),
             click_through_rate: r(0.0351),
             click_to_open_rate: r(0.1417),

@@ -62,10 +62,19 @@ pub struct WindowSnapshot {
     pub unique_clicks: Option<i64>,
     pub unsubscribes: Option<i64>,
     pub complaints: Option<i64>,
+    /// Send cohort: of the messages first DELIVERED in the window, those opened
+    /// (a click is an open), clicked, unsubscribed, complained less than
+    /// `email_dedup_ttl` after it; of those first SENT, those BOUNCED.
+    pub delivered_opened: Option<i64>,
+    pub delivered_clicked: Option<i64>,
+    pub delivered_unsubscribed: Option<i64>,
+    pub delivered_complained: Option<i64>,
+    pub sent_bounced: Option<i64>,
     pub open_rate: Option<f64>,
     pub click_through_rate: Option<f64>,
     pub click_to_open_rate: Option<f64>,
     pub unsubscribe_rate: Option<f64>,
+    pub complaint_rate: Option<f64>,
     pub email_bounce_rate: Option<f64>,
     pub attributed_orders: Option<i64>,
     pub email_conversion_rate: Option<f64>,
@@ -125,11 +134,18 @@ impl WindowSnapshot {
         self.unique_clicks = Some(c.unique_clicks);
         self.unsubscribes = Some(c.unsubscribes);
         self.complaints = Some(c.complaints);
-        self.open_rate = ratio(c.unique_opens as f64, den(c.delivered));
-        self.click_through_rate = ratio(c.unique_clicks as f64, den(c.delivered));
-        self.click_to_open_rate = ratio(c.unique_clicks as f64, den(c.unique_opens));
-        self.unsubscribe_rate = ratio(c.unsubscribes as f64, den(c.delivered));
-        self.email_bounce_rate = ratio(c.bounced as f64, den(c.sent));
+        self.delivered_opened = Some(c.delivered_opened);
+        self.delivered_clicked = Some(c.delivered_clicked);
+        self.delivered_unsubscribed = Some(c.delivered_unsubscribed);
+        self.delivered_complained = Some(c.delivered_complained);
+        self.sent_bounced = Some(c.sent_bounced);
+        let of_delivered = |n: i64| ratio(n as f64, den(c.delivered));
+        self.open_rate = of_delivered(c.delivered_opened);
+        self.click_through_rate = of_delivered(c.delivered_clicked);
+        self.click_to_open_rate = ratio(c.delivered_clicked as f64, den(c.delivered_opened));
+        self.unsubscribe_rate = of_delivered(c.delivered_unsubscribed);
+        self.complaint_rate = of_delivered(c.delivered_complained);
+        self.email_bounce_rate = ratio(c.sent_bounced as f64, den(c.sent));
         self.attributed_orders = Some(c.attributed_orders);
         self.email_conversion_rate = ratio(c.attributed_orders as f64, den(c.unique_clicks));
     }

@@ -297,10 +297,11 @@ impl Merge for TaskState {
 /// open sessions in slots per (site, visitor); 10: remembered event ids as
 /// records in arrival order, `state::dedup`; 11: the start cohort's churn per
 /// window, `lost_customers`; 12: page labels, views and exits per page in
-/// the web buckets, each open session's exit page and event id).
-pub(super) const BASE_FORMAT: &[u8] = b"engaged-task-state/12\n";
+/// the web buckets, each open session's exit page and event id; 13: email
+/// messages with every kind of event, send-cohort counts in the buckets).
+pub(super) const BASE_FORMAT: &[u8] = b"engaged-task-state/13\n";
 /// Leads every saved delta (see [`delta`]).
-pub(super) const DELTA_FORMAT: &[u8] = b"engaged-task-delta/12\n";
+pub(super) const DELTA_FORMAT: &[u8] = b"engaged-task-delta/13\n";
 
 fn format_tag(form: Form) -> &'static [u8] {
     match form {

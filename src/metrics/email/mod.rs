@@ -1,12 +1,13 @@
-//! Email metrics (SPEC §3 Email): sends, deliveries, unique opens/clicks per message, attribution.
+//! Email metrics (SPEC §3 Email): counts per message, rates per send cohort, attribution.
 //!
-//! Unique opens (clicks, unsubscribes, complaints) count a message in the bucket
-//! of its *first* such event. An earlier event arriving later (within the
-//! lateness) moves the message from the old bucket to the new one, so the
-//! result depends only on the set of events. A first event is remembered for
-//! `email_dedup_ttl` of event time: the counted events of a message are the
-//! chain `f1 = earliest`, `f(n+1) = earliest event at or after fn + ttl`, which
-//! is again a function of the set of events, whatever order they arrive in.
+//! Every count follows messages ([`message`]): a message's first SENT,
+//! DELIVERED, BOUNCED, open (OPENED or CLICKED), CLICKED, UNSUBSCRIBED and
+//! COMPLAINED each count once, in the bucket of that first event, and its
+//! first DELIVERED (SENT) also counts in the cohort numerators
+//! (`delivered_opened`, …, `sent_bounced`) when the message was opened (…,
+//! bounced) within `email_dedup_ttl` of it. An event arriving late (within the
+//! lateness) changes what its message counts, and the difference moves
+//! between buckets, so the result depends only on the set of events.
 //!
 //! Attribution: an ORDER at `o` is attributed to the campaign of the customer's
 //! last CLICKED at `c <= o` with `o - c < attribution_window` (ties at one
@@ -18,6 +19,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
+
+mod message;
+
+use message::{Counter, Message, changes, kind_index};
 
 use super::{CustomerId, Labels};
 use crate::checkpoint::delta::{Kept, Merge, Tracked};
@@ -36,6 +41,14 @@ pub(crate) struct EmailCounts {
     pub unique_clicks: i64,
     pub unsubscribes: i64,
     pub complaints: i64,
+    /// Send cohort: of the messages first DELIVERED here, those opened (a click
+    /// is an open), clicked, unsubscribed, complained within the TTL of it.
+    pub delivered_opened: i64,
+    pub delivered_clicked: i64,
+    pub delivered_unsubscribed: i64,
+    pub delivered_complained: i64,
+    /// Of the messages first SENT here, those BOUNCED within the TTL of it.
+    pub sent_bounced: i64,
     pub attributed_orders: i64,
 }
 
@@ -48,16 +61,29 @@ impl EmailCounts {
         self.unique_clicks += o.unique_clicks;
         self.unsubscribes += o.unsubscribes;
         self.complaints += o.complaints;
+        self.delivered_opened += o.delivered_opened;
+        self.delivered_clicked += o.delivered_clicked;
+        self.delivered_unsubscribed += o.delivered_unsubscribed;
+        self.delivered_complained += o.delivered_complained;
+        self.sent_bounced += o.sent_bounced;
         self.attributed_orders += o.attributed_orders;
     }
 
-    /// The unique-engagement counter of a "first event per message" type.
-    fn first_of(&mut self, kind: usize) -> &mut i64 {
-        match kind {
-            0 => &mut self.unique_opens,
-            1 => &mut self.unique_clicks,
-            2 => &mut self.unsubscribes,
-            _ => &mut self.complaints,
+    /// The field a message's [`Counter`] adds to.
+    fn counter(&mut self, c: Counter) -> &mut i64 {
+        match c {
+            Counter::Sent => &mut self.sent,
+            Counter::Delivered => &mut self.delivered,
+            Counter::Bounced => &mut self.bounced,
+            Counter::UniqueOpens => &mut self.unique_opens,
+            Counter::UniqueClicks => &mut self.unique_clicks,
+            Counter::Unsubscribes => &mut self.unsubscribes,
+            Counter::Complaints => &mut self.complaints,
+            Counter::DeliveredOpened => &mut self.delivered_opened,
+            Counter::DeliveredClicked => &mut self.delivered_clicked,
+            Counter::DeliveredUnsubscribed => &mut self.delivered_unsubscribed,
+            Counter::DeliveredComplained => &mut self.delivered_complained,
+            Counter::SentBounced => &mut self.sent_bounced,
         }
     }
 }
@@ -81,38 +107,6 @@ struct EmailBucket {
     all: EmailCounts,
     /// foldhash: updated per email event (SipHash was 1% of a customer-heavy replay).
     campaign: HashMap<Arc<str>, EmailCounts, foldhash::fast::RandomState>,
-}
-
-/// What is remembered of one message: its campaign and, per engagement type
-/// (OPENED, CLICKED, UNSUBSCRIBED, COMPLAINED), the sorted times of its events
-/// from the last counted one that can no longer change.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct Message {
-    campaign: Arc<str>,
-    /// Usually one time per type, inline (saved as a list, as a `Vec` was).
-    times: [SmallVec<[Millis; 1]>; 4],
-}
-
-/// The counted ("first") events of a sorted list: greedy chain with gaps of at
-/// least `ttl` (usually one or two: inline, no allocation per email event).
-fn chain(times: &[Millis], ttl: i64) -> SmallVec<[Millis; 4]> {
-    let mut out: SmallVec<[Millis; 4]> = SmallVec::new();
-    for &t in times {
-        if out.last().is_none_or(|f| t - f >= ttl) {
-            out.push(t);
-        }
-    }
-    out
-}
-
-fn first_index(kind: EmailEventType) -> Option<usize> {
-    match kind {
-        EmailEventType::Opened => Some(0),
-        EmailEventType::Clicked => Some(1),
-        EmailEventType::Unsubscribed => Some(2),
-        EmailEventType::Complained => Some(3),
-        _ => None,
-    }
 }
 
 /// Clicks and orders of one customer, for attribution.
@@ -203,33 +197,16 @@ impl EmailState {
     pub(crate) fn on_event(&mut self, e: &EmailEvent, customer: Option<CustomerId>) {
         let campaign = self.labels.get(&e.campaign_id);
         let t = e.event_time;
-        match e.kind {
-            EmailEventType::Sent => self.add(t, Some(&campaign), 1, |c| &mut c.sent),
-            EmailEventType::Delivered => self.add(t, Some(&campaign), 1, |c| &mut c.delivered),
-            EmailEventType::Bounced => self.add(t, Some(&campaign), 1, |c| &mut c.bounced),
-            _ => {}
-        }
-        let Some(kind) = first_index(e.kind) else {
-            return;
-        };
         let ttl = self.ttl_ms;
         let msg = self
             .messages
-            .get_or_insert_with(e.message_id.as_str(), || Message {
-                campaign: campaign.clone(),
-                times: Default::default(),
-            });
-        let times = &mut msg.times[kind];
-        let before = chain(times, ttl);
-        let pos = times.partition_point(|x| *x <= t);
-        times.insert(pos, t);
-        let after = chain(times, ttl);
+            .get_or_insert_with(e.message_id.as_str(), || Message::new(campaign.clone()));
+        let before = msg.contributions(ttl);
+        msg.insert(kind_index(e.kind), t);
+        let after = msg.contributions(ttl);
         let msg_campaign = msg.campaign.clone();
-        for x in before.iter().filter(|x| !after.contains(x)) {
-            self.add(*x, Some(&msg_campaign), -1, move |c| c.first_of(kind));
-        }
-        for x in after.iter().filter(|x| !before.contains(x)) {
-            self.add(*x, Some(&msg_campaign), 1, move |c| c.first_of(kind));
+        for (x, counter, delta) in changes(&before, &after) {
+            self.add(x, Some(&msg_campaign), delta, move |c| c.counter(counter));
         }
         if let (EmailEventType::Clicked, Some(c)) = (e.kind, customer) {
             self.on_click(c, t, campaign);
@@ -298,27 +275,11 @@ impl EmailState {
         }
         self.swept_at = Some(lower_bound);
         let (ttl, window) = (self.ttl_ms, self.attribution_ms);
-        // Future events are at or after `lower_bound`: a counted event before it
-        // stays counted, so what precedes the last such one is forgotten, and a
-        // message whose last counted event is a TTL behind is forgotten whole.
-        let events = |m: &Message| m.times.iter().map(SmallVec::len).sum::<usize>();
-        self.messages.retain(|_, m| {
-            let before = events(m);
-            for times in m.times.iter_mut() {
-                let Some(&stable) = chain(times, ttl).iter().rev().find(|f| **f < lower_bound)
-                else {
-                    continue;
-                };
-                times.retain(|t| *t >= stable);
-                if stable + ttl <= lower_bound && chain(times, ttl).len() == 1 {
-                    times.clear();
-                }
-            }
-            match events(m) {
-                0 => Kept::Removed,
-                n if n == before => Kept::Unchanged,
-                _ => Kept::Changed,
-            }
+        // Future events are at or after `lower_bound`: a message whose latest event
+        // is a TTL behind it can no longer change what it counts (module `message`).
+        self.messages.retain(|_, m| match m.last_event() {
+            Some(last) if last + ttl > lower_bound => Kept::Unchanged,
+            _ => Kept::Removed,
         });
         self.customers.retain(|_, a| {
             let before = (a.clicks.len(), a.orders.len());
