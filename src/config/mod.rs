@@ -23,6 +23,7 @@ mod env;
 pub mod kafka;
 mod librdkafka;
 mod load_error;
+mod output;
 
 pub use env::*;
 use librdkafka::*;
@@ -152,6 +153,11 @@ pub struct RawConfig {
     /// A customer whose last ORDER is longer ago than this (event time) is forgotten:
     /// its next ORDER is a first ORDER. `off` (default): kept for ever.
     pub state_ttl: String,
+    /// Records produced to the output topics (snapshots, customer risks, dead letters)
+    /// and not yet acknowledged, at most; at the bound consumption pauses.
+    pub max_output_in_flight: usize,
+    /// Bytes of those records, at most (e.g. `32MiB`).
+    pub max_output_in_flight_bytes: String,
 }
 
 impl Default for RawConfig {
@@ -195,6 +201,8 @@ impl Default for RawConfig {
             customer_risk_topic: "engagement.customer-risk".into(),
             max_memory: String::new(),
             state_ttl: "off".into(),
+            max_output_in_flight: 10_000,
+            max_output_in_flight_bytes: "32MiB".into(),
         }
     }
 }
@@ -228,6 +236,10 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     pub restore_timeout: Duration,
     pub listen: SocketAddr,
+    /// Output records in flight at most (`max_output_in_flight`).
+    pub max_output_in_flight: usize,
+    /// Output bytes in flight at most (`max_output_in_flight_bytes`).
+    pub max_output_in_flight_bytes: u64,
 }
 
 /// A `kafka*` table in a `Debug` output: the values of secret-looking properties
@@ -271,14 +283,15 @@ debug_redacted!(RawConfig {
     statistics_interval, checkpoint_interval, restore_timeout, listen, max_dimension_values,
     email_dedup_ttl, attribution_window, churn_horizon, currency, model,
     model_refit_interval, model_sample_size, risk_threshold, risk_delta,
-    customer_risk_topic, max_memory, state_ttl,
+    customer_risk_topic, max_memory, state_ttl, max_output_in_flight, max_output_in_flight_bytes,
 } tables { kafka, kafka_consumer, kafka_producer });
 
 debug_redacted!(Config {
     bootstrap_servers, group_id, input_topics, snapshot_topic, dead_letter_topic,
     checkpoint_topic, customer_risk_topic, max_memory, model_refit_interval, schema_ids,
     topic_schemas, core, idle_timeout, max_clock_skew, snapshot_interval, shutdown_timeout,
-    statistics_interval, checkpoint_interval, restore_timeout, listen,
+    statistics_interval, checkpoint_interval, restore_timeout, listen, max_output_in_flight,
+    max_output_in_flight_bytes,
 } tables { kafka, kafka_consumer, kafka_producer });
 
 /// Whether the value of the configuration key `key` (`kafka.sasl.password`, dotted)
@@ -640,6 +653,7 @@ impl RawConfig {
             "" => None,
             v => Some(bytes("max_memory", v)?),
         };
+        let (max_output_in_flight, max_output_in_flight_bytes) = self.output_bounds()?;
         let state_ttl = match self.state_ttl.trim() {
             "" | "off" => None,
             v => {
@@ -707,6 +721,8 @@ impl RawConfig {
             checkpoint_interval: positive("checkpoint_interval", &self.checkpoint_interval)?,
             restore_timeout: positive("restore_timeout", &self.restore_timeout)?,
             listen,
+            max_output_in_flight,
+            max_output_in_flight_bytes,
         };
         if let Some(limit) = config.max_memory {
             let task = crate::state::memory::fixed_bytes_per_task(&config.core);

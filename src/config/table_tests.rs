@@ -157,6 +157,15 @@ const CASES: &[Case] = &[
     file("probability", "risk_threshold = 1.5\n", "`risk_threshold`", "\"1.5\"", "a probability"),
     file("no breakdown values", "max_dimension_values = 0\n", "`max_dimension_values`", "\"0\"", "at least 1"),
     file("size", "max_memory = \"2 parsecs\"\n", "`max_memory`", "\"2 parsecs\"", "a size such as `512MiB`"),
+    // Back-pressure bounds.
+    file("no output in flight", "max_output_in_flight = 0\n",
+         "`max_output_in_flight`", "\"0\"", "at least 1 (output records produced and not yet acknowledged)"),
+    file("output bound not a count", "max_output_in_flight = \"many\"\n",
+         "`max_output_in_flight`", "\"many\"", "a whole number"),
+    file("output bytes not a size", "max_output_in_flight_bytes = \"lots\"\n",
+         "`max_output_in_flight_bytes`", "\"lots\"", "a size such as `512MiB`"),
+    file("output bytes below one Kafka record", "max_output_in_flight_bytes = \"64KiB\"\n",
+         "`max_output_in_flight_bytes`", "\"64KiB\"", "at least 1MiB, so that the largest Kafka record"),
 ];
 
 /// The error that stops start-up with this file and these variables, if any.

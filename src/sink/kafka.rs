@@ -1,9 +1,10 @@
-//! Producing to Kafka: snapshots, customer risks and dead letters, with the producer's view of the brokers.
+//! Producing to Kafka: the output producer (its view of the brokers, its bound on records in flight) and dead letters.
 //!
 //! The records are encoded by the parent module; this module only sends them.
-//! Snapshot and customer-risk deliveries are awaited in the background (the
-//! consumer loop must keep polling while brokers are away); a batch's dead
-//! letters are all enqueued at once and their deliveries awaited together,
+//! Snapshots and customer risks go through [`super::output`], which awaits their
+//! deliveries in the background (the consumer loop must keep polling while
+//! brokers are away). A batch's dead letters are enqueued together, as far as
+//! the bound on output in flight allows, and their deliveries awaited together,
 //! since the rejected records' offsets are marked applied only after them.
 
 use std::collections::VecDeque;
@@ -17,11 +18,10 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::in_flight::{InFlight, Slot};
 use crate::config::Config;
 use crate::config::kafka::{apply_user_settings, client_config};
 use crate::http::Health;
-use crate::metrics::churn_risk::CustomerRisk;
-use crate::snapshot::WindowSnapshot;
 use crate::state::{Rejection, TopicPartition};
 
 /// The output producer's context: its view of the brokers feeds readiness too (it
@@ -37,22 +37,43 @@ impl ClientContext for ProducerHealth {
     }
 }
 
-/// The producer of snapshots, dead letters and customer risks.
-pub type OutputProducer = FutureProducer<ProducerHealth>;
+/// The producer of snapshots, dead letters and customer risks, with the bound on
+/// what it has in flight: every record it sends takes room there first.
+#[derive(Clone)]
+pub struct OutputProducer {
+    kafka: FutureProducer<ProducerHealth>,
+    in_flight: Arc<InFlight>,
+}
+
+impl OutputProducer {
+    /// The librdkafka producer.
+    pub fn kafka(&self) -> &FutureProducer<ProducerHealth> {
+        &self.kafka
+    }
+
+    /// Records and bytes in flight, against `max_output_in_flight(_bytes)`.
+    pub fn in_flight(&self) -> &Arc<InFlight> {
+        &self.in_flight
+    }
+}
 
 /// The output producer: idempotent (librdkafka's own retries of a request whose answer
 /// was lost can then neither write a dead letter or snapshot row twice nor reorder
 /// them; it implies `acks=all`), unless the operator's settings rule it out (`acks`
 /// other than `all`, more than 5 requests in flight): then without, with a warning.
-/// The operator's `enable.idempotence` wins.
-pub fn producer(cfg: &Config, health: Arc<Health>) -> Result<OutputProducer, KafkaError> {
+/// The operator's `enable.idempotence` wins. What it sends takes room in `in_flight`.
+pub fn producer(
+    cfg: &Config,
+    health: Arc<Health>,
+    in_flight: Arc<InFlight>,
+) -> Result<OutputProducer, KafkaError> {
     let mut c = client_config(cfg);
     c.set("linger.ms", "5");
     c.set("enable.idempotence", "true");
     apply_user_settings(&mut c, &cfg.kafka, &cfg.kafka_producer);
     let operator_chose = cfg.kafka.contains_key("enable.idempotence")
         || cfg.kafka_producer.contains_key("enable.idempotence");
-    match c.create_with_context(ProducerHealth(health.clone())) {
+    let created = match c.create_with_context(ProducerHealth(health.clone())) {
         Err(KafkaError::ClientCreation(why)) if !operator_chose && why.contains("idempotence") => {
             tracing::warn!(
                 error = %why,
@@ -63,7 +84,11 @@ pub fn producer(cfg: &Config, health: Arc<Health>) -> Result<OutputProducer, Kaf
             c.create_with_context(ProducerHealth(health))
         }
         created => created,
-    }
+    };
+    Ok(OutputProducer {
+        kafka: created?,
+        in_flight,
+    })
 }
 
 /// Attempts of one dead letter's write at most: the first and 5 retries.
@@ -78,14 +103,18 @@ pub struct DeadLetter<'a> {
     key: Option<&'a [u8]>,
     payload: Option<&'a [u8]>,
     headers: OwnedHeaders,
+    /// Key, value and headers: the room it takes in flight.
+    bytes: u64,
 }
 
 impl<'a> DeadLetter<'a> {
     pub fn new(msg: &'a BorrowedMessage<'_>, tp: &TopicPartition, rejection: &Rejection) -> Self {
         let mut headers = OwnedHeaders::new();
+        let mut bytes = msg.key().map_or(0, <[u8]>::len) + msg.payload().map_or(0, <[u8]>::len);
         if let Some(h) = msg.headers() {
             for i in 0..h.count() {
                 let orig = h.get(i);
+                bytes += orig.key.len() + orig.value.map_or(0, <[u8]>::len);
                 headers = headers.insert(Header {
                     key: orig.key,
                     value: orig.value,
@@ -93,6 +122,7 @@ impl<'a> DeadLetter<'a> {
             }
         }
         for (k, v) in super::dead_letter_headers(tp, msg.offset(), rejection) {
+            bytes += k.len() + v.len();
             headers = headers.insert(Header {
                 key: k,
                 value: Some(v.as_bytes()),
@@ -102,6 +132,7 @@ impl<'a> DeadLetter<'a> {
             key: msg.key(),
             payload: msg.payload(),
             headers,
+            bytes: bytes as u64,
         }
     }
 
@@ -119,27 +150,36 @@ impl<'a> DeadLetter<'a> {
 
 /// Writes dead letters to `topic` and returns once every one is acknowledged: all are
 /// enqueued without waiting for each (librdkafka batches them), then their deliveries
-/// are awaited; when librdkafka's queue is full, the oldest delivery is awaited first.
-/// Those that failed are written again, 5 times at most, with a pause growing from
-/// 200 ms; then the error of the first that still failed is returned. `delivered` is
-/// called once per acknowledged dead letter.
+/// are awaited. Each takes room in flight first: when the bound is reached or
+/// librdkafka's queue is full, the oldest delivery is awaited (with none of them in
+/// flight, room given back by snapshots and customer risks). Those that failed are
+/// written again, 5 times at most, with a pause growing from 200 ms; then the error of
+/// the first that still failed is returned. `delivered` is called once per
+/// acknowledged dead letter.
 pub async fn dead_letters(
     producer: &OutputProducer,
     topic: &str,
     letters: &[DeadLetter<'_>],
     mut delivered: impl FnMut(),
 ) -> Result<(), KafkaError> {
+    let in_flight = producer.in_flight().clone();
     let mut todo: Vec<usize> = (0..letters.len()).collect();
     let mut attempt = 1;
     loop {
-        let mut pending: VecDeque<(usize, DeliveryFuture)> = VecDeque::new();
+        let mut pending = Pending::new();
         let mut failed: Vec<(usize, KafkaError)> = vec![];
         for i in todo {
             let mut full_since = None;
             loop {
-                match producer.send_result(letters[i].record(topic)) {
+                let Some(slot) = in_flight.try_acquire(letters[i].bytes) else {
+                    if !oldest(&mut pending, &mut failed, &mut delivered).await {
+                        in_flight.released().await;
+                    }
+                    continue;
+                };
+                match producer.kafka().send_result(letters[i].record(topic)) {
                     Ok(f) => {
-                        pending.push_back((i, f));
+                        pending.push_back((i, slot, f));
                         break;
                     }
                     Err((e, _))
@@ -147,13 +187,10 @@ pub async fn dead_letters(
                             && full_since.get_or_insert_with(Instant::now).elapsed()
                                 < QUEUE_TIMEOUT =>
                     {
+                        drop(slot);
                         // Deliveries make room (the producer's own thread serves them).
-                        match pending.pop_front() {
-                            Some((j, f)) => match acknowledged(j, f).await {
-                                Ok(()) => delivered(),
-                                Err(e) => failed.push(e),
-                            },
-                            None => tokio::time::sleep(Duration::from_millis(100)).await,
+                        if !oldest(&mut pending, &mut failed, &mut delivered).await {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                     }
                     Err((e, _)) => {
@@ -163,12 +200,7 @@ pub async fn dead_letters(
                 }
             }
         }
-        for (i, f) in pending {
-            match acknowledged(i, f).await {
-                Ok(()) => delivered(),
-                Err(e) => failed.push(e),
-            }
-        }
+        while oldest(&mut pending, &mut failed, &mut delivered).await {}
         if failed.is_empty() {
             return Ok(());
         }
@@ -189,6 +221,26 @@ pub async fn dead_letters(
     }
 }
 
+/// Dead letters enqueued, oldest first: index, room in flight, delivery.
+type Pending = VecDeque<(usize, Slot, DeliveryFuture)>;
+
+/// Awaits the oldest pending delivery, if any (false if none), and gives its room back.
+async fn oldest(
+    pending: &mut Pending,
+    failed: &mut Vec<(usize, KafkaError)>,
+    delivered: &mut impl FnMut(),
+) -> bool {
+    let Some((i, slot, f)) = pending.pop_front() else {
+        return false;
+    };
+    match acknowledged(i, f).await {
+        Ok(()) => delivered(),
+        Err(e) => failed.push(e),
+    }
+    drop(slot);
+    true
+}
+
 /// The outcome of dead letter `i`'s delivery.
 async fn acknowledged(i: usize, delivery: DeliveryFuture) -> Result<(), (usize, KafkaError)> {
     match delivery.await {
@@ -196,61 +248,6 @@ async fn acknowledged(i: usize, delivery: DeliveryFuture) -> Result<(), (usize, 
         Ok(Err((e, _))) => Err((i, e)),
         Err(_) => Err((i, KafkaError::Canceled)),
     }
-}
-
-/// Sends customer-risk records to their topic, keyed by customer (at-least-once);
-/// deliveries are awaited in the background.
-pub fn send_customer_risks(producer: &OutputProducer, topic: &str, changes: Vec<CustomerRisk>) {
-    let mut deliveries = vec![];
-    for r in &changes {
-        match super::customer_risk_record(r) {
-            Ok(bytes) => {
-                let record = FutureRecord::to(topic).key(&r.customer_id).payload(&bytes);
-                match producer.send_result(record) {
-                    Ok(f) => deliveries.push(f),
-                    Err((e, _)) => tracing::warn!(error = %e, "customer-risk record not enqueued"),
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "customer-risk record not encodable"),
-        }
-    }
-    tokio::spawn(async move {
-        for d in deliveries {
-            if let Ok(Err((e, _))) = d.await {
-                tracing::warn!(error = %e, "customer-risk delivery failed");
-            }
-        }
-    });
-}
-
-/// Sends a snapshot round to the snapshot topic, keyed by window and dimension;
-/// deliveries are awaited in the background.
-pub fn send_snapshots(producer: &OutputProducer, topic: &str, snaps: &[WindowSnapshot]) {
-    let mut deliveries = vec![];
-    for s in snaps {
-        match super::snapshot_record(s) {
-            Ok(bytes) => {
-                let key = super::snapshot_key(s);
-                let record = FutureRecord::to(topic).key(&key).payload(&bytes);
-                match producer.send_result(record) {
-                    Ok(f) => deliveries.push(f),
-                    Err((e, _)) => tracing::warn!(error = %e, "snapshot not enqueued"),
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "snapshot not encodable"),
-        }
-    }
-    // Not awaited in the consumer loop: while brokers are away deliveries wait for
-    // `message.timeout.ms`, and the loop must keep polling (callbacks, readiness).
-    tokio::spawn(async move {
-        for d in deliveries {
-            match d.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => tracing::warn!(error = %e, "snapshot delivery failed"),
-                Err(_) => tracing::warn!("snapshot delivery cancelled"),
-            }
-        }
-    });
 }
 
 #[cfg(test)]
@@ -270,7 +267,9 @@ mod tests {
             ..RawConfig::default()
         };
         let cfg = raw.validate().expect("valid configuration");
-        producer(&cfg, Arc::new(Health::new()))
+        let telemetry = crate::telemetry::Telemetry::new();
+        let in_flight = InFlight::new(10, 1 << 20, telemetry.output.clone());
+        producer(&cfg, Arc::new(Health::new()), in_flight)
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! Output records: the Avro `EngagementSnapshot` and dead-letter records (headers of SPEC §1).
 //!
-//! Encoding is pure; [`kafka`] sends the encoded records. Snapshots
+//! Encoding is pure; [`kafka`] sends the encoded records, [`output`] keeps
+//! snapshots and customer risks within the bound on output in flight
+//! ([`in_flight`]), customer risks waiting latest-per-customer ([`pending`]). Snapshots
 //! use Avro single-object encoding (`C3 01` + CRC-64-AVRO fingerprint + datum),
 //! so a consumer can tell the writer schema without a registry.
 
+pub mod in_flight;
 pub mod kafka;
+pub mod output;
+pub mod pending;
 
 use std::sync::LazyLock;
 

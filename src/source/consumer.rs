@@ -34,7 +34,7 @@ fn tps(list: &TopicPartitionList) -> Vec<TopicPartition> {
 /// Consumer context: rebalances checkpoint, restore and hand over task state;
 /// statistics feed the lag gauge.
 pub struct EngagedContext {
-    pipeline: Arc<Pipeline>,
+    pub(super) pipeline: Arc<Pipeline>,
     checkpointer: Arc<Checkpointer>,
     health: Arc<Health>,
     restore_timeout: Duration,
@@ -44,6 +44,8 @@ pub struct EngagedContext {
     owned: Mutex<Vec<i32>>,
     /// Rebalances seen: records received before one are not applied after it.
     pub(super) rebalances: std::sync::atomic::AtomicU64,
+    /// Consumption is paused (`throttle`): a partition is not caught up meanwhile.
+    pub(super) paused: std::sync::atomic::AtomicBool,
 }
 
 impl EngagedContext {
@@ -82,10 +84,13 @@ impl ClientContext for EngagedContext {
                     Some(applied) if p.hi_offset >= 0 => (p.hi_offset - applied).max(0),
                     _ => p.consumer_lag,
                 };
-                // Idle means silent *and* caught up: a stalled consumer is not idle.
+                // Idle means silent *and* caught up: a stalled consumer is not idle, nor
+                // a paused one (its high watermark is not fetched while paused).
                 if p.hi_offset >= 0 {
                     let applied = self.checkpointer.applied_offset(&tp).unwrap_or(0);
-                    self.pipeline.set_caught_up(&tp, applied >= p.hi_offset);
+                    let paused = self.paused.load(std::sync::atomic::Ordering::SeqCst);
+                    self.pipeline
+                        .set_caught_up(&tp, !paused && applied >= p.hi_offset);
                 }
                 if v >= 0 {
                     lag.with_label_values(&[topic, &partition.to_string()])
@@ -256,5 +261,6 @@ pub fn consumer(
         fatal: Mutex::new(None),
         owned: Mutex::new(vec![]),
         rebalances: std::sync::atomic::AtomicU64::new(0),
+        paused: std::sync::atomic::AtomicBool::new(false),
     })
 }

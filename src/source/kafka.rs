@@ -8,8 +8,9 @@
 //! only after the record is applied or dead-lettered
 //! (`enable.auto.offset.store=false`), and auto-commit commits stored offsets,
 //! so a crash replays rather than loses. Snapshots go to the snapshot topic
-//! every `snapshot_interval`. Shutdown follows SPEC §5: stop fetching, final
-//! snapshot, commit, leave the group.
+//! every `snapshot_interval`. Output in flight is bounded: while it is at its
+//! bound consumption pauses (`throttle`, docs/operations.md "Back-pressure").
+//! Shutdown follows SPEC §5: stop fetching, final snapshot, commit, leave the group.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -24,18 +25,20 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::Producer;
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::background::Background;
 use super::checkpointer::{Checkpointer, Write};
 use super::consumer::{commit_offsets, consumer, now_ms};
+use super::throttle::Throttle;
 use crate::config::Config;
 use crate::config::kafka::{apply_user_settings, client_config};
 use crate::http::Health;
 use crate::pipeline::Pipeline;
-use crate::sink;
+use crate::sink::in_flight::InFlight;
 use crate::sink::kafka::{DeadLetter, OutputProducer, dead_letters, producer};
+use crate::sink::output::Output;
+use crate::snapshot::WindowSnapshot;
 use crate::state::{Rejection, TopicPartition};
 
 /// Why the Kafka edge stopped with an error (who must act: the operator).
@@ -152,19 +155,15 @@ async fn ensure_checkpoint_topic<C: ConsumerContext>(
     Err(SourceError::MissingCheckpointTopic(topic.clone()))
 }
 
-/// Publishes a snapshot round: Prometheus (via telemetry) and the snapshot topic.
-async fn publish_snapshots(
-    pipeline: &Pipeline,
-    producer: &OutputProducer,
-    topic: &str,
-    health: &Health,
-) {
+/// Publishes a snapshot round on Prometheus (via telemetry) and returns it for the
+/// snapshot topic.
+fn publish_snapshots(pipeline: &Pipeline, health: &Health) -> Option<Vec<WindowSnapshot>> {
     let now = now_ms();
     if pipeline.assigned().is_empty() {
         // Between a revoke and an assignment (or before the first): nothing is owned,
         // so nothing may be published, although task state may still be in memory.
         health.set_not_ready("no partitions assigned");
-        return;
+        return None;
     }
     let Some(snaps) = pipeline.snapshot(now) else {
         if pipeline.assigned().is_empty() {
@@ -172,14 +171,14 @@ async fn publish_snapshots(
         } else {
             health.set_not_ready("waiting for the first watermark");
         }
-        return;
+        return None;
     };
     if pipeline.assigned().is_empty() {
         health.set_not_ready("no partitions assigned");
     } else {
         health.set_ready();
     }
-    sink::kafka::send_snapshots(producer, topic, &snaps);
+    Some(snaps)
 }
 
 /// Runs the sidecar until `shutdown` resolves, then shuts down gracefully (SPEC §5).
@@ -188,6 +187,8 @@ enum Step<'a> {
     Shutdown,
     Snapshot,
     Checkpoint,
+    /// Output in flight gave room back, and records wait for it (or consumption is paused).
+    Room,
     Record(Result<BorrowedMessage<'a>, KafkaError>),
 }
 
@@ -324,7 +325,15 @@ pub async fn run(
     health: Arc<Health>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SourceError> {
-    let producer = producer(cfg, health.clone())?;
+    let telemetry = pipeline.telemetry().output.clone();
+    let in_flight = InFlight::new(
+        cfg.max_output_in_flight,
+        cfg.max_output_in_flight_bytes,
+        telemetry.clone(),
+    );
+    let producer = producer(cfg, health.clone(), in_flight)?;
+    let output = Output::new(producer.clone(), cfg, telemetry.clone());
+    let mut throttle = Throttle::new(telemetry);
     let mut base = client_config(cfg);
     apply_user_settings(&mut base, &cfg.kafka, &BTreeMap::new());
     let checkpointer = Arc::new(Checkpointer::new(
@@ -372,6 +381,7 @@ pub async fn run(
             _ = &mut shutdown => Step::Shutdown,
             _ = tick.tick() => Step::Snapshot,
             _ = checkpoint_tick.tick() => Step::Checkpoint,
+            _ = output.released(), if throttle.paused() || output.waiting() => Step::Room,
             msg = consumer.recv() => Step::Record(msg),
         };
         pipeline
@@ -380,13 +390,13 @@ pub async fn run(
             .inc_by(waiting.elapsed().as_secs_f64());
         match step {
             Step::Shutdown => break,
+            Step::Room => output.pump(),
             Step::Snapshot => {
-                publish_snapshots(&pipeline, &producer, &cfg.snapshot_topic, &health).await;
-                sink::kafka::send_customer_risks(
-                    &producer,
-                    &cfg.customer_risk_topic,
-                    pipeline.take_risk_changes(),
-                );
+                if let Some(snaps) = publish_snapshots(&pipeline, &health) {
+                    output.round(&snaps);
+                }
+                output.risks(pipeline.take_risk_changes());
+                output.pump();
                 // A round written in the background: commit its offsets once acknowledged.
                 let commit = checkpointer
                     .collect(&pipeline, false)
@@ -454,24 +464,41 @@ pub async fn run(
                 health.set_not_ready(format!("consumer error: {e}"));
             }
         }
+        throttle.update(
+            &consumer,
+            consumer.context().rebalances.load(Ordering::SeqCst),
+            output.pressure(),
+            output.drained(),
+            output.in_flight(),
+        );
     }
 
     drop(background);
     tracing::info!("shutting down: final snapshot, checkpoint, commit, leave group");
     let graceful = async {
-        publish_snapshots(&pipeline, &producer, &cfg.snapshot_topic, &health).await;
-        sink::kafka::send_customer_risks(
-            &producer,
-            &cfg.customer_risk_topic,
-            pipeline.take_risk_changes(),
-        );
+        let last = publish_snapshots(&pipeline, &health);
         health.set_not_ready("shutting down");
+        // The final round and every waiting customer-risk record, acknowledged before
+        // the checkpoint that marks those records published; at most half the time
+        // allowed, the checkpoint needs the rest.
+        let drain = output.finish(last, pipeline.take_risk_changes());
+        if tokio::time::timeout(cfg.shutdown_timeout / 2, drain)
+            .await
+            .is_err()
+        {
+            let (records, bytes) = output.in_flight();
+            tracing::warn!(
+                records,
+                bytes,
+                customer_risks_waiting = output.risks_waiting(),
+                "final output not acknowledged within half of `shutdown_timeout`"
+            );
+        }
         let commit = checkpointer
             .checkpoint(&pipeline, None, Write::Wait)
             .map_err(|e| SourceError::Checkpoint(e.to_string()))?;
         commit_offsets(&consumer, &commit);
         consumer.unsubscribe();
-        let _ = producer.flush(Duration::from_secs(5));
         Ok::<(), SourceError>(())
     };
     tokio::time::timeout(cfg.shutdown_timeout, graceful)

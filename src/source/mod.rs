@@ -4,3 +4,4 @@ pub mod background;
 pub mod checkpointer;
 pub mod consumer;
 pub mod kafka;
+pub mod throttle;

@@ -7,6 +7,7 @@
 //! sees half of an update.
 
 pub mod history;
+pub mod output;
 
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -65,6 +66,8 @@ pub struct Telemetry {
     pub model_converged: IntGauge,
     pub model_fit_duration: prometheus::Gauge,
     pub model_fitted_at: prometheus::Gauge,
+    /// Back-pressure on output: in flight, skipped rounds, paused consumption.
+    pub output: output::OutputTelemetry,
     published: RwLock<Round>,
     /// The last hour of published rounds, for the live page's charts.
     history: Mutex<history::History>,
@@ -377,6 +380,7 @@ impl Telemetry {
                 )
                 .expect("valid"),
             ),
+            output: output::OutputTelemetry::new(&r),
             registry: r,
             published: RwLock::new(Round::default()),
             history: Mutex::new(history::History::default()),

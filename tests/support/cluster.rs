@@ -8,6 +8,7 @@ use engaged::event::Event;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::mocking::MockCoordinator;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
@@ -59,8 +60,18 @@ impl Cluster {
 
     /// A cluster with `topics` (name, partitions), fed by a producer with `settings`.
     pub fn with_producer(settings: &[(&str, &str)], topics: &[(&str, i32)]) -> Cluster {
+        Cluster::with_brokers(1, settings, topics)
+    }
+
+    /// A cluster of `brokers` brokers (ids 1 to `brokers`) with `topics` (name,
+    /// partitions), fed by a producer with `settings`.
+    pub fn with_brokers(
+        brokers: u32,
+        settings: &[(&str, &str)],
+        topics: &[(&str, i32)],
+    ) -> Cluster {
         let mut config = ClientConfig::new();
-        config.set("test.mock.num.brokers", "1");
+        config.set("test.mock.num.brokers", brokers.to_string());
         for (k, v) in settings {
             config.set(*k, *v);
         }
@@ -181,6 +192,38 @@ impl Cluster {
         } else {
             mock.broker_up(-1).unwrap();
         }
+    }
+
+    /// Every partition of `topic` (of `partitions`) led by `broker`: set before any
+    /// client asks for the topic's metadata.
+    pub fn lead(&self, topic: &str, partitions: i32, broker: i32) {
+        let mock = self.producer.client().mock_cluster().unwrap();
+        for p in 0..partitions {
+            mock.partition_leader(topic, p, Some(broker)).unwrap();
+        }
+    }
+
+    /// `broker` coordinates the consumer group `group`.
+    pub fn coordinate(&self, group: &str, broker: i32) {
+        let mock = self.producer.client().mock_cluster().unwrap();
+        mock.coordinator(MockCoordinator::Group(group.into()), broker)
+            .unwrap();
+    }
+
+    /// Takes one broker down (`true`) or brings it back up; the others stay.
+    pub fn one_broker_down(&self, broker: i32, down: bool) {
+        let mock = self.producer.client().mock_cluster().unwrap();
+        if down {
+            mock.broker_down(broker).unwrap();
+        } else {
+            mock.broker_up(broker).unwrap();
+        }
+    }
+
+    /// Every request to `broker` takes `rtt` longer to answer (zero: as fast as it can).
+    pub fn round_trip_time(&self, broker: i32, rtt: Duration) {
+        let mock = self.producer.client().mock_cluster().unwrap();
+        mock.broker_round_trip_time(broker, rtt).unwrap();
     }
 
     /// The next requests of `api` fail with `errors`, one each.
