@@ -502,6 +502,25 @@ mod tests {
         assert_eq!(counts(&st, 0, 10 * MIN).unique_opens, 1);
     }
 
+    /// SPEC §3: the rates follow the send cohort, so an open arriving after its
+    /// delivery's window was published raises that window's rate, not the rate of
+    /// the window that holds the open.
+    #[test]
+    fn a_late_open_raises_the_rate_of_the_window_holding_its_delivery() {
+        let mut st = state();
+        on(&mut st, ev(EmailEventType::Sent, 4 * MIN, "m", "a"));
+        on(&mut st, ev(EmailEventType::Delivered, 5 * MIN, "m", "a"));
+        let first = counts(&st, 0, 10 * MIN);
+        assert_eq!((first.delivered, first.delivered_opened), (1, 0));
+        on(&mut st, ev(EmailEventType::Opened, 15 * MIN, "m", "a"));
+        let first = counts(&st, 0, 10 * MIN);
+        assert_eq!((first.delivered, first.delivered_opened), (1, 1));
+        assert_eq!(first.unique_opens, 0, "the open itself counts at 15m");
+        let second = counts(&st, 10 * MIN, 20 * MIN);
+        assert_eq!((second.unique_opens, second.delivered_opened), (1, 0));
+        assert_eq!(second.delivered, 0);
+    }
+
     #[test]
     fn a_message_counts_again_a_ttl_after_its_first_open() {
         let mut st = state();
