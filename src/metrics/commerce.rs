@@ -50,6 +50,10 @@ impl Absorb for CommerceCounts {
     fn absorb(&mut self, other: &CommerceCounts) {
         self.merge(other);
     }
+
+    fn clear(&mut self) {
+        *self = CommerceCounts::default();
+    }
 }
 
 /// Commerce state of one task.

@@ -55,6 +55,10 @@ impl Absorb for SurveyCounts {
     fn absorb(&mut self, other: &SurveyCounts) {
         self.merge(other);
     }
+
+    fn clear(&mut self) {
+        *self = SurveyCounts::default();
+    }
 }
 
 /// Survey state of one task.

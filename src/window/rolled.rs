@@ -27,7 +27,13 @@ use crate::event::Millis;
 /// Adds another bucket's aggregates into this one (what rolling a slot up does).
 pub(crate) trait Absorb {
     fn absorb(&mut self, other: &Self);
+    /// Back to empty, keeping what it allocated: a rolled staging slot is
+    /// given to the next grain instead of growing a new one from nothing.
+    fn clear(&mut self);
 }
+
+/// Rolled staging slots kept for reuse (their maps keep their capacity).
+const SPARE_SLOTS: usize = 4;
 
 fn gcd(a: i64, b: i64) -> i64 {
     if b == 0 { a.abs() } else { gcd(b, a % b) }
@@ -42,6 +48,9 @@ pub(crate) struct RolledRings<T> {
     /// Every slot starting before this was rolled up (writes before it go to the windows).
     rolled_to: Option<Millis>,
     windows: Vec<BucketRing<T>>,
+    /// Emptied staging slots, given to the next new grain (not saved).
+    #[serde(skip)]
+    spare: Vec<T>,
 }
 
 impl<T: Default + Absorb> RolledRings<T> {
@@ -52,6 +61,7 @@ impl<T: Default + Absorb> RolledRings<T> {
             staging: BTreeMap::new(),
             rolled_to: None,
             windows: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
+            spare: vec![],
         }
     }
 
@@ -72,7 +82,11 @@ impl<T: Default + Absorb> RolledRings<T> {
             f(last.get_mut());
             return;
         }
-        f(self.staging.entry(slot).or_default());
+        let spare = &mut self.spare;
+        f(self
+            .staging
+            .entry(slot)
+            .or_insert_with(|| spare.pop().unwrap_or_default()));
     }
 
     /// Rolls every slot that ends at or before `w` (no accepted event can still
@@ -85,9 +99,13 @@ impl<T: Default + Absorb> RolledRings<T> {
         self.rolled_to = Some(to);
         let rest = self.staging.split_off(&to);
         let done = std::mem::replace(&mut self.staging, rest);
-        for (slot, v) in &done {
+        for (slot, mut v) in done {
             for ring in &mut self.windows {
-                ring.bucket_mut(*slot).absorb(v);
+                ring.bucket_mut(slot).absorb(&v);
+            }
+            if self.spare.len() < SPARE_SLOTS {
+                v.clear();
+                self.spare.push(v);
             }
         }
     }
@@ -150,6 +168,10 @@ mod tests {
     impl Absorb for i64 {
         fn absorb(&mut self, other: &i64) {
             *self += other;
+        }
+
+        fn clear(&mut self) {
+            *self = 0;
         }
     }
 

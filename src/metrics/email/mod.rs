@@ -89,6 +89,11 @@ impl EmailCounts {
 }
 
 impl Absorb for EmailBucket {
+    fn clear(&mut self) {
+        self.all = EmailCounts::default();
+        self.campaign.clear();
+    }
+
     fn absorb(&mut self, other: &EmailBucket) {
         self.all.merge(&other.all);
         for (c, counts) in &other.campaign {

@@ -51,6 +51,13 @@ impl From<Durations> for Vec<u64> {
 }
 
 impl Durations {
+    /// Empty, keeping the tail's allocation (a reused staging slot).
+    pub fn clear(&mut self) {
+        self.runs.clear();
+        self.tail.clear();
+        self.long.clear();
+    }
+
     pub fn push(&mut self, ms: u64) {
         match u32::try_from(ms) {
             Ok(short) if short < u32::MAX => self.tail.push(short),

@@ -131,6 +131,15 @@ impl WebBucket {
 }
 
 impl Absorb for WebCounts {
+    fn clear(&mut self) {
+        let mut durations = std::mem::take(&mut self.durations_ms);
+        durations.clear();
+        *self = WebCounts {
+            durations_ms: durations,
+            ..WebCounts::default()
+        };
+    }
+
     fn absorb(&mut self, o: &WebCounts) {
         self.page_views += o.page_views;
         self.sessions += o.sessions;
@@ -149,6 +158,13 @@ struct PageCounts {
 }
 
 impl Absorb for WebBucket {
+    fn clear(&mut self) {
+        self.all.clear();
+        self.site.clear();
+        self.channel.clear();
+        self.page.clear();
+    }
+
     fn absorb(&mut self, other: &WebBucket) {
         self.all.absorb(&other.all);
         for (map, from) in [
