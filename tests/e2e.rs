@@ -11,6 +11,8 @@
 
 #[path = "e2e/kill.rs"]
 mod kill;
+#[path = "e2e/registry.rs"]
+mod registry;
 #[path = "e2e/support.rs"]
 mod support;
 

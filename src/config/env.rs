@@ -100,6 +100,9 @@ pub(super) fn env_name(path: &[impl AsRef<str>]) -> String {
         .map(|k| k.as_ref().to_ascii_uppercase())
         .collect();
     match upper.as_slice() {
+        [table, key] if table.eq_ignore_ascii_case(super::registry::REGISTRY_TABLE) => {
+            format!("{ENV_PREFIX}{table}{ENV_PROPERTY_SEPARATOR}{key}")
+        }
         [table, property] if property.contains('.') => format!(
             "{ENV_PREFIX}{table}{ENV_PROPERTY_SEPARATOR}{}",
             property.replace('.', ENV_PROPERTY_SEPARATOR)
@@ -109,9 +112,16 @@ pub(super) fn env_name(path: &[impl AsRef<str>]) -> String {
 }
 
 /// `kafka__sasl__password` (a lower-cased name without the prefix) as a table of
-/// librdkafka properties and the dotted name of the property, `sasl.password`.
+/// librdkafka properties and the dotted name of the property, `sasl.password`; or
+/// `schema_registry__password` as the table and its key, `password`.
 pub(super) fn env_property(key: &str) -> Option<(&str, String)> {
     let (table, property) = key.split_once(ENV_PROPERTY_SEPARATOR)?;
+    if table == super::registry::REGISTRY_TABLE {
+        let plain = !property.is_empty()
+            && !property.contains(ENV_PROPERTY_SEPARATOR)
+            && !property.contains('.');
+        return plain.then(|| (table, property.to_string()));
+    }
     let parts: Vec<&str> = property.split(ENV_PROPERTY_SEPARATOR).collect();
     (KAFKA_TABLES.contains(&table) && parts.iter().all(|p| !p.is_empty() && !p.contains('.')))
         .then(|| (table, parts.join(".")))

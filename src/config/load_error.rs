@@ -133,6 +133,11 @@ fn allowed(key: &str, expected: &str) -> String {
             "a table of topic → .avsc path, e.g. `[topic_schemas]` then `pageviews = \"/x.avsc\"`"
                 .into()
         }
+        ("schema_registry", _) if !nested => {
+            "a table of Schema Registry settings, e.g. `[schema_registry]` then \
+             `url = \"http://schema-registry:8081\"` (keys: README.md)"
+                .into()
+        }
         (_, "f64") => "a number (expected f64)".into(),
         (_, "usize") => "a whole number, 0 or more (expected usize)".into(),
         (_, e) if e.contains("untagged enum OneOrMany") => {
@@ -216,6 +221,14 @@ pub(super) fn load_error(fig: &Figment, e: figment::Error) -> ConfigError {
         })
     };
     let mut msg = match &e.kind {
+        Kind::UnknownField(found, expected) if key.contains('.') => {
+            let table = key.rsplit_once('.').map_or("", |(t, _)| t);
+            let keys: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
+            format!(
+                "unknown key `{key}`{from}: not a key of `[{table}]`; its keys are {}",
+                keys.join(", ")
+            )
+        }
         Kind::UnknownField(found, _) => {
             format!("unknown key `{key}`{from}: {}", unknown_key_allowed(found))
         }

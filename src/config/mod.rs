@@ -24,9 +24,11 @@ pub mod kafka;
 mod librdkafka;
 mod load_error;
 mod output;
+pub mod registry;
 
 pub use env::*;
 use librdkafka::*;
+pub use registry::{RawSchemaRegistry, SchemaRegistryConfig};
 #[cfg(test)]
 mod table_tests;
 
@@ -110,6 +112,8 @@ pub struct RawConfig {
     pub schema_ids: BTreeMap<String, String>,
     /// Topic → path of the writer schema for plain (unframed) Avro datums.
     pub topic_schemas: BTreeMap<String, String>,
+    /// The Confluent Schema Registry for Confluent-framed records (`schema_ids` override it).
+    pub schema_registry: RawSchemaRegistry,
     #[serde(deserialize_with = "string_or_list")]
     pub windows: Vec<String>,
     pub allowed_lateness: String,
@@ -176,6 +180,7 @@ impl Default for RawConfig {
             kafka_producer: BTreeMap::new(),
             schema_ids: BTreeMap::new(),
             topic_schemas: BTreeMap::new(),
+            schema_registry: RawSchemaRegistry::default(),
             windows: ["5m", "1h", "24h", "7d", "30d"].map(String::from).to_vec(),
             allowed_lateness: "5m".into(),
             idle_timeout: "1m".into(),
@@ -226,6 +231,8 @@ pub struct Config {
     pub kafka_producer: BTreeMap<String, String>,
     pub schema_ids: BTreeMap<u32, PathBuf>,
     pub topic_schemas: BTreeMap<String, PathBuf>,
+    /// `None`: Confluent ids come from `schema_ids` only.
+    pub schema_registry: Option<SchemaRegistryConfig>,
     pub core: CoreConfig,
     pub idle_timeout: Duration,
     /// `None` disables the check (replay).
@@ -278,7 +285,8 @@ macro_rules! debug_redacted {
 
 debug_redacted!(RawConfig {
     bootstrap_servers, group_id, input_topics, snapshot_topic, dead_letter_topic,
-    checkpoint_topic, schema_ids, topic_schemas, windows, allowed_lateness, idle_timeout,
+    checkpoint_topic, schema_ids, topic_schemas, schema_registry, windows, allowed_lateness,
+    idle_timeout,
     max_clock_skew, dedup_window, session_timeout, snapshot_interval, shutdown_timeout,
     statistics_interval, checkpoint_interval, restore_timeout, listen, max_dimension_values,
     email_dedup_ttl, attribution_window, churn_horizon, currency, model,
@@ -289,9 +297,9 @@ debug_redacted!(RawConfig {
 debug_redacted!(Config {
     bootstrap_servers, group_id, input_topics, snapshot_topic, dead_letter_topic,
     checkpoint_topic, customer_risk_topic, max_memory, model_refit_interval, schema_ids,
-    topic_schemas, core, idle_timeout, max_clock_skew, snapshot_interval, shutdown_timeout,
-    statistics_interval, checkpoint_interval, restore_timeout, listen, max_output_in_flight,
-    max_output_in_flight_bytes,
+    topic_schemas, schema_registry, core, idle_timeout, max_clock_skew, snapshot_interval,
+    shutdown_timeout, statistics_interval, checkpoint_interval, restore_timeout, listen,
+    max_output_in_flight, max_output_in_flight_bytes,
 } tables { kafka, kafka_consumer, kafka_producer });
 
 /// Whether the value of the configuration key `key` (`kafka.sasl.password`, dotted)
@@ -438,7 +446,9 @@ impl RawConfig {
     /// property also set directly in the same table, stops start-up with one line
     /// naming the key and the path, never the content. A value read from a file is
     /// checked by librdkafka here and never shown in an error, whatever the property's name.
+    /// `schema_registry.password_file` likewise sets `schema_registry.password`.
     pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        self.schema_registry.read_password_file()?;
         for (table, props) in [
             ("kafka", &mut self.kafka),
             ("kafka_consumer", &mut self.kafka_consumer),
@@ -554,6 +564,7 @@ impl RawConfig {
             })?;
             schema_ids.insert(n, PathBuf::from(path));
         }
+        let schema_registry = self.schema_registry.validate()?;
         for t in self.topic_schemas.keys() {
             if !self.input_topics.contains(t) {
                 return Err(invalid(
@@ -693,6 +704,7 @@ impl RawConfig {
                 .iter()
                 .map(|(t, p)| (t.clone(), PathBuf::from(p)))
                 .collect(),
+            schema_registry,
             core: CoreConfig {
                 windows,
                 allowed_lateness_ms: ms(lateness),

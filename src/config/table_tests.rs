@@ -166,6 +166,65 @@ const CASES: &[Case] = &[
          "`max_output_in_flight_bytes`", "\"lots\"", "a size such as `512MiB`"),
     file("output bytes below one Kafka record", "max_output_in_flight_bytes = \"64KiB\"\n",
          "`max_output_in_flight_bytes`", "\"64KiB\"", "at least 1MiB, so that the largest Kafka record"),
+    // The Schema Registry.
+    file("registry URL without a scheme", "[schema_registry]\nurl = \"registry:8081\"\n",
+         "`schema_registry.url`", "\"registry:8081\"", "an http:// or https:// URL"),
+    file("registry URL of another scheme", "[schema_registry]\nurl = \"ftp://registry\"\n",
+         "`schema_registry.url`", "\"ftp://registry\"", "an http:// or https:// URL"),
+    file("registry URL without a host", "[schema_registry]\nurl = \"http://\"\n",
+         "`schema_registry.url`", "\"http://\"", "an http:// or https:// URL such as `http://schema-registry:8081` (empty host)"),
+    file("registry URL that does not parse", "[schema_registry]\nurl = \"http://registry:80a1\"\n",
+         "`schema_registry.url`", "\"http://registry:80a1\"", "(invalid port number)"),
+    file("registry URL with credentials (not shown)", "[schema_registry]\nurl = \"https://u:hunter2@registry\"\n",
+         "`schema_registry.url`", "(hidden", "a URL without credentials: set `schema_registry.username`"),
+    file("registry URL with a query", "[schema_registry]\nurl = \"http://registry/?x=1\"\n",
+         "`schema_registry.url`", "\"http://registry/?x=1\"", "without a `?query`"),
+    file("registry keys without a URL", "[schema_registry]\ntimeout = \"1s\"\n",
+         "`schema_registry.url`", "\"\"", "the other `schema_registry` keys are set"),
+    file("bad duration", "[schema_registry]\nurl = \"http://r\"\ntimeout = \"soon\"\n",
+         "`schema_registry.timeout`", "\"soon\"", BAD_DURATION),
+    file("bad duration", "[schema_registry]\nurl = \"http://r\"\nbackoff = \"-1s\"\n",
+         "`schema_registry.backoff`", "\"-1s\"", BAD_DURATION),
+    file("bad duration", "[schema_registry]\nurl = \"http://r\"\nnegative_cache_ttl = \"a while\"\n",
+         "`schema_registry.negative_cache_ttl`", "\"a while\"", BAD_DURATION),
+    file("zero registry time-out", "[schema_registry]\nurl = \"http://r\"\ntimeout = \"0s\"\n",
+         "`schema_registry.timeout`", "\"0s\"", "greater than zero"),
+    file("too many registry retries", "[schema_registry]\nurl = \"http://r\"\nmax_retries = 11\n",
+         "`schema_registry.max_retries`", "\"11\"", "0 to 10 retries"),
+    file("negative registry retries", "[schema_registry]\nurl = \"http://r\"\nmax_retries = -1\n",
+         "`schema_registry.max_retries`", "-1", "a whole number, 0 or more"),
+    file("registry lookups that could stall the consumer", "[schema_registry]\nurl = \"http://r\"\ntimeout = \"60s\"\n",
+         "`schema_registry.max_retries`", "\"3\"", "could hold the consumer loop 241s"),
+    file("registry user without a password (not shown)", "[schema_registry]\nurl = \"http://r\"\nusername = \"hunter2\"\n",
+         "`schema_registry.password`", "\"\"", "basic authentication needs both"),
+    file("registry password without a user", "[schema_registry]\nurl = \"http://r\"\npassword = \"hunter2\"\n",
+         "`schema_registry.username`", "\"\"", "basic authentication needs both"),
+    file("registry password twice", "[schema_registry]\nurl = \"http://r\"\nusername = \"u\"\npassword = \"hunter2\"\npassword_file = \"/run/x\"\n",
+         "`schema_registry.password_file`", "\"/run/x\"", "not both"),
+    file("registry password file missing", "[schema_registry]\nurl = \"http://r\"\nusername = \"u\"\npassword_file = \"/nonexistent/registry-password\"\n",
+         "`schema_registry.password_file`", "\"/nonexistent/registry-password\"", "a readable file holding the value of `schema_registry.password`"),
+    file("CA file for an http:// registry", "[schema_registry]\nurl = \"http://r\"\nca_file = \"/etc/ca.pem\"\n",
+         "`schema_registry.ca_file`", "\"/etc/ca.pem\"", "it is for https://"),
+    file("unknown registry key (its value may be a secret: not shown)", "[schema_registry]\nurl = \"http://r\"\npasword = \"hunter2\"\n",
+         "unknown key `schema_registry.pasword`", "pasword", "not a key of `[schema_registry]`; its keys are `url`"),
+    file("registry table that is not a table", "schema_registry = \"http://r\"\n",
+         "`schema_registry`", "\"http://r\"", "a table of Schema Registry settings"),
+    Case {
+        what: "registry retries from the environment that are not a number",
+        toml: "[schema_registry]\nurl = \"http://r\"\n",
+        env: &[("ENGAGED_SCHEMA_REGISTRY__MAX_RETRIES", "lots")],
+        key: "`schema_registry.max_retries`",
+        value: "\"lots\"",
+        allowed: "a whole number",
+    },
+    Case {
+        what: "registry URL from the environment",
+        toml: "",
+        env: &[("ENGAGED_SCHEMA_REGISTRY__URL", "registry.local")],
+        key: "`schema_registry.url`",
+        value: "\"registry.local\"",
+        allowed: "relative URL without a base",
+    },
 ];
 
 /// The error that stops start-up with this file and these variables, if any.
@@ -256,4 +315,65 @@ fn windows_keep_their_order_and_valid_edges_are_accepted() {
         .map(|w| w.name)
         .collect();
     assert_eq!(names, ["7d", "3d", "1h", "10m"]);
+}
+
+#[test]
+fn the_registry_password_comes_from_a_file_or_a_variable_and_is_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("registry-password");
+    std::fs::write(&secret, "hunter2-from-a-file\n").unwrap();
+    let f = dir.path().join("engaged.toml");
+    let toml = format!(
+        "[schema_registry]\nurl = \"https://registry:8081/\"\nusername = \"reader\"\n\
+         password_file = \"{}\"\n",
+        secret.display()
+    );
+    std::fs::write(&f, toml).unwrap();
+    let no_flags = BTreeMap::<String, String>::new();
+    let load = |env: &[(&str, &str)]| {
+        let env = EnvVars::from_vars(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        RawConfig::load_with_env(Some(&f), env, &no_flags)
+    };
+    let raw = load(&[("ENGAGED_SCHEMA_REGISTRY__MAX_RETRIES", "5")]).unwrap();
+    let config = raw.validate().unwrap();
+    let registry = config.schema_registry.as_ref().expect("a registry");
+    assert_eq!(registry.url, "https://registry:8081");
+    assert_eq!(registry.max_retries, 5);
+    // 6 attempts of 5 s, pauses of 0.2, 0.4, 0.8, 1.6 and 3.2 s.
+    assert_eq!(
+        registry.worst_case_wait(),
+        std::time::Duration::from_millis(36_200)
+    );
+    let auth = registry.auth.as_ref().expect("basic auth");
+    assert_eq!(
+        (auth.username.expose(), auth.password.expose()),
+        ("reader", "hunter2-from-a-file")
+    );
+    for shown in [format!("{raw:?}"), format!("{config:?}")] {
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("reader"),
+            "{shown}"
+        );
+    }
+    // A variable sets it too; with the file as well, start-up stops (without showing it).
+    let e = load(&[(
+        "ENGAGED_SCHEMA_REGISTRY__PASSWORD",
+        "hunter2-from-a-variable",
+    )])
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("not both") && !e.contains("hunter2"), "{e}");
+    std::fs::write(
+        &f,
+        "[schema_registry]\nurl = \"http://r\"\nusername = \"reader\"\n",
+    )
+    .unwrap();
+    let raw = load(&[(
+        "ENGAGED_SCHEMA_REGISTRY__PASSWORD",
+        "hunter2-from-a-variable",
+    )])
+    .unwrap();
+    let config = raw.validate().unwrap();
+    let auth = config.schema_registry.unwrap().auth.unwrap();
+    assert_eq!(auth.password.expose(), "hunter2-from-a-variable");
 }

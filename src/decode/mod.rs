@@ -1,8 +1,10 @@
 //! Turns one Kafka record value into a typed [`Event`], or a typed [`DecodeError`].
 //!
 //! Sans-I/O: a pure function of the payload bytes, the topic name and the
-//! writer schemas handed over in [`DecoderConfig`]. No registry calls, no
-//! clock, no logging on the hot path; the source stage does the I/O and sends
+//! writer schemas handed over in [`DecoderConfig`] or, for Confluent ids, later
+//! through [`Decoder::add_schema_id`]. No registry calls, no clock, no logging
+//! on the hot path; the edge does the I/O (`crate::registry` fetches the
+//! schemas of unknown ids and adds them to a copy of the decoder) and sends
 //! every error to the dead-letter topic (SPEC §1). Nothing here panics on any
 //! input: every length is checked before slicing, recursion is bounded, and
 //! block counts cannot make it spin.
@@ -10,7 +12,8 @@
 //! # Wire formats, detected per message
 //!
 //! 1. **Confluent**: first byte `0x00`, then a 4-byte big-endian schema id, then
-//!    the datum. The id is looked up in [`DecoderConfig::schema_ids`].
+//!    the datum. The id is looked up in [`DecoderConfig::schema_ids`], then
+//!    among the ids added by [`Decoder::add_schema_id`] (configured ids win).
 //! 2. **Single-object encoding**: `0xC3 0x01`, then the 8-byte little-endian
 //!    CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form,
 //!    then the datum. The fingerprint is looked up among our four reader
@@ -301,14 +304,19 @@ impl Writer {
 const GENERIC_MAX_ALLOCATION: usize = 16 << 20;
 
 /// Decodes record values of every configured wire format and writer schema.
-/// Immutable after [`Decoder::new`]: `Send + Sync`, share it with an `Arc`.
+/// `Send + Sync`, share it with an `Arc`; to learn a schema id at run time, the
+/// edge clones it (cheap: the compiled writers are shared), adds the id and swaps
+/// the `Arc` ([`crate::pipeline::Pipeline::learn_schema_id`]).
+#[derive(Clone)]
 pub struct Decoder {
     // Looked up once per record: foldhash, not SipHash (the keys are schema ids,
     // fingerprints and topic names from the configuration, not from the input).
     by_id: FastMap<u32, Arc<Writer>>,
     by_fingerprint: FastMap<u64, Arc<Writer>>,
     by_topic: FastMap<String, Arc<Writer>>,
-    readers: ReaderSchemas,
+    readers: Arc<ReaderSchemas>,
+    /// Our reader records, to compile the writers added later against.
+    records: Arc<[ReaderRecord]>,
 }
 
 impl fmt::Debug for Decoder {
@@ -354,12 +362,13 @@ impl Decoder {
             origin: SchemaOrigin::Reader(kind),
             reason,
         })?;
-        let records = reader_records()?;
+        let records: Arc<[ReaderRecord]> = reader_records()?.into();
         let mut d = Decoder {
             by_id: FastMap::default(),
             by_fingerprint: FastMap::default(),
             by_topic: FastMap::default(),
-            readers,
+            readers: Arc::new(readers),
+            records: records.clone(),
         };
         for kind in EventKind::ALL {
             let w = Writer::build(
@@ -391,6 +400,46 @@ impl Decoder {
             d.by_topic.insert(topic.clone(), w);
         }
         Ok(d)
+    }
+
+    /// Adds the writer schema `text` of Confluent schema id `id`, compiled as
+    /// [`Decoder::new`] compiles a configured `schema_ids` entry, so that
+    /// records framed with `id` decode from now on. An id the decoder already
+    /// knows keeps its schema (a configured id overrides the registry), and the
+    /// call is a no-op. Unlike a configured id, the schema does not join the
+    /// single-object fingerprints: which fingerprints decode stays a function of
+    /// the configuration, not of which ids happened to be seen first.
+    pub fn add_schema_id(&mut self, id: u32, text: &str) -> Result<(), SchemaError> {
+        if self.by_id.contains_key(&id) {
+            return Ok(());
+        }
+        let w = Writer::build(
+            SchemaOrigin::SchemaId(id),
+            text,
+            &self.readers,
+            &self.records,
+        )?;
+        self.by_id.insert(id, Arc::new(w));
+        Ok(())
+    }
+
+    /// Whether records framed with Confluent schema id `id` have a writer schema.
+    pub fn knows_schema_id(&self, id: u32) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
+    /// Whether plain datums on `topic` have a writer schema (`topic_schemas`).
+    pub fn has_topic_schema(&self, topic: &str) -> bool {
+        self.by_topic.contains_key(topic)
+    }
+
+    /// The schema id of a Confluent-framed payload (`0x00`, 4-byte big-endian
+    /// id, at least the id present), from its first bytes alone.
+    pub fn confluent_schema_id(payload: &[u8]) -> Option<u32> {
+        match payload {
+            [0x00, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+            _ => None,
+        }
     }
 
     /// First come, first served: identical canonical forms decode alike.

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use prometheus::IntCounter;
 use std::time::Instant;
 
-use crate::decode::Decoder;
+use crate::decode::{DecodeError, Decoder, SchemaError};
 use crate::event::{Event, Millis};
 use crate::metrics::churn_risk::{self, CustomerRisk, RiskModel, Sweep};
 use crate::snapshot::{self, WindowSnapshot};
@@ -39,7 +39,14 @@ struct PartitionCounters {
 
 /// Decoder, engine and telemetry of one instance.
 pub struct Pipeline {
-    decoder: Decoder,
+    /// Swapped for a copy with one more schema id when the edge learns one
+    /// ([`Pipeline::learn_schema_id`]); a run of records decodes with the one it
+    /// started with.
+    decoder: RwLock<Arc<Decoder>>,
+    /// Why the Confluent schema ids of the batch at hand that the decoder does not
+    /// know are unknown (the schema registry's answers, set by the edge): the
+    /// error text of their dead letters. Read on the error path only.
+    schema_id_errors: RwLock<HashMap<u32, Arc<str>>>,
     engine: Engine,
     telemetry: Arc<Telemetry>,
     max_clock_skew_ms: Option<i64>,
@@ -66,7 +73,8 @@ impl Pipeline {
         idle_timeout_ms: i64,
     ) -> Pipeline {
         Pipeline {
-            decoder,
+            decoder: RwLock::new(Arc::new(decoder)),
+            schema_id_errors: RwLock::new(HashMap::new()),
             engine,
             telemetry,
             max_clock_skew_ms,
@@ -146,8 +154,55 @@ impl Pipeline {
     }
 
     /// The decoder of record values (replay compiles its files' writer schemas with it).
-    pub fn decoder(&self) -> &Decoder {
-        &self.decoder
+    pub fn decoder(&self) -> Arc<Decoder> {
+        self.decoder
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Adds the writer schema of Confluent schema id `id` (from a schema registry):
+    /// records framed with `id` decode from the next run of records on. An id the
+    /// decoder knows already, a configured one above all, keeps its schema.
+    pub fn learn_schema_id(&self, id: u32, text: &str) -> Result<(), SchemaError> {
+        let mut current = self.decoder.write().unwrap_or_else(|e| e.into_inner());
+        if current.knows_schema_id(id) {
+            return Ok(());
+        }
+        let mut next = Decoder::clone(&current);
+        next.add_schema_id(id, text)?;
+        *current = Arc::new(next);
+        Ok(())
+    }
+
+    /// Replaces the reasons why Confluent schema ids are unknown (see the field):
+    /// a record framed with one of them is rejected with `unknown Confluent schema
+    /// id ID: REASON` instead of the decoder's own message.
+    pub fn set_schema_id_errors(&self, errors: HashMap<u32, Arc<str>>) {
+        let mut current = self
+            .schema_id_errors
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if !(errors.is_empty() && current.is_empty()) {
+            *current = errors;
+        }
+    }
+
+    /// A decode error as the reason of a rejection.
+    fn undecodable(&self, e: DecodeError) -> Rejection {
+        if let DecodeError::UnknownSchemaId(id) = e
+            && let Some(why) = self
+                .schema_id_errors
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&id)
+        {
+            return Rejection::new(
+                RejectReason::Undecodable,
+                format!("unknown Confluent schema id {id}: {why}"),
+            );
+        }
+        Rejection::new(RejectReason::Undecodable, e.to_string())
     }
 
     pub fn engine(&self) -> &Engine {
@@ -188,12 +243,14 @@ impl Pipeline {
 
     fn decode(&self, tp: &TopicPartition, payload: Option<&[u8]>) -> Result<Event, Rejection> {
         let mut event = Event::empty(crate::event::EventKind::PageView);
-        self.decode_into(tp, payload, &mut event).map(|()| event)
+        self.decode_into(&self.decoder(), tp, payload, &mut event)
+            .map(|()| event)
     }
 
     /// One record value into `event` ([`Decoder::decode_into`]), or why not.
     fn decode_into(
         &self,
+        decoder: &Decoder,
         tp: &TopicPartition,
         payload: Option<&[u8]>,
         event: &mut Event,
@@ -203,10 +260,9 @@ impl Pipeline {
                 RejectReason::Undecodable,
                 "record has no value",
             )),
-            Some(bytes) => self
-                .decoder
+            Some(bytes) => decoder
                 .decode_into(&tp.topic, bytes, event)
-                .map_err(|e| Rejection::new(RejectReason::Undecodable, e.to_string())),
+                .map_err(|e| self.undecodable(e)),
         }
     }
 
@@ -235,16 +291,19 @@ impl Pipeline {
         // Every record is decoded into this one event: its strings' buffers
         // are reused instead of allocating each string of each record.
         let mut event = Event::empty(crate::event::EventKind::PageView);
+        let decoder = self.decoder();
         // One lock of the task for the whole run of records.
         let results: Vec<_> = self.engine.with_task(tp.partition, |task| {
             payloads
                 .into_iter()
                 .map(|payload| {
                     consumed += 1;
-                    let result = self.decode_into(tp, payload, &mut event).and_then(|()| {
-                        self.check_skew(&event, Some(now))?;
-                        task.apply(&tp.topic, &event)
-                    });
+                    let result = self
+                        .decode_into(&decoder, tp, payload, &mut event)
+                        .and_then(|()| {
+                            self.check_skew(&event, Some(now))?;
+                            task.apply(&tp.topic, &event)
+                        });
                     match &result {
                         Ok(()) => accepted += 1,
                         Err(r) => self.telemetry.count_rejected(r.reason),

@@ -35,6 +35,7 @@ use crate::config::Config;
 use crate::config::kafka::{apply_user_settings, client_config};
 use crate::http::Health;
 use crate::pipeline::Pipeline;
+use crate::registry::SchemaRegistry;
 use crate::sink::in_flight::InFlight;
 use crate::sink::kafka::{DeadLetter, OutputProducer, dead_letters, producer};
 use crate::sink::output::Output;
@@ -323,6 +324,7 @@ pub async fn run(
     cfg: &Config,
     pipeline: Arc<Pipeline>,
     health: Arc<Health>,
+    registry: Option<Arc<SchemaRegistry>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SourceError> {
     let telemetry = pipeline.telemetry().output.clone();
@@ -453,6 +455,10 @@ pub async fn run(
                     .telemetry()
                     .consumer_batch
                     .observe(batch.len() as f64);
+                if let Some(registry) = &registry {
+                    let records = batch.iter().map(|m| (m.topic(), m.payload()));
+                    registry.prepare(&pipeline, records).await;
+                }
                 apply_batch(&pipeline, &checkpointer, &producer, cfg, &batch, workers).await?;
                 if let Some(e) = error {
                     tracing::warn!(error = %e, "consumer error");

@@ -39,6 +39,9 @@ pub struct Telemetry {
     pub accepted: IntCounterVec,
     pub rejected: IntCounterVec,
     pub dead_letters: IntCounter,
+    /// Schema Registry lookups of unknown Confluent schema ids, by outcome
+    /// (`crate::registry::Outcome`).
+    pub schema_registry_lookups: IntCounterVec,
     pub watermark: prometheus::Gauge,
     pub watermark_delay: prometheus::Gauge,
     pub partition_watermark: prometheus::GaugeVec,
@@ -141,6 +144,20 @@ impl Telemetry {
                 IntCounter::new(
                     "engaged_dead_letter_records_total",
                     "Records written to the dead-letter topic.",
+                )
+                .expect("valid"),
+            ),
+            schema_registry_lookups: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "engaged_schema_registry_lookups_total",
+                        "Schema Registry lookups of Confluent schema ids the decoder did not know, by \
+                         outcome: found, not_found (404), unusable (a schema engaged cannot read), \
+                         refused (another 4xx, e.g. 401), unreachable (after every retry). A failed \
+                         id's records are dead-lettered as undecodable.",
+                    ),
+                    &["outcome"],
                 )
                 .expect("valid"),
             ),

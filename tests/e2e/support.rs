@@ -28,8 +28,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 pub use shared::{
-    Metrics, Rec, checkpoint_restores, clock_events, free_port, http_get, now_ms, routed, summed,
-    windowed,
+    Metrics, Rec, TestRegistry, checkpoint_restores, clock_events, free_port, http_get, now_ms,
+    routed, summed, windowed,
 };
 
 // ---------------------------------------------------------------------------------------

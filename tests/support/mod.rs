@@ -5,6 +5,7 @@
 //! - [`events`]: co-partitioned streams, clock events, records to produce.
 //! - [`metrics`]: `/metrics` pages, parsed or read as text.
 //! - [`process`]: `engaged` as a child process that cannot outlive its test.
+//! - [`registry`]: a small Confluent-compatible Schema Registry on 127.0.0.1.
 //! - [`sidecar`]: the sidecar in-process, stopped gracefully even on panic.
 
 #![allow(dead_code)]
@@ -13,6 +14,7 @@ pub mod cluster;
 pub mod events;
 pub mod metrics;
 pub mod process;
+pub mod registry;
 pub mod sidecar;
 
 // Not every test uses every helper.
@@ -30,5 +32,7 @@ pub use events::{
 pub use metrics::{Metrics, Sample, additive, close, family, sum, summed, value, windowed};
 #[allow(unused_imports)]
 pub use process::{Engaged, checkpoint_restores, engaged_ok, free_port, http_get};
+#[allow(unused_imports)]
+pub use registry::TestRegistry;
 #[allow(unused_imports)]
 pub use sidecar::{Running, fetch, init_tracing, scrape, settle, settle_within};
