@@ -110,11 +110,20 @@ def metric_names():
     src = read("src", "telemetry", "mod.rs")
     names = set(re.findall(r'"(engaged_[a-z0-9_]+)"', src))
     # Windowed families: (name, help, Rows::X, extract).
+    page_only = set()
+    not_page_only = set()
     for name, rows in re.findall(r'\(\s*"(engaged_[a-z0-9_]+)",\s*"(?:[^"\\]|\\.)*",\s*Rows::(\w+)', src):
         if rows == "Web":
             names.update({name + "_by_site", name + "_by_channel"})
         elif rows == "Email":
             names.add(name + "_by_campaign")
+        elif rows == "Page":
+            # Published for `page` rows only: `_by_page`, never without the suffix.
+            names.add(name + "_by_page")
+            page_only.add(name)
+        if rows != "Page":
+            not_page_only.add(name)
+    names -= page_only - not_page_only
     names.update({"engaged_web_sessions_active_by_site", "engaged_web_sessions_active_by_channel"})
     # Histograms.
     for name in re.findall(r'HistogramOpts::new\(\s*"(engaged_[a-z0-9_]+)"', src) + ["engaged_web_session_duration_seconds"]:
