@@ -259,6 +259,7 @@ impl WebState {
         into: &mut HashMap<Dim, WebCounts>,
     ) {
         let labels = &self.labels;
+        let mut pages: FastMap<u32, PageCounts> = FastMap::default();
         for bucket in self.windows.range_mut(idx, start, end) {
             bucket.parts_mut().for_each(|c| c.durations_ms.seal());
             let bucket = &*bucket;
@@ -273,13 +274,20 @@ impl WebState {
                     .or_default()
                     .merge(c);
             }
+            // By page number first: a page's name is hashed once per snapshot,
+            // not once per bucket it appears in.
             for (p, c) in &bucket.page {
-                let row = into
-                    .entry(Dim::Page(self.pages.name(*p).clone()))
-                    .or_default();
-                row.page_views += c.views;
-                row.exits += c.exits;
+                let sum = pages.entry(*p).or_default();
+                sum.views += c.views;
+                sum.exits += c.exits;
             }
+        }
+        for (p, c) in pages {
+            let row = into
+                .entry(Dim::Page(self.pages.name(p).clone()))
+                .or_default();
+            row.page_views += c.views;
+            row.exits += c.exits;
         }
     }
 
