@@ -63,6 +63,11 @@ struct ConfigFlags {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_dimension_values: Option<usize>,
+    /// Values of each label (site, channel, page, campaign) one partition names at
+    /// a time; values seen while it is full count as `other`.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_label_values: Option<usize>,
     /// The one currency (ISO 4217) of Purchase events; others are rejected as invalid.
     #[arg(long, value_name = "CODE")]
     #[serde(skip_serializing_if = "Option::is_none")]

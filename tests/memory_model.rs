@@ -12,8 +12,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use engaged::event::{
     EmailEvent, EmailEventType, Event, PageView, Purchase, PurchaseType, SurveyKind, SurveyResponse,
 };
+use engaged::snapshot;
 use engaged::state::memory::{StateKind, StateSize};
 use engaged::state::{CoreConfig, Engine, TopicPartition};
+use engaged::telemetry::{Published, Telemetry};
 
 /// Counts the bytes this process holds on the heap.
 struct Counting;
@@ -275,4 +277,154 @@ fn customers_forgotten_by_state_ttl_give_their_memory_to_new_ones() {
         "the new customers added to the forgotten ones' memory: {held:?} B"
     );
     drop(engine);
+}
+
+/// A page view and an email event of step `i`: label values from `value(i)`.
+fn labelled(i: u64, value: &dyn Fn(u64) -> u64) -> [(TopicPartition, Event); 2] {
+    let v = value(i);
+    let t = T0 + i as i64 * 10;
+    let view = Event::PageView(PageView {
+        event_id: format!("view-{i:08}"),
+        event_time: t,
+        visitor_id: format!("visitor-{i}"),
+        customer_id: None,
+        site: format!("site-{v}"),
+        page: format!("/page/{v}"),
+        referrer: None,
+        channel: Some(format!("channel-{v}")),
+    });
+    let email = Event::Email(EmailEvent {
+        event_id: format!("email-{i:08}"),
+        event_time: t,
+        customer_id: format!("customer-{}", i % 100),
+        campaign_id: format!("campaign-{v}"),
+        message_id: format!("message-{i:08}"),
+        kind: EmailEventType::Sent,
+        url: None,
+    });
+    [
+        (TopicPartition::new("pageviews", 0), view),
+        (TopicPartition::new("emails", 0), email),
+    ]
+}
+
+/// Applies `n` steps of [`labelled`] events (a snapshot round's eviction every
+/// 10,000); the heap held, the accounting and /metrics.
+fn flood(n: u64, value: &dyn Fn(u64) -> u64) -> (i64, StateSize, String) {
+    // One window and messages forgotten after 10 minutes: the flood is about
+    // labels, not about what sessions and messages cost (the same with ten values).
+    let cfg = CoreConfig {
+        windows: vec![engaged::window::WindowSpec::with_default_buckets(
+            "1h",
+            60 * MIN,
+        )],
+        email_dedup_ttl_ms: 10 * MIN,
+        attribution_window_ms: 10 * MIN,
+        ..CoreConfig::default()
+    };
+    let engine = Engine::new(cfg);
+    let before = LIVE.load(Ordering::Relaxed);
+    for i in 0..n {
+        for (tp, e) in labelled(i, value) {
+            engine.apply(&tp, &e).expect("accepted");
+        }
+        if i % 10_000 == 0 {
+            engine.evict(T0 + i as i64 * 10 - 5 * MIN);
+        }
+    }
+    let w = T0 + n as i64 * 10;
+    for tp in ["pageviews", "emails"] {
+        engine.advance(&TopicPartition::new(tp, 0), w);
+    }
+    engine.evict(w);
+    let held = LIVE.load(Ordering::Relaxed) - before;
+    let size = engine.state_size();
+    let telemetry = Telemetry::new();
+    let partitions = [
+        TopicPartition::new("pageviews", 0),
+        TopicPartition::new("emails", 0),
+    ];
+    telemetry.publish(Published {
+        snapshots: snapshot::build(&engine, w, &partitions),
+        durations: Default::default(),
+        risk_distribution: None,
+    });
+    (held, size, telemetry.render())
+}
+
+/// The distinct values of label `name` on `/metrics`.
+fn label_values<'a>(metrics: &'a str, name: &str) -> std::collections::BTreeSet<&'a str> {
+    let key = format!("{name}=\"");
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(key.as_str()).map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_once('"').map(|(v, _)| v))
+        .collect()
+}
+
+/// A million distinct sites, channels, pages and campaigns (issue 12, bounded
+/// label cardinality) cost the state what ten values do plus at most
+/// `max_label_values` named values per label (released an hour and a half of
+/// event time after their last use, so later values are named too), and
+/// `/metrics` shows the top `max_dimension_values` of each plus `other`; the
+/// `all` rows count everything.
+#[test]
+fn a_million_distinct_values_per_label_keep_memory_and_series_bounded() {
+    let _one_at_a_time = serial();
+    let n = 1_000_000;
+    let (control_held, control_size, control_metrics) = flood(n, &|i| i % 10);
+    let (held, size, metrics) = flood(n, &|i| i);
+    let labels = size.entries(StateKind::LabelValue);
+    eprintln!(
+        "ten values: {control_held} B held, {} label entries; {n} values: {held} B held, \
+         {labels} label entries",
+        control_size.entries(StateKind::LabelValue)
+    );
+    // Without the cap each distinct value costs a table entry and bucket entries:
+    // 4 M values would be well over 400 MB. With it, at most 1,000 named values
+    // per label in a few buckets each.
+    let cap = CoreConfig::default().max_label_values as u64;
+    assert!(labels <= 4 * cap * 4, "{labels} label entries");
+    // What the flood holds beyond ten values is within what the model says
+    // its named values cost (the breakdown maps' spare capacity included).
+    let extra = held - control_held;
+    assert!(
+        extra <= (labels * StateKind::LabelValue.bytes_per_entry()) as i64,
+        "{extra} B more than with ten values, the model says at most {} B for {labels} entries",
+        labels * StateKind::LabelValue.bytes_per_entry()
+    );
+    let top = CoreConfig::default().max_dimension_values;
+    for label in ["site", "channel", "page", "campaign"] {
+        let values = label_values(&metrics, label);
+        // `other` holds most of the volume: it is one of the top N or the rest.
+        assert!(
+            (top..=top + 1).contains(&values.len()),
+            "{label}: {values:?}"
+        );
+        assert!(values.contains("other"), "{label}: {values:?}");
+        assert_eq!(label_values(&control_metrics, label).len(), 10, "{label}");
+    }
+    // The `all` rows do not depend on the labels.
+    let all = |m: &str, family: &str| -> Vec<String> {
+        m.lines()
+            .filter(|l| {
+                l.strip_prefix(family)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    for family in [
+        "engaged_web_page_views",
+        "engaged_web_sessions_active",
+        "engaged_email_sent",
+    ] {
+        assert_eq!(
+            all(&metrics, family),
+            all(&control_metrics, family),
+            "{family}"
+        );
+        assert!(!all(&metrics, family).is_empty(), "{family} on /metrics");
+    }
 }

@@ -52,7 +52,7 @@ fn stream() -> impl Strategy<Value = Vec<Rec>> {
         0u32..9,               // visitor
         0i64..(12 * MIN),      // cursor advance
         -(9 * MIN)..(2 * MIN), // jitter around the cursor: sometimes beyond the lateness
-        0usize..2,             // site
+        0usize..3,             // site
         0usize..4,             // channel
         0u32..100,             // duplicate dice
         any::<bool>(),         // snap to whole minutes: exact 30:00 gaps and ties happen
@@ -85,7 +85,7 @@ fn stream() -> impl Strategy<Value = Vec<Rec>> {
                     event_time: t,
                     visitor_id: format!("v{visitor}"),
                     customer_id: None,
-                    site: ["shop", "blog"][site].into(),
+                    site: ["shop", "blog", "news"][site].into(),
                     page: ["/", "/shop", "/cart", "/blog"][page].into(),
                     referrer: None,
                     channel: [None, Some("email"), Some("organic"), Some("paid")][channel]
@@ -402,19 +402,7 @@ proptest! {
 
     #[test]
     fn partition_interleaving_does_not_change_results(recs in stream(), seed in any::<u64>()) {
-        // Same per-partition order, different interleaving across partitions.
-        let mut queues: Vec<Vec<Rec>> = (0..PARTITIONS)
-            .map(|p| recs.iter().filter(|r| r.partition == p).cloned().collect())
-            .collect();
-        let mut shuffled = vec![];
-        let mut x = seed | 1;
-        while queues.iter().any(|q| !q.is_empty()) {
-            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-            let p = (x % PARTITIONS as u64) as usize;
-            if !queues[p].is_empty() {
-                shuffled.push(queues[p].remove(0));
-            }
-        }
+        let shuffled = interleaved(&recs, seed);
         let a = Engine::new(config());
         let b = Engine::new(config());
         run(&a, &recs);
@@ -427,6 +415,65 @@ proptest! {
             snapshot::build(&b, w, &partitions(&b))
         );
     }
+
+    /// With fewer label values named per partition than the stream has
+    /// (`max_label_values`), the `all` rows are what they are without the cap,
+    /// every breakdown still adds up to them, and the interleaving of
+    /// partitions still does not matter.
+    #[test]
+    fn a_label_cap_changes_breakdowns_only(recs in stream(), seed in any::<u64>()) {
+        let capped = || {
+            let mut cfg = config();
+            cfg.max_dimension_values = 1;
+            cfg.max_label_values = 1;
+            Engine::new(cfg)
+        };
+        let (a, b, whole) = (capped(), capped(), Engine::new(config()));
+        run(&a, &recs);
+        run(&b, &interleaved(&recs, seed));
+        run(&whole, &recs);
+        let w = *partition_watermarks(&a).values().min().unwrap();
+        let snaps = snapshot::build(&a, w, &partitions(&a));
+        prop_assert_eq!(&snaps, &snapshot::build(&b, w, &partitions(&b)));
+        let all = |s: &[WindowSnapshot]| -> Vec<WindowSnapshot> {
+            s.iter().filter(|r| r.dimension == "all").cloned().collect()
+        };
+        prop_assert_eq!(all(&snaps), all(&snapshot::build(&whole, w, &partitions(&whole))));
+        for r in all(&snaps) {
+            for dim in ["site", "channel", "page"] {
+                let rows = || snaps.iter().filter(|s| s.window == r.window && s.dimension == dim);
+                prop_assert!(rows().count() <= 2, "{} {}: {} rows", r.window, dim, rows().count());
+                prop_assert_eq!(rows().map(|s| s.page_views).sum::<i64>(), r.page_views);
+                if dim != "page" {
+                    prop_assert_eq!(rows().map(|s| s.sessions).sum::<i64>(), r.sessions);
+                    prop_assert_eq!(
+                        rows().map(|s| s.sessions_active).sum::<i64>(),
+                        r.sessions_active
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The records of `recs` in another interleaving of partitions (each
+/// partition's own order kept), chosen by `seed`.
+fn interleaved(recs: &[Rec], seed: u64) -> Vec<Rec> {
+    let mut queues: Vec<Vec<Rec>> = (0..PARTITIONS)
+        .map(|p| recs.iter().filter(|r| r.partition == p).cloned().collect())
+        .collect();
+    let mut shuffled = vec![];
+    let mut x = seed | 1;
+    while queues.iter().any(|q| !q.is_empty()) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let p = (x % PARTITIONS as u64) as usize;
+        if !queues[p].is_empty() {
+            shuffled.push(queues[p].remove(0));
+        }
+    }
+    shuffled
 }
 
 #[test]

@@ -131,6 +131,9 @@ pub struct RawConfig {
     pub listen: String,
     /// Top-N values per breakdown label (`site`, `channel`, `campaign`); the rest become `other`.
     pub max_dimension_values: usize,
+    /// Values of each label (`site`, `channel`, `page`, `campaign`) one partition's
+    /// state names at a time; values seen while it is full count as `other`.
+    pub max_label_values: usize,
     /// How long a message's first open/click is remembered (event time).
     pub email_dedup_ttl: String,
     /// Orders this soon after the customer's last email click are attributed to it.
@@ -194,6 +197,7 @@ impl Default for RawConfig {
             restore_timeout: "120s".into(),
             listen: "127.0.0.1:9898".into(),
             max_dimension_values: 20,
+            max_label_values: 1_000,
             email_dedup_ttl: "30d".into(),
             attribution_window: "7d".into(),
             churn_horizon: "90d".into(),
@@ -289,6 +293,7 @@ debug_redacted!(RawConfig {
     idle_timeout,
     max_clock_skew, dedup_window, session_timeout, snapshot_interval, shutdown_timeout,
     statistics_interval, checkpoint_interval, restore_timeout, listen, max_dimension_values,
+    max_label_values,
     email_dedup_ttl, attribution_window, churn_horizon, currency, model,
     model_refit_interval, model_sample_size, risk_threshold, risk_delta,
     customer_risk_topic, max_memory, state_ttl, max_output_in_flight, max_output_in_flight_bytes,
@@ -660,6 +665,17 @@ impl RawConfig {
         if self.max_dimension_values == 0 {
             return Err(invalid("max_dimension_values", 0, "at least 1"));
         }
+        if self.max_label_values < self.max_dimension_values {
+            return Err(invalid(
+                "max_label_values",
+                self.max_label_values,
+                format!(
+                    "at least max_dimension_values ({}): a partition names the values \
+                     top-N is chosen from",
+                    self.max_dimension_values
+                ),
+            ));
+        }
         let max_memory = match self.max_memory.trim() {
             "" => None,
             v => Some(bytes("max_memory", v)?),
@@ -711,6 +727,7 @@ impl RawConfig {
                 session_timeout_ms: ms(positive("session_timeout", &self.session_timeout)?),
                 dedup_window_ms: ms(positive("dedup_window", &self.dedup_window)?),
                 max_dimension_values: self.max_dimension_values,
+                max_label_values: self.max_label_values,
                 email_dedup_ttl_ms: ms(positive("email_dedup_ttl", &self.email_dedup_ttl)?),
                 attribution_window_ms: ms(positive(
                     "attribution_window",

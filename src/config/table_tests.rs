@@ -156,6 +156,8 @@ const CASES: &[Case] = &[
     file("model", "model = \"pareto\"\n", "`model`", "\"pareto\"", "`mbg_nbd` (default) or `bg_nbd`"),
     file("probability", "risk_threshold = 1.5\n", "`risk_threshold`", "\"1.5\"", "a probability"),
     file("no breakdown values", "max_dimension_values = 0\n", "`max_dimension_values`", "\"0\"", "at least 1"),
+    file("fewer named than published", "max_label_values = 10\n",
+         "`max_label_values`", "\"10\"", "at least max_dimension_values (20)"),
     file("size", "max_memory = \"2 parsecs\"\n", "`max_memory`", "\"2 parsecs\"", "a size such as `512MiB`"),
     // Back-pressure bounds.
     file("no output in flight", "max_output_in_flight = 0\n",

@@ -100,14 +100,21 @@ pub(crate) struct FamilyConfig<'a> {
     pub email_dedup_ttl_ms: i64,
     pub attribution_window_ms: i64,
     pub churn_horizon_ms: i64,
+    /// Values named per kind of label and task (`max_label_values`).
+    pub max_label_values: usize,
 }
 
 impl Families {
     pub fn new(cfg: FamilyConfig<'_>) -> Families {
         let w = cfg.windows;
         Families {
-            web: WebState::new(w, cfg.session_timeout_ms),
-            email: EmailState::new(w, cfg.email_dedup_ttl_ms, cfg.attribution_window_ms),
+            web: WebState::new(w, cfg.session_timeout_ms, cfg.max_label_values),
+            email: EmailState::new(
+                w,
+                cfg.email_dedup_ttl_ms,
+                cfg.attribution_window_ms,
+                cfg.max_label_values,
+            ),
             commerce: CommerceState::new(w),
             survey: SurveyState::new(w),
             customers: CustomerState::new(w, cfg.churn_horizon_ms),

@@ -9,70 +9,14 @@ pub mod customer_ids;
 pub mod customers;
 pub mod email;
 pub mod family;
+pub(crate) mod labels;
 pub mod survey;
 pub mod web;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use customer_ids::{CustomerId, CustomerIds};
-
-/// Interns label values (sites, channels, campaigns) so events allocate nothing for them.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Labels(HashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>);
-
-impl Labels {
-    pub(crate) fn get(&mut self, v: &str) -> Arc<str> {
-        if let Some(a) = self.0.get(v) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(v);
-        self.0.insert(Box::from(v), a.clone());
-        a
-    }
-}
-
-/// Label values of one task as small numbers (the order they were first seen
-/// in), so state keyed by a label hashes a number, not a string.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-#[serde(from = "Vec<Arc<str>>", into = "Vec<Arc<str>>")]
-pub(crate) struct LabelIds {
-    names: Vec<Arc<str>>,
-    ids: HashMap<Arc<str>, u32, foldhash::fast::RandomState>,
-}
-
-impl LabelIds {
-    /// The number of `v`, given it if new.
-    pub(crate) fn id(&mut self, v: &str) -> u32 {
-        if let Some(&id) = self.ids.get(v) {
-            return id;
-        }
-        // Numbers beyond u32 would need 4 G distinct labels in one task.
-        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
-        let a: Arc<str> = Arc::from(v);
-        self.names.push(a.clone());
-        self.ids.insert(a, id);
-        id
-    }
-
-    /// The value numbered `id` (given by [`LabelIds::id`]).
-    pub(crate) fn name(&self, id: u32) -> &Arc<str> {
-        &self.names[id as usize]
-    }
-}
-
-impl From<Vec<Arc<str>>> for LabelIds {
-    fn from(names: Vec<Arc<str>>) -> LabelIds {
-        let ids = (0u32..).zip(&names).map(|(i, n)| (n.clone(), i)).collect();
-        LabelIds { names, ids }
-    }
-}
-
-impl From<LabelIds> for Vec<Arc<str>> {
-    fn from(l: LabelIds) -> Vec<Arc<str>> {
-        l.names
-    }
-}
+pub(crate) use labels::LabelIds;
 
 /// A breakdown of a metric: the whole stream, or one value of a bounded dimension.
 #[derive(

@@ -29,10 +29,14 @@ pub enum StateKind {
     WindowBucket,
     /// One position of a distinct counter's difference ring (dense pages).
     DistinctPosition,
+    /// A label value a task names (site, channel, page, campaign: at most
+    /// `max_label_values` of each), or its counts in one window bucket (the
+    /// breakdown maps' spare capacity included: staging slots keep theirs).
+    LabelValue,
 }
 
 impl StateKind {
-    pub const ALL: [StateKind; 7] = [
+    pub const ALL: [StateKind; 8] = [
         StateKind::Customer,
         StateKind::OpenSession,
         StateKind::SessionDuration,
@@ -40,6 +44,7 @@ impl StateKind {
         StateKind::EventId,
         StateKind::WindowBucket,
         StateKind::DistinctPosition,
+        StateKind::LabelValue,
     ];
 
     /// The `kind` label value.
@@ -52,6 +57,7 @@ impl StateKind {
             StateKind::EventId => "event_id",
             StateKind::WindowBucket => "window_bucket",
             StateKind::DistinctPosition => "distinct_position",
+            StateKind::LabelValue => "label_value",
         }
     }
 
@@ -67,6 +73,7 @@ impl StateKind {
             StateKind::EventId => 100,
             StateKind::WindowBucket => 256,
             StateKind::DistinctPosition => 4,
+            StateKind::LabelValue => 512,
         }
     }
 }

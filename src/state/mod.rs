@@ -58,6 +58,9 @@ pub struct CoreConfig {
     pub dedup_window_ms: i64,
     /// Top-N values per breakdown dimension (`site`, `channel`, `campaign`); the rest are `other`.
     pub max_dimension_values: usize,
+    /// Values of each kind of label (site, channel, page, campaign) a task names
+    /// at a time; the rest count as `other` (see `metrics::labels`).
+    pub max_label_values: usize,
     /// How long a message's first open/click/unsubscribe/complaint is remembered.
     pub email_dedup_ttl_ms: i64,
     /// An ORDER this soon after the customer's last click is attributed to that email.
@@ -101,6 +104,7 @@ impl Default for CoreConfig {
             session_timeout_ms: 30 * MIN,
             dedup_window_ms: 10 * MIN,
             max_dimension_values: 20,
+            max_label_values: 1_000,
             email_dedup_ttl_ms: 30 * DAY,
             attribution_window_ms: 7 * DAY,
             churn_horizon_ms: 90 * DAY,

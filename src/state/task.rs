@@ -70,6 +70,7 @@ impl TaskState {
                 email_dedup_ttl_ms: cfg.email_dedup_ttl_ms,
                 attribution_window_ms: cfg.attribution_window_ms,
                 churn_horizon_ms: cfg.churn_horizon_ms,
+                max_label_values: cfg.max_label_values,
             }),
             customer_ids: CustomerIds::default(),
             closed_at: None,
@@ -298,10 +299,12 @@ impl Merge for TaskState {
 /// records in arrival order, `state::dedup`; 11: the start cohort's churn per
 /// window, `lost_customers`; 12: page labels, views and exits per page in
 /// the web buckets, each open session's exit page and event id; 13: email
-/// messages with every kind of event, send-cohort counts in the buckets).
-pub(super) const BASE_FORMAT: &[u8] = b"engaged-task-state/13\n";
+/// messages with every kind of event, send-cohort counts in the buckets; 14:
+/// label tables with a cap, last uses and released numbers, sites and channels
+/// apart, each session slot's site id).
+pub(super) const BASE_FORMAT: &[u8] = b"engaged-task-state/14\n";
 /// Leads every saved delta (see [`delta`]).
-pub(super) const DELTA_FORMAT: &[u8] = b"engaged-task-delta/13\n";
+pub(super) const DELTA_FORMAT: &[u8] = b"engaged-task-delta/14\n";
 
 fn format_tag(form: Form) -> &'static [u8] {
     match form {

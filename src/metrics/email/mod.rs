@@ -24,7 +24,7 @@ mod message;
 
 use message::{Counter, Message, changes, kind_index};
 
-use super::{CustomerId, Labels};
+use super::{CustomerId, LabelIds};
 use crate::checkpoint::delta::{Kept, Merge, Tracked};
 use crate::event::{EmailEvent, EmailEventType, Millis};
 use crate::time::timers::Timers;
@@ -149,7 +149,8 @@ pub(crate) struct EmailState {
     messages: Tracked<Box<str>, Message>,
     /// Per customer number (only customers with recent clicks or orders).
     customers: Tracked<CustomerId, Attribution>,
-    labels: Labels,
+    /// Campaign ids named in this task (at most `max_label_values`; the rest `other`).
+    campaigns: LabelIds,
     swept_at: Option<Millis>,
     /// (time, customer) of the orders in `customers`, in time order: an order is
     /// forgotten as soon as no click can arrive before it any more, so a customer
@@ -169,14 +170,26 @@ fn pending_orders() -> Timers<CustomerId> {
 }
 
 impl EmailState {
-    pub fn new(specs: &[WindowSpec], ttl_ms: i64, attribution_ms: i64) -> EmailState {
+    /// `max_labels`: campaigns named at a time (`max_label_values`).
+    pub fn new(
+        specs: &[WindowSpec],
+        ttl_ms: i64,
+        attribution_ms: i64,
+        max_labels: usize,
+    ) -> EmailState {
+        // A campaign unseen for the longest window is in no window's buckets.
+        let retention = specs
+            .iter()
+            .map(|s| s.length_ms + s.bucket_ms)
+            .max()
+            .unwrap_or(0);
         EmailState {
             ttl_ms,
             attribution_ms,
             windows: RolledRings::new(specs),
             messages: Tracked::default(),
             customers: Tracked::default(),
-            labels: Labels::default(),
+            campaigns: LabelIds::new(max_labels, retention),
             swept_at: None,
             pending: pending_orders(),
             due: vec![],
@@ -200,8 +213,8 @@ impl EmailState {
 
     /// An accepted email event (`customer`: its customer's number, for clicks).
     pub(crate) fn on_event(&mut self, e: &EmailEvent, customer: Option<CustomerId>) {
-        let campaign = self.labels.get(&e.campaign_id);
         let t = e.event_time;
+        let campaign = self.campaigns.name_of(&e.campaign_id, t);
         let ttl = self.ttl_ms;
         let msg = self
             .messages
@@ -350,6 +363,8 @@ impl EmailState {
 
     pub fn evict(&mut self, idx: usize, before: Millis) {
         self.windows.evict_before(idx, before);
+        // State holds campaigns by name, not number: released names need not be kept.
+        self.campaigns.forget_before(Millis::MAX);
     }
 
     /// Adds this task's entries to the memory accounting (attribution entries
@@ -358,6 +373,8 @@ impl EmailState {
         use crate::state::memory::StateKind;
         size.add(StateKind::Message, self.messages.len());
         size.add(StateKind::WindowBucket, self.windows.len());
+        let breakdowns: usize = self.windows.iter().map(|b| b.campaign.len()).sum();
+        size.add(StateKind::LabelValue, breakdowns + self.campaigns.held());
     }
 
     pub fn size(&self) -> usize {
@@ -373,13 +390,13 @@ impl Merge for EmailState {
             windows,
             messages,
             customers,
-            labels,
+            campaigns,
             swept_at,
             pending: _,
             due: _,
         } = newer;
         (self.ttl_ms, self.attribution_ms, self.windows) = (ttl_ms, attribution_ms, windows);
-        (self.labels, self.swept_at) = (labels, swept_at);
+        (self.campaigns, self.swept_at) = (campaigns, swept_at);
         self.messages.merge(messages)?;
         self.customers.merge(customers)
     }
@@ -493,6 +510,7 @@ mod tests {
             &[WindowSpec::with_default_buckets("10m", 10 * MIN)],
             60 * MIN,
             30 * MIN,
+            1_000,
         )
     }
 

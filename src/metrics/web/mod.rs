@@ -11,8 +11,11 @@
 //!
 //! Per page: the page views of the page (at their event time) and the sessions
 //! that exited there (at their close time), for `exit_rate = exits /
-//! page_views` of the page in a window. Pages are label numbers of their own
-//! table; the top pages by page views are published, the rest as `other`.
+//! page_views` of the page in a window.
+//!
+//! Sites, channels and pages are label numbers of a table each, which names at
+//! most `max_label_values` values at a time ([`LabelIds`]; the rest count as
+//! `other`); the top values by page views are published, the rest as `other`.
 
 use std::collections::HashMap;
 
@@ -186,10 +189,14 @@ impl Absorb for WebBucket {
 /// The web state of one task: its label numbers, its sessionizer and its window buckets.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct WebState {
-    /// Sites and channels as numbers (buckets, sessions and open counts hold numbers).
-    labels: LabelIds,
-    /// Pages as numbers, apart from sites and channels.
+    /// Sites, channels and pages as numbers (buckets, sessions and open counts
+    /// hold numbers), each kind in its own table.
+    sites: LabelIds,
+    channels: LabelIds,
     pages: LabelIds,
+    /// The longest window (its evictions say which released labels nothing holds).
+    longest: usize,
+    session_timeout_ms: i64,
     sessions: Sessionizer,
     /// One bucket ring per configured window (in configuration order), fed
     /// through one staging ring ([`RolledRings`]).
@@ -198,10 +205,22 @@ pub(crate) struct WebState {
 }
 
 impl WebState {
-    pub fn new(specs: &[WindowSpec], session_timeout_ms: i64) -> WebState {
+    /// `max_labels`: values named per kind of label (`max_label_values`).
+    pub fn new(specs: &[WindowSpec], session_timeout_ms: i64, max_labels: usize) -> WebState {
+        // A label last seen at `t` is held by buckets up to `t` (views) and
+        // `t + session_timeout` (the close of a session it is in).
+        let longest = (0..specs.len())
+            .max_by_key(|&i| specs[i].length_ms)
+            .unwrap_or(0);
+        let retention =
+            specs.get(longest).map_or(0, |s| s.length_ms + s.bucket_ms) + session_timeout_ms;
+        let table = || LabelIds::new(max_labels, retention);
         WebState {
-            labels: LabelIds::default(),
-            pages: LabelIds::default(),
+            sites: table(),
+            channels: table(),
+            pages: table(),
+            longest,
+            session_timeout_ms,
             sessions: Sessionizer::new(session_timeout_ms),
             windows: RolledRings::new(specs),
             histogram: DurationHistogram::default(),
@@ -210,18 +229,22 @@ impl WebState {
 
     /// An accepted page view.
     pub(crate) fn on_view(&mut self, pv: &PageView) {
-        let site = self.labels.id(&pv.site);
-        let channel = self.labels.id(pv.channel.as_deref().unwrap_or(NO_CHANNEL));
-        let page = self.pages.id(&pv.page);
+        let t = pv.event_time;
+        let site = self.sites.id(&pv.site, t);
+        let channel = self
+            .channels
+            .id(pv.channel.as_deref().unwrap_or(NO_CHANNEL), t);
+        let page = self.pages.id(&pv.page, t);
         let view = View {
             site,
+            site_name: &pv.site,
             visitor: &pv.visitor_id,
             time: pv.event_time,
             channel,
             page,
             event_id: &pv.event_id,
         };
-        self.sessions.add_view(view, &self.labels);
+        self.sessions.add_view(view, &self.channels);
         self.windows.update(pv.event_time, |b| {
             for c in b.parts(site, channel) {
                 c.page_views += 1;
@@ -258,19 +281,19 @@ impl WebState {
         end: Millis,
         into: &mut HashMap<Dim, WebCounts>,
     ) {
-        let labels = &self.labels;
+        let (sites, channels) = (&self.sites, &self.channels);
         let mut pages: FastMap<u32, PageCounts> = FastMap::default();
         for bucket in self.windows.range_mut(idx, start, end) {
             bucket.parts_mut().for_each(|c| c.durations_ms.seal());
             let bucket = &*bucket;
             into.entry(Dim::All).or_default().merge(&bucket.all);
             for (v, c) in &bucket.site {
-                into.entry(Dim::Site(labels.name(*v).clone()))
+                into.entry(Dim::Site(sites.name(*v).clone()))
                     .or_default()
                     .merge(c);
             }
             for (v, c) in &bucket.channel {
-                into.entry(Dim::Channel(labels.name(*v).clone()))
+                into.entry(Dim::Channel(channels.name(*v).clone()))
                     .or_default()
                     .merge(c);
             }
@@ -293,7 +316,7 @@ impl WebState {
 
     /// Adds the open sessions of this task per dimension to `into`.
     pub(crate) fn collect_open(&self, into: &mut HashMap<Dim, u64>) {
-        for (d, n) in self.sessions.open_by_dim(&self.labels) {
+        for (d, n) in self.sessions.open_by_dim(&self.sites, &self.channels) {
             if n > 0 {
                 *into.entry(d).or_default() += n as u64;
             }
@@ -304,9 +327,16 @@ impl WebState {
         &self.histogram
     }
 
-    /// Drops buckets of window `idx` that start before `before`.
+    /// Drops buckets of window `idx` that start before `before` (and, for the
+    /// longest window, the names of released labels no bucket can hold).
     pub fn evict(&mut self, idx: usize, before: Millis) {
         self.windows.evict_before(idx, before);
+        if idx == self.longest {
+            let held_after = before.saturating_sub(self.session_timeout_ms);
+            for t in [&mut self.sites, &mut self.channels, &mut self.pages] {
+                t.forget_before(held_after);
+            }
+        }
     }
 
     /// Adds this task's entries to the memory accounting.
@@ -321,6 +351,13 @@ impl WebState {
             .map(|c| c.durations_ms.len())
             .sum();
         size.add(StateKind::SessionDuration, held);
+        let breakdowns: usize = self
+            .windows
+            .iter()
+            .map(|b| b.site.len() + b.channel.len() + b.page.len())
+            .sum();
+        let named = self.sites.held() + self.channels.held() + self.pages.held();
+        size.add(StateKind::LabelValue, breakdowns + named);
     }
 
     /// Rough entry count, for the state-size gauge.

@@ -17,12 +17,14 @@
 //!
 //! # Layout
 //! Each (site, visitor) with an open session owns a slot of [`Sessionizer`]'s
-//! `visitors`: the visitor's id once, the site and channel as label numbers
-//! ([`LabelIds`]) and its open sessions inline (usually one; two or more only
-//! while out-of-order views have not bridged them yet). A hash table of slot
-//! numbers finds a view's slot with one hash of the visitor id and no
-//! allocation. A slot is freed when its last session closes and given to the
-//! next new visitor.
+//! `visitors`: the site's and the visitor's ids once, the site and channel as
+//! label numbers ([`LabelIds`]) and its open sessions inline (usually one; two
+//! or more only while out-of-order views have not bridged them yet). A slot is
+//! found by the site's *name*, not its number: a site without a name of its own
+//! (`other`, see [`crate::metrics::labels`]) still keeps its visitors' sessions
+//! apart from other sites'. A hash table of slot numbers finds a view's slot
+//! with one hash of the two ids and no allocation. A slot is freed when its
+//! last session closes and given to the next new visitor.
 //!
 //! # Closing
 //! `close_queue` holds timers ([`Timers`]) of (instant, session id, slot) with
@@ -49,6 +51,8 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct View<'a> {
     pub site: u32,
+    /// The site's own id (the slot key: `site` may be `other`).
+    pub site_name: &'a str,
     pub visitor: &'a str,
     pub time: Millis,
     pub channel: u32,
@@ -102,6 +106,7 @@ pub(crate) struct ClosedSession {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Visitor {
     site: u32,
+    site_name: Box<str>,
     name: Box<str>,
     open: SmallVec<[Session; 1]>,
 }
@@ -147,8 +152,8 @@ pub(crate) struct Sessionizer {
 
 /// Whether a view at `a` = (time, channel) comes before one at `b`: time first,
 /// then the channel's label.
-fn before(a: (Millis, u32), b: (Millis, u32), labels: &LabelIds) -> bool {
-    a.0 < b.0 || (a.0 == b.0 && a.1 != b.1 && labels.name(a.1) < labels.name(b.1))
+fn before(a: (Millis, u32), b: (Millis, u32), channels: &LabelIds) -> bool {
+    a.0 < b.0 || (a.0 == b.0 && a.1 != b.1 && channels.name(a.1) < channels.name(b.1))
 }
 
 impl Sessionizer {
@@ -167,12 +172,12 @@ impl Sessionizer {
         }
     }
 
-    fn hash(hasher: &foldhash::fast::RandomState, site: u32, visitor: &str) -> u64 {
+    fn hash(hasher: &foldhash::fast::RandomState, site: &str, visitor: &str) -> u64 {
         hasher.hash_one((site, visitor))
     }
 
-    /// The slot of (`site`, `visitor`), taken if it has none.
-    fn slot(&mut self, site: u32, visitor: &str) -> usize {
+    /// The slot of (`site_name`, `visitor`), taken (with label `site`) if it has none.
+    fn slot(&mut self, site: u32, site_name: &str, visitor: &str) -> usize {
         let Sessionizer {
             visitors,
             free,
@@ -180,16 +185,17 @@ impl Sessionizer {
             hasher,
             ..
         } = self;
-        let hash = Self::hash(hasher, site, visitor);
+        let hash = Self::hash(hasher, site_name, visitor);
         let found = index.find(hash, |&s| {
             let v = &visitors[s];
-            v.site == site && &*v.name == visitor
+            &*v.name == visitor && &*v.site_name == site_name
         });
         if let Some(&s) = found {
             return s;
         }
         let v = Visitor {
             site,
+            site_name: Box::from(site_name),
             name: Box::from(visitor),
             open: SmallVec::new(),
         };
@@ -205,16 +211,17 @@ impl Sessionizer {
         };
         index.insert_unique(hash, s, |&x| {
             let v = &visitors[x];
-            Self::hash(hasher, v.site, &v.name)
+            Self::hash(hasher, &v.site_name, &v.name)
         });
         s
     }
 
     /// Adds a view; merges every open session of this visitor it is within the
-    /// gap of. `site` and `channel` are label numbers of `labels`.
-    pub(crate) fn add_view(&mut self, view: View<'_>, labels: &LabelIds) {
+    /// gap of. `channel` is a label number of `channels` (ties compare names).
+    pub(crate) fn add_view(&mut self, view: View<'_>, channels: &LabelIds) {
         let View {
             site,
+            site_name,
             visitor,
             time: t,
             channel,
@@ -222,14 +229,14 @@ impl Sessionizer {
             event_id,
         } = view;
         let timeout = self.timeout_ms;
-        let slot = self.slot(site, visitor);
+        let slot = self.slot(site, site_name, visitor);
         let v = &mut self.visitors[slot];
         // The common case: the visitor's one open session takes the view without
         // an earlier first view (so its channel stays): update it in place.
         if let [s] = &mut v.open[..]
             && t > s.first - timeout
             && t < s.last + timeout
-            && !before((t, channel), (s.first, s.channel), labels)
+            && !before((t, channel), (s.first, s.channel), channels)
         {
             if s.exits_before(t, event_id) {
                 s.set_exit(page, event_id);
@@ -257,7 +264,11 @@ impl Sessionizer {
             }
             let s = v.open.swap_remove(i);
             self.open_by_dim.count(site, s.channel, -1);
-            if before((s.first, s.channel), (merged.first, merged.channel), labels) {
+            if before(
+                (s.first, s.channel),
+                (merged.first, merged.channel),
+                channels,
+            ) {
                 merged.channel = s.channel;
             }
             if merged.exits_before(s.last, &s.exit_event) {
@@ -317,7 +328,7 @@ impl Sessionizer {
     /// Frees `slot` (its visitor has no open session left).
     fn release(&mut self, slot: usize) {
         let v = std::mem::take(&mut self.visitors[slot]);
-        let hash = Self::hash(&self.hasher, v.site, &v.name);
+        let hash = Self::hash(&self.hasher, &v.site_name, &v.name);
         if let Ok(e) = self.index.find_entry(hash, |&s| s == slot) {
             e.remove();
         }
@@ -327,19 +338,20 @@ impl Sessionizer {
     /// Open sessions per dimension (`all`, sites, channels), zeros left out.
     pub(crate) fn open_by_dim<'a>(
         &'a self,
-        labels: &'a LabelIds,
+        sites: &'a LabelIds,
+        channels: &'a LabelIds,
     ) -> impl Iterator<Item = (Dim, i64)> + 'a {
         let o = &self.open_by_dim;
         std::iter::once((Dim::All, o.all))
             .chain(
                 o.site
                     .iter()
-                    .map(|(v, n)| (Dim::Site(labels.name(*v).clone()), *n)),
+                    .map(|(v, n)| (Dim::Site(sites.name(*v).clone()), *n)),
             )
             .chain(
                 o.channel
                     .iter()
-                    .map(|(v, n)| (Dim::Channel(labels.name(*v).clone()), *n)),
+                    .map(|(v, n)| (Dim::Channel(channels.name(*v).clone()), *n)),
             )
     }
 
@@ -413,9 +425,9 @@ impl<'de> serde::Deserialize<'de> for Sessionizer {
             if v.open.is_empty() {
                 continue;
             }
-            index.insert_unique(Self::hash(hasher, v.site, &v.name), slot, |&x| {
+            index.insert_unique(Self::hash(hasher, &v.site_name, &v.name), slot, |&x| {
                 let v = &visitors[x];
-                Self::hash(hasher, v.site, &v.name)
+                Self::hash(hasher, &v.site_name, &v.name)
             });
         }
         Ok(out)

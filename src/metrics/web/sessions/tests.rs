@@ -7,13 +7,17 @@ const TIMEOUT: i64 = 30 * MIN;
 
 /// Label numbers of `names`, in a table shared by the sessionizer's calls.
 fn ids<const N: usize>(labels: &mut LabelIds, names: [&str; N]) -> [u32; N] {
-    names.map(|n| labels.id(n))
+    names.map(|n| labels.id(n, 0))
 }
+
+/// The slot key of site number `n` in these tests (one per number).
+const SITE_IDS: [&str; 8] = ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7"];
 
 /// A view on page 0 without an event id (exit pages are tested below).
 fn view(site: u32, visitor: &str, time: Millis, channel: u32) -> View<'_> {
     View {
         site,
+        site_name: SITE_IDS[site as usize],
         visitor,
         time,
         channel,
@@ -24,7 +28,7 @@ fn view(site: u32, visitor: &str, time: Millis, channel: u32) -> View<'_> {
 
 fn closed_after(views: &[(&str, Millis)], wm: Millis) -> Vec<ClosedSession> {
     let mut s = Sessionizer::new(TIMEOUT);
-    let mut labels = LabelIds::default();
+    let mut labels = LabelIds::new(100, TIMEOUT);
     let [site, organic] = ids(&mut labels, ["site", "organic"]);
     for (v, t) in views {
         s.add_view(view(site, v, *t, organic), &labels);
@@ -67,7 +71,7 @@ fn sessions_close_exactly_when_the_watermark_reaches_last_plus_timeout() {
 #[test]
 fn a_late_view_bridging_two_open_sessions_merges_them() {
     let mut s = Sessionizer::new(TIMEOUT);
-    let mut labels = LabelIds::default();
+    let mut labels = LabelIds::new(100, TIMEOUT);
     let [site, email, organic, paid] = ids(&mut labels, ["site", "email", "organic", "paid"]);
     s.add_view(view(site, "v", 0, email), &labels);
     s.add_view(view(site, "v", 40 * MIN, organic), &labels);
@@ -98,7 +102,7 @@ fn an_earlier_view_extends_a_session_backwards() {
 #[test]
 fn visitors_and_sites_are_sessionized_apart() {
     let mut s = Sessionizer::new(TIMEOUT);
-    let mut labels = LabelIds::default();
+    let mut labels = LabelIds::new(100, TIMEOUT);
     let [a, b, x] = ids(&mut labels, ["a", "b", "x"]);
     s.add_view(view(a, "v", 0, x), &labels);
     s.add_view(view(b, "v", 1, x), &labels);
@@ -115,14 +119,15 @@ fn visitors_and_sites_are_sessionized_apart() {
 /// (time, page, event id).
 fn exits_after(views: &[(Millis, &str, &str)]) -> Vec<(Millis, String)> {
     let mut s = Sessionizer::new(TIMEOUT);
-    let mut labels = LabelIds::default();
-    let mut pages = LabelIds::default();
+    let mut labels = LabelIds::new(100, TIMEOUT);
+    let mut pages = LabelIds::new(100, TIMEOUT);
     let [site, x] = ids(&mut labels, ["site", "x"]);
     for (t, page, event_id) in views {
-        let page = pages.id(page);
+        let page = pages.id(page, *t);
         s.add_view(
             View {
                 site,
+                site_name: "site",
                 visitor: "v",
                 time: *t,
                 channel: x,
