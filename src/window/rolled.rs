@@ -187,28 +187,33 @@ mod tests {
             .sum()
     }
 
-    #[test]
-    fn reads_equal_brute_force_however_slots_were_rolled() {
-        let specs = [
+    /// Windows of buckets 10 s, 6 min, 7 min, 42 min and 15 s (the grain is 5 s).
+    fn specs() -> Vec<WindowSpec> {
+        let spec = |name: &str, length_ms: i64, bucket_ms: i64| WindowSpec {
+            name: name.into(),
+            length_ms,
+            bucket_ms,
+        };
+        vec![
             WindowSpec::with_default_buckets("10m", 10 * MIN),
-            WindowSpec {
-                name: "1h".into(),
-                length_ms: 60 * MIN,
-                bucket_ms: 6 * MIN,
-            },
-            WindowSpec {
-                name: "35m".into(),
-                length_ms: 35 * MIN,
-                bucket_ms: 7 * MIN,
-            },
-        ];
+            spec("1h", 60 * MIN, 6 * MIN),
+            spec("35m", 35 * MIN, 7 * MIN),
+            spec("7h", 420 * MIN, 42 * MIN),
+            spec("3m", 3 * MIN, 15_000),
+        ]
+    }
+
+    #[test]
+    fn reads_equal_brute_force_however_slots_were_rolled_and_evicted() {
+        let specs = specs();
         let mut next = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15);
-        for case in 0..200 {
+        for case in 0..300 {
             let mut rings: RolledRings<i64> = RolledRings::new(&specs);
             let mut events = vec![];
             let mut clock = 0i64;
             let mut rolled = i64::MIN;
-            for _ in 0..(next(300) + 1) {
+            let mut read_at = i64::MIN;
+            for _ in 0..(next(400) + 1) {
                 clock += next(40_000) as i64;
                 // Mostly near the clock; sometimes behind what was rolled (an idle input).
                 let t = if next(10) == 0 {
@@ -224,17 +229,25 @@ mod tests {
                     rings.roll_to(rolled);
                 }
                 if next(8) == 0 {
-                    let w = clock - next(5 * MIN as u64) as i64;
+                    // Snapshots at a watermark that only moves forward, ahead of
+                    // or behind what was rolled; then what they cannot show again
+                    // is evicted, as `Engine::evict` does.
+                    read_at = read_at.max(clock - next(5 * MIN as u64) as i64);
                     for (i, spec) in specs.iter().enumerate() {
-                        let (start, end) = spec.bounds_at(w);
+                        let (start, end) = spec.bounds_at(read_at);
                         let got: i64 = rings.range(i, start, end).sum();
                         assert_eq!(
                             got,
-                            brute(&events, spec, w),
-                            "case {case}, window {i}, w {w}"
+                            brute(&events, spec, read_at),
+                            "case {case}, window {i}, w {read_at}"
                         );
                         let got_mut: i64 = rings.range_mut(i, start, end).map(|v| *v).sum();
                         assert_eq!(got_mut, got);
+                    }
+                    if next(2) == 0 {
+                        for (i, spec) in specs.iter().enumerate() {
+                            rings.evict_before(i, spec.bounds_at(read_at).0);
+                        }
                     }
                 }
             }
