@@ -221,6 +221,8 @@ impl Engine {
     pub fn save_task(&self, partition: i32, form: Form) -> Option<Result<Vec<u8>, StateError>> {
         let task = self.tasks.get(&partition)?.value().clone();
         let mut task = lock(&task);
+        // What is due is closed first: a saved state is the same whenever it is saved.
+        task.settle(&self.cfg);
         Some(encode_task(&mut task, form))
     }
 
@@ -292,6 +294,7 @@ impl Engine {
                 continue;
             };
             let mut task = lock(&task);
+            task.settle(&self.cfg);
             for (idx, (agg, b)) in aggs.iter_mut().zip(bounds).enumerate() {
                 let Some((start, end)) = *b else {
                     continue;
@@ -308,7 +311,8 @@ impl Engine {
     pub(crate) fn open_sessions(&self) -> HashMap<Dim, u64> {
         let mut open = HashMap::new();
         for entry in self.tasks.iter() {
-            let task = lock(entry.value());
+            let mut task = lock(entry.value());
+            task.settle(&self.cfg);
             task.families.web.collect_open(&mut open);
         }
         open
@@ -402,7 +406,8 @@ impl Engine {
     pub(crate) fn duration_histogram(&self) -> DurationHistogram {
         let mut h = DurationHistogram::default();
         for entry in self.tasks.iter() {
-            let task = lock(entry.value());
+            let mut task = lock(entry.value());
+            task.settle(&self.cfg);
             h.merge(task.families.web.histogram());
         }
         h
@@ -412,6 +417,7 @@ impl Engine {
     pub fn evict(&self, watermark: Millis) {
         for entry in self.tasks.iter() {
             let mut task = lock(entry.value());
+            task.settle(&self.cfg);
             task.evicted_at = Some(task.evicted_at.map_or(watermark, |e| e.max(watermark)));
             let lower_bound = task.closing_watermark(&self.cfg);
             for (idx, spec) in self.cfg.windows.iter().enumerate() {
@@ -432,7 +438,8 @@ impl Engine {
         use memory::StateKind;
         let mut size = memory::StateSize::default();
         for entry in self.tasks.iter() {
-            let t = lock(entry.value());
+            let mut t = lock(entry.value());
+            t.settle(&self.cfg);
             size.add(StateKind::Customer, t.customer_ids.live());
             let ids: usize = t.inputs.values().map(|i| i.dedup.len()).sum();
             size.add(StateKind::EventId, ids);
@@ -446,7 +453,8 @@ impl Engine {
         self.tasks
             .iter()
             .map(|t| {
-                let t = lock(t.value());
+                let mut t = lock(t.value());
+                t.settle(&self.cfg);
                 t.families.all().iter().map(|f| f.size()).sum::<usize>()
                     + t.customer_ids.len()
                     + t.inputs.values().map(|i| i.dedup.len()).sum::<usize>()

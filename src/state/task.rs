@@ -59,6 +59,11 @@ pub(crate) struct TaskState {
     pub(super) expired_at: Option<Millis>,
 }
 
+/// The closing watermark's progress that makes [`TaskState::apply`] close what
+/// is due (sessions, churn runs, forgotten orders): one pass per second of
+/// event time instead of one per event (a dense stream moves it every event).
+const CLOSE_TICK_MS: i64 = 1_000;
+
 impl TaskState {
     pub(super) fn new(cfg: &CoreConfig) -> TaskState {
         TaskState {
@@ -200,15 +205,35 @@ impl TaskState {
         // What closes at a watermark `w` (sessions at `last + timeout`, churn at
         // `last + horizon`, orders before `w`) lies after every event at or after
         // `w`: unless the closing watermark moved or this event is not after it,
-        // nothing new can be due.
+        // nothing new can be due. And what is due may wait: every family decides
+        // by event times, not by what was closed (a view at `t >= w` cannot
+        // extend a session that ends by `w`, an activity cannot extend a run that
+        // ended, an order or message past its time is not matched), so closing
+        // once per [`CLOSE_TICK_MS`] of progress gives the same numbers as
+        // closing at every step, provided reads close what is due first
+        // ([`TaskState::settle`]).
         let w = match self.closed_at {
             Some(w) if !moved => w,
             _ => self.closing_watermark(cfg),
         };
-        if self.closed_at != Some(w) || w.is_some_and(|w| t <= w) {
+        let due = match (self.closed_at, w) {
+            (Some(closed), _) if closed == w => w.is_some_and(|w| t <= w),
+            (Some(Some(c)), Some(w)) => w - c >= CLOSE_TICK_MS || t <= w,
+            _ => true,
+        };
+        if due {
             self.close_at(w);
         }
         Ok(())
+    }
+
+    /// Closes what is due at the closing watermark (what [`TaskState::apply`]
+    /// let wait): before anything reads or saves the task's state.
+    pub(super) fn settle(&mut self, cfg: &CoreConfig) {
+        let w = self.closing_watermark(cfg);
+        if self.closed_at != Some(w) {
+            self.close_at(w);
+        }
     }
 
     /// Frees the lifetime state (first ORDER, repeat-purchase history) of customers

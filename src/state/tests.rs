@@ -1,8 +1,10 @@
-//! Saved forms of task state: refusing other formats, base + delta chains, customer ids.
+//! Saved forms of task state: refusing other formats, base + delta chains, customer ids; closing what is due before a read.
 
 use super::task::BASE_FORMAT;
 use super::*;
 use crate::checkpoint::delta::{self, Form, Merge};
+use crate::event::{Event, Millis};
+use crate::metrics::Dim;
 
 fn saved<'a>(partition: i32, base: &'a [u8], deltas: &[&'a [u8]]) -> SavedTask<'a> {
     SavedTask {
@@ -183,4 +185,41 @@ fn released_customer_numbers_are_given_again_through_compaction_bases_and_deltas
     // A delta that re-gives a number the state holds is corrupt.
     let mut wrong = dec(&base, Form::Base);
     assert!(wrong.merge(dec(&d2, Form::Delta)).is_err());
+}
+
+/// `apply` closes what is due once per second of the closing watermark's
+/// progress; every read closes the rest first. Here the last event moves the
+/// closing watermark 600 ms past the previous close and past the end of the
+/// first visitor's session: a snapshot, the histogram and a checkpoint must
+/// not see that session open.
+#[test]
+fn reads_close_what_apply_let_wait() {
+    const MIN: i64 = 60_000;
+    let t0 = 1_700_000_000_000;
+    let view = |id: &str, visitor: &str, t: Millis| {
+        Event::PageView(crate::event::PageView {
+            event_id: id.into(),
+            event_time: t,
+            visitor_id: visitor.into(),
+            customer_id: None,
+            site: "shop".into(),
+            page: "/".into(),
+            referrer: None,
+            channel: None,
+        })
+    };
+    let tp = TopicPartition::new("pageviews", 0);
+    let e = Engine::new(CoreConfig::default());
+    e.apply(&tp, &view("a", "v", t0)).unwrap();
+    // Closing watermark t0 + 30m - 500ms: closed up to there, v's session (ends at
+    // t0 + 30m) still open.
+    e.apply(&tp, &view("b", "x", t0 + 35 * MIN - 500)).unwrap();
+    // Closing watermark t0 + 30m + 100ms: v's session is due, 600 ms after the last close.
+    e.apply(&tp, &view("c", "x", t0 + 35 * MIN + 100)).unwrap();
+    assert_eq!(e.open_sessions().get(&Dim::All), Some(&1));
+    assert_eq!(e.duration_histogram().count, 1);
+    let saved = e.save_task(0, Form::Base).unwrap().unwrap();
+    let restored = Engine::new(CoreConfig::default());
+    restored.restore_task(0, &saved).unwrap();
+    assert_eq!(restored.open_sessions().get(&Dim::All), Some(&1));
 }
