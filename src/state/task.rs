@@ -168,6 +168,12 @@ impl TaskState {
         if let Some(w) = moved {
             input.dedup.sweep(w);
         }
+        // The closing watermark is at most an active input's watermark: while this
+        // one is less than a tick past the last close and the event after it,
+        // nothing is due (see below), without computing the closing watermark.
+        let quiet = !input.idle
+            && matches!((self.closed_at, moved),
+                (Some(Some(c)), Some(iw)) if iw - c < CLOSE_TICK_MS && t > iw);
         // The closing watermark is a function of the inputs' watermarks and idle
         // marks; every other change of those (`advance`, `set_idle`, a restore)
         // recomputes it, so while this input's watermark stays, it stays.
@@ -212,6 +218,9 @@ impl TaskState {
         // once per [`CLOSE_TICK_MS`] of progress gives the same numbers as
         // closing at every step, provided reads close what is due first
         // ([`TaskState::settle`]).
+        if quiet {
+            return Ok(());
+        }
         let w = match self.closed_at {
             Some(w) if !moved => w,
             _ => self.closing_watermark(cfg),

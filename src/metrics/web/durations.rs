@@ -82,8 +82,10 @@ impl Durations {
                 .map(Arc::unwrap_or_clone)
                 .unwrap_or_default()
         };
+        // The new values sorted on their own (unstable: plain numbers), then the
+        // stable sort finds two sorted runs and merges them in linear time.
+        self.tail.sort_unstable();
         all.append(&mut self.tail);
-        // A stable sort merges the sorted runs it finds in linear time.
         all.sort();
         self.runs = vec![Arc::new(all)];
     }
