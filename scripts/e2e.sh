@@ -97,6 +97,9 @@ scripts/check_deploy.sh
 # --- Build first, so that the broker does not sit idle during a long compile ----------
 log "building the release binary"
 cargo build --release --features e2e --bins --quiet
+# Where cargo put it (CARGO_TARGET_DIR or build.target-dir may move target/).
+ENGAGED_BIN="$(cargo metadata --format-version 1 --no-deps \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release/engaged"
 
 # --- Tansu on a free loopback port --------------------------------------------------
 free_port() {
@@ -106,7 +109,7 @@ free_port() {
 DEMO_PORT="$(free_port)"
 log "dashboard: engaged demo on 127.0.0.1:$DEMO_PORT, Prometheus with deploy/prometheus rules"
 # --seconds: the demo also stops by itself if this script is killed.
-target/release/engaged demo --listen "127.0.0.1:$DEMO_PORT" --table-every 0 --seconds 600 \
+"$ENGAGED_BIN" demo --listen "127.0.0.1:$DEMO_PORT" --table-every 0 --seconds 600 \
     >"$WORK/demo.log" 2>&1 &
 DEMO_PID=$!
 python3 scripts/check_dashboard.py --metrics-url "http://127.0.0.1:$DEMO_PORT/metrics" \
@@ -119,13 +122,13 @@ DEMO_PID=""
 # engaged; the screenshot stays in target/ (scripts/check_live_page.py says more).
 log "live page: headless Chromium against engaged demo"
 ENGAGED_E2E_WORKDIR="$WORK" python3 scripts/check_live_page.py \
-    --engaged target/release/engaged --screenshot target/live-page.png
+    --engaged "$ENGAGED_BIN" --screenshot target/live-page.png
 
 # --- ChurnRiskSpike: Prometheus -> a real Alertmanager -> a webhook receiver --------------
 # engaged demo --scenario churn-spike, Prometheus with tuned copies of the shipped rules,
 # Alertmanager with the shipped route (scripts/check_alerting.py says more; about 5 min).
 log "alerting: ChurnRiskSpike through a real Alertmanager to a webhook"
-ENGAGED_E2E_WORKDIR="$WORK" python3 scripts/check_alerting.py --engaged target/release/engaged
+ENGAGED_E2E_WORKDIR="$WORK" python3 scripts/check_alerting.py --engaged "$ENGAGED_BIN"
 
 PORT="$(free_port)"
 log "starting Tansu on 127.0.0.1:$PORT"
