@@ -100,6 +100,10 @@ fn mock_cluster() -> Cluster {
             ("linger.ms", "5"),
             ("enable.idempotence", "true"),
             ("message.timeout.ms", "120000"),
+            // A request the mock cluster lets time out is given up after 10 s, not
+            // librdkafka's 60: the test's own producer must not go silent long
+            // enough for engaged's partitions to turn idle.
+            ("socket.timeout.ms", "10000"),
         ],
         &engaged_topics(&TOPICS, PARTITIONS),
     )
@@ -107,12 +111,16 @@ fn mock_cluster() -> Cluster {
 
 /// The configuration of an `engaged run` (`listen` aside).
 fn config(bootstrap: &str) -> String {
-    // `idle_timeout` (30 s) outlasts the injected trouble (a 4 s outage, request
-    // errors): a partition that cannot be fetched for a moment is not idle, and must
+    // `idle_timeout` (120 s) outlasts the injected trouble (a 4 s outage, request
+    // errors) and what a request lost to it can cost (`socket.timeout.ms`, 10 s here
+    // and in the producer feeding the cluster; librdkafka's default of 60 s once
+    // stalled this test's third batch for a minute, long enough to idle a partition
+    // at 30 s): a partition that cannot be fetched for a moment is not idle, and must
     // not let its task's closing watermark jump ahead (docs/operations.md,
-    // "Guarantees"). engaged must not stall longer than that on its own. The session timeout outlasts it too (as
-    // librdkafka's default of 45 s does), so the outage does not cost the group
-    // membership; reconnects back off for at most 1 s.
+    // "Guarantees"). Nothing here waits for idleness (every partition ends with a
+    // clock event). The session timeout outlasts the outage too (as librdkafka's
+    // default of 45 s does), so it does not cost the group membership; reconnects
+    // back off for at most 1 s.
     let topics = TOPICS.map(|t| format!("\"{t}\"")).join(", ");
     format!(
         "bootstrap_servers = \"{bootstrap}\"\n\
@@ -121,11 +129,12 @@ fn config(bootstrap: &str) -> String {
          windows = [\"1h\", \"24h\", \"7d\"]\n\
          snapshot_interval = \"300ms\"\n\
          checkpoint_interval = \"500ms\"\n\
-         idle_timeout = \"30s\"\n\
+         idle_timeout = \"120s\"\n\
          statistics_interval = \"1s\"\n\
          shutdown_timeout = \"20s\"\n\
          [kafka]\n\
          \"reconnect.backoff.max.ms\" = \"1000\"\n\
+         \"socket.timeout.ms\" = \"10000\"\n\
          [kafka_consumer]\n\
          \"session.timeout.ms\" = \"30000\"\n\
          \"heartbeat.interval.ms\" = \"500\"\n"
