@@ -202,10 +202,9 @@ impl RawConfig {
             }
         }
         let lateness = duration("allowed_lateness", &self.allowed_lateness)?;
-        let shortest = windows
-            .iter()
-            .min_by_key(|w| w.length_ms)
-            .expect("at least one window");
+        let Some(shortest) = windows.iter().min_by_key(|w| w.length_ms) else {
+            return Err(invalid("windows", "", "at least one window, e.g. `5m,1h`"));
+        };
         if ms(lateness) > shortest.length_ms {
             return Err(invalid(
                 "allowed_lateness",

@@ -105,6 +105,15 @@ impl Engine {
         }
     }
 
+    /// Locks `task` and closes what is due in it ([`TaskState::settle`]): what
+    /// every read and save of task state goes through, so none sees what
+    /// [`TaskState::apply`] let wait.
+    fn settled<'a>(&self, task: &'a Mutex<TaskState>) -> MutexGuard<'a, TaskState> {
+        let mut guard = lock(task);
+        guard.settle(&self.cfg);
+        guard
+    }
+
     pub fn config(&self) -> &CoreConfig {
         &self.cfg
     }
@@ -220,9 +229,7 @@ impl Engine {
     /// what changed since its last save; `None` if it has no state.
     pub fn save_task(&self, partition: i32, form: Form) -> Option<Result<Vec<u8>, StateError>> {
         let task = self.tasks.get(&partition)?.value().clone();
-        let mut task = lock(&task);
-        // What is due is closed first: a saved state is the same whenever it is saved.
-        task.settle(&self.cfg);
+        let mut task = self.settled(&task);
         Some(encode_task(&mut task, form))
     }
 
@@ -293,8 +300,7 @@ impl Engine {
             let Some(task) = self.tasks.get(&p).map(|t| t.value().clone()) else {
                 continue;
             };
-            let mut task = lock(&task);
-            task.settle(&self.cfg);
+            let mut task = self.settled(&task);
             for (idx, (agg, b)) in aggs.iter_mut().zip(bounds).enumerate() {
                 let Some((start, end)) = *b else {
                     continue;
@@ -311,8 +317,7 @@ impl Engine {
     pub(crate) fn open_sessions(&self) -> HashMap<Dim, u64> {
         let mut open = HashMap::new();
         for entry in self.tasks.iter() {
-            let mut task = lock(entry.value());
-            task.settle(&self.cfg);
+            let task = self.settled(entry.value());
             task.families.web.collect_open(&mut open);
         }
         open
@@ -406,8 +411,7 @@ impl Engine {
     pub(crate) fn duration_histogram(&self) -> DurationHistogram {
         let mut h = DurationHistogram::default();
         for entry in self.tasks.iter() {
-            let mut task = lock(entry.value());
-            task.settle(&self.cfg);
+            let task = self.settled(entry.value());
             h.merge(task.families.web.histogram());
         }
         h
@@ -416,8 +420,7 @@ impl Engine {
     /// Drops buckets no window can show again once the instance watermark is `watermark`.
     pub fn evict(&self, watermark: Millis) {
         for entry in self.tasks.iter() {
-            let mut task = lock(entry.value());
-            task.settle(&self.cfg);
+            let mut task = self.settled(entry.value());
             task.evicted_at = Some(task.evicted_at.map_or(watermark, |e| e.max(watermark)));
             let lower_bound = task.closing_watermark(&self.cfg);
             for (idx, spec) in self.cfg.windows.iter().enumerate() {
@@ -438,8 +441,7 @@ impl Engine {
         use memory::StateKind;
         let mut size = memory::StateSize::default();
         for entry in self.tasks.iter() {
-            let mut t = lock(entry.value());
-            t.settle(&self.cfg);
+            let t = self.settled(entry.value());
             size.add(StateKind::Customer, t.customer_ids.live());
             let ids: usize = t.inputs.values().map(|i| i.dedup.len()).sum();
             size.add(StateKind::EventId, ids);
@@ -453,8 +455,7 @@ impl Engine {
         self.tasks
             .iter()
             .map(|t| {
-                let mut t = lock(t.value());
-                t.settle(&self.cfg);
+                let t = self.settled(t.value());
                 t.families.all().iter().map(|f| f.size()).sum::<usize>()
                     + t.customer_ids.len()
                     + t.inputs.values().map(|i| i.dedup.len()).sum::<usize>()
