@@ -14,7 +14,12 @@
 //! `s`: those with an activity in `[s - churn_horizon, s)`) are exact sliding
 //! distinct counts, all views of one [`SharedDistinct`] over the activity: an
 //! activity costs one lookup of the customer whatever the number of windows, and
-//! snapshots cost the same whatever the number of customers.
+//! snapshots cost the same whatever the number of customers. Every window's
+//! denominator is read from one view of length `H` whose bucket is the greatest
+//! common divisor of `H` and every window's bucket: it counts exactly at every
+//! window start (a multiple of that bucket), so an activity updates `n + 1`
+//! views, not `2n` (one per window and length `H` each, as until state format 15).
+//! That view is folded up to the earliest start any window can still ask for.
 //!
 //! # The start cohort's churn
 //! `lost_customers` of a window `[s, e)` counts the customers active at `s`
@@ -133,9 +138,11 @@ pub(crate) struct CustomerState {
     /// Per window: the start cohort's churn (`lost_customers`).
     lost: Vec<LostByStart>,
     /// Views `0..n`: active customers of window `i` (queried at its end);
-    /// views `n..2n`: customers alive at window `i`'s start (activity in `[s - H, s)`).
+    /// view `n`: customers alive at a window's start (activity in `[s - H, s)`).
     activity: SharedDistinct<CustomerId>,
     windows: usize,
+    /// Each window's (length, bucket), for how far view `n` can be folded.
+    spans: Vec<(i64, i64)>,
     /// Open activity runs per customer: (first, last). Almost always one, kept
     /// inline in the map (a save reads the map in order instead of following a
     /// pointer per customer).
@@ -164,15 +171,16 @@ impl CustomerState {
                 &specs
                     .iter()
                     .map(|s| (s.length_ms, s.bucket_ms))
-                    // Queried at window starts (multiples of b) over [s - H, s): buckets of gcd(b, H) align with both.
-                    .chain(
-                        specs
-                            .iter()
-                            .map(|s| (horizon_ms, gcd(s.bucket_ms, horizon_ms))),
-                    )
+                    // Queried at window starts (multiples of every window's bucket)
+                    // over [s - H, s): buckets dividing all of them and H.
+                    .chain(std::iter::once((
+                        horizon_ms,
+                        specs.iter().fold(horizon_ms, |g, s| gcd(g, s.bucket_ms)),
+                    )))
                     .collect::<Vec<_>>(),
             ),
             windows: specs.len(),
+            spans: specs.iter().map(|s| (s.length_ms, s.bucket_ms)).collect(),
             runs: Dense::default(),
             queue: BinaryHeap::new(),
         }
@@ -278,7 +286,7 @@ impl CustomerState {
         CustomerCounts {
             active_customers: self.activity.count_at(idx, end),
             churned_customers: self.churned[idx].range(start, end).map(|(_, n)| *n).sum(),
-            customers_at_start: self.activity.count_at(self.windows + idx, start),
+            customers_at_start: self.activity.count_at(self.windows, start),
             lost_customers: self.lost[idx].at(start),
         }
     }
@@ -288,7 +296,16 @@ impl CustomerState {
         self.churned[idx].evict_before(start);
         self.lost[idx].fold_to(start);
         self.activity.fold_to(idx, end);
-        self.activity.fold_to(self.windows + idx, start);
+        // The earliest start any window can ask for from now on: each window's
+        // start at a watermark of at least `end`.
+        let earliest = self
+            .spans
+            .iter()
+            .map(|&(len, b)| end.div_euclid(b) * b - len)
+            .min();
+        if let Some(earliest) = earliest {
+            self.activity.fold_to(self.windows, earliest.min(start));
+        }
         if let Some(l) = lower_bound {
             self.activity.forget_before(l);
         }
@@ -323,16 +340,18 @@ impl Merge for CustomerState {
             lost,
             activity,
             windows,
+            spans,
             runs,
             queue: _,
         } = newer;
-        if windows != self.windows {
+        if windows != self.windows || spans != self.spans {
             return Err(format!(
                 "a delta has {windows} windows where the base has {}",
                 self.windows
             ));
         }
         self.horizon_ms = horizon_ms;
+        self.spans = spans;
         self.churned = churned;
         self.lost = lost;
         self.activity.merge(activity)?;
@@ -488,5 +507,80 @@ mod tests {
         assert_eq!(st.collect(0, 2 * H, 4 * H).lost_customers, 0);
         st.evict(0, 2 * H, 4 * H, None);
         assert_eq!(st.collect(0, 2 * H, 4 * H).lost_customers, 0);
+    }
+
+    /// Every window's active customers and customers at its start, snapshot
+    /// after snapshot with every window evicted in between, equal a scan of
+    /// the activities (SPEC §3: distinct customers with an activity in
+    /// `[s, e)`, and in `[s - churn_horizon, s)`), whatever the windows' order
+    /// and buckets.
+    #[test]
+    fn counts_equal_a_scan_through_snapshots_and_folds() {
+        const M: i64 = 60_000;
+        let spec = [
+            WindowSpec {
+                name: "1h".into(),
+                length_ms: 60 * M,
+                bucket_ms: 6 * M,
+            },
+            WindowSpec {
+                name: "6h".into(),
+                length_ms: 360 * M,
+                bucket_ms: 45 * M,
+            },
+            WindowSpec {
+                name: "3h".into(),
+                length_ms: 180 * M,
+                bucket_ms: 20 * M,
+            },
+        ];
+        let horizon = 150 * M;
+        for seed in 1..30u64 {
+            let mut rng = crate::testing::xorshift(seed);
+            let mut st = CustomerState::new(&spec, horizon);
+            let mut ids = crate::metrics::CustomerIds::default();
+            let customers: Vec<CustomerId> = (0..12).map(|i| ids.get(&format!("c{i}"))).collect();
+            let mut seen: Vec<(usize, Millis)> = vec![];
+            let lateness = 10 * M;
+            let mut max_t = 0;
+            for step in 0..600 {
+                let t = max_t - lateness + rng(lateness as u64 + 4 * M as u64) as i64;
+                let t = t.max(0);
+                let c = rng(customers.len() as u64) as usize;
+                st.on_activity(customers[c], t);
+                seen.push((c, t));
+                max_t = max_t.max(t);
+                if step % 25 != 24 {
+                    continue;
+                }
+                let w = max_t - lateness;
+                st.on_watermark(w);
+                let scan = |from: Millis, to: Millis| {
+                    let mut who: Vec<usize> = seen
+                        .iter()
+                        .filter(|(_, t)| (from..to).contains(t))
+                        .map(|(c, _)| *c)
+                        .collect();
+                    who.sort_unstable();
+                    who.dedup();
+                    who.len() as i64
+                };
+                for (idx, s) in spec.iter().enumerate() {
+                    let e = w.div_euclid(s.bucket_ms) * s.bucket_ms;
+                    let start = e - s.length_ms;
+                    let got = st.collect(idx, start, e);
+                    assert_eq!(
+                        (got.active_customers, got.customers_at_start),
+                        (scan(start, e), scan(start - horizon, start)),
+                        "seed {seed} step {step} window {}",
+                        s.name
+                    );
+                }
+                for (idx, s) in spec.iter().enumerate() {
+                    let e = w.div_euclid(s.bucket_ms) * s.bucket_ms;
+                    st.evict(idx, e - s.length_ms, e, Some(w));
+                }
+            }
+        }
     }
 }

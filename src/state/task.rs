@@ -335,10 +335,11 @@ impl Merge for TaskState {
 /// the web buckets, each open session's exit page and event id; 13: email
 /// messages with every kind of event, send-cohort counts in the buckets; 14:
 /// label tables with a cap, last uses and released numbers, sites and channels
-/// apart, each session slot's site id).
-pub(super) const BASE_FORMAT: &[u8] = b"engaged-task-state/14\n";
+/// apart, each session slot's site id; 15: one activity view of the churn
+/// horizon for every window's start, each window's length and bucket).
+pub(super) const BASE_FORMAT: &[u8] = b"engaged-task-state/15\n";
 /// Leads every saved delta (see [`delta`]).
-pub(super) const DELTA_FORMAT: &[u8] = b"engaged-task-delta/14\n";
+pub(super) const DELTA_FORMAT: &[u8] = b"engaged-task-delta/15\n";
 
 fn format_tag(form: Form) -> &'static [u8] {
     match form {
