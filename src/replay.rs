@@ -167,6 +167,7 @@ fn records_of(
                 left: 0,
                 lost: None,
                 done: false,
+                spares: Default::default(),
             }));
         }
     }
@@ -209,6 +210,29 @@ struct FastRecords<R> {
     /// Why the rest of the current block is lost.
     lost: Option<String>,
     done: bool,
+    /// Events of each kind (by `EventKind as usize`) put aside: a chunk's slot
+    /// about to get a record of another kind than it holds trades its event for
+    /// one of the right kind, so decoding keeps reusing string buffers when a
+    /// file interleaves kinds (instead of a new event, and new strings, at
+    /// every change of kind).
+    spares: [Vec<Event>; 4],
+}
+
+impl<R: std::io::Read> FastRecords<R> {
+    /// Gives `event` the kind of the next datum, from the spares when it has another.
+    fn match_kind(&mut self, event: &mut Event) {
+        let Some(kind) = self.datums.kind_at(&self.block, self.at) else {
+            return;
+        };
+        if event.kind() == kind {
+            return;
+        }
+        let fresh = self.spares[kind as usize]
+            .pop()
+            .unwrap_or_else(|| Event::empty(kind));
+        let old = std::mem::replace(event, fresh);
+        self.spares[old.kind() as usize].push(old);
+    }
 }
 
 impl<R: std::io::Read> Records for FastRecords<R> {
@@ -221,7 +245,10 @@ impl<R: std::io::Read> Records for FastRecords<R> {
                     return true;
                 }
                 let decoded = match out {
-                    Ok(event) => self.datums.decode_at_into(&self.block, self.at, event),
+                    Ok(event) => {
+                        self.match_kind(event);
+                        self.datums.decode_at_into(&self.block, self.at, event)
+                    }
                     Err(_) => {
                         let mut event = Event::empty(EventKind::PageView);
                         let decoded = self.datums.decode_at_into(&self.block, self.at, &mut event);

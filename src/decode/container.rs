@@ -239,6 +239,12 @@ impl Datums {
         Ok((event, next))
     }
 
+    /// The kind of event of the datum at `at` of `data`, without decoding it.
+    pub fn kind_at(&self, data: &[u8], at: usize) -> Option<crate::event::EventKind> {
+        let plan = self.writer.fast.as_ref()?;
+        plan.kind_at(&Reader::new(data, at))
+    }
+
     /// Decodes the datum at `at` of `data` into `out` (reusing its strings'
     /// buffers, see [`super::Decoder::decode_into`]); where the next one starts.
     pub fn decode_at_into(

@@ -593,6 +593,13 @@ impl WriterPlan {
         build_into(plan.kind, plan.run(r, &self.table)?, event)
     }
 
+    /// The kind of event the datum at `r` holds (read without moving `r`),
+    /// or `None` where its union branch does not read.
+    pub fn kind_at(&self, r: &Reader<'_>) -> Option<EventKind> {
+        let mut peek = r.clone();
+        self.record(&mut peek).ok().map(|p| p.kind)
+    }
+
     fn record(&self, r: &mut Reader<'_>) -> Result<&RecordPlan, DecodeError> {
         Ok(match &self.top {
             Top::Record(p) => p,

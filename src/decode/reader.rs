@@ -11,6 +11,7 @@ use super::DecodeError;
 /// level, so this bounds stack use on hostile input.
 pub(crate) const MAX_DEPTH: usize = 64;
 
+#[derive(Clone)]
 pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
