@@ -97,9 +97,12 @@ impl<T: Default + Absorb> RolledRings<T> {
             return;
         }
         self.rolled_to = Some(to);
-        let rest = self.staging.split_off(&to);
-        let done = std::mem::replace(&mut self.staging, rest);
-        for (slot, mut v) in done {
+        // Slot by slot from the front: usually one or none is due, and
+        // `split_off` built a new tree every time.
+        while let Some(first) = self.staging.first_entry()
+            && *first.key() < to
+        {
+            let (slot, mut v) = first.remove_entry();
             for ring in &mut self.windows {
                 ring.bucket_mut(slot).absorb(&v);
             }
