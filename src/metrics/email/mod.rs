@@ -96,6 +96,10 @@ impl Absorb for EmailBucket {
 
     fn absorb(&mut self, other: &EmailBucket) {
         self.all.merge(&other.all);
+        if self.campaign.is_empty() {
+            // A new bucket: sized for the slot it takes first, not grown to it.
+            self.campaign.reserve(other.campaign.len());
+        }
         for (c, counts) in &other.campaign {
             match self.campaign.get_mut(c) {
                 Some(mine) => mine.merge(counts),

@@ -153,6 +153,14 @@ impl Absorb for WebCounts {
     }
 }
 
+/// Sizes a new bucket's map for the slot it takes first, instead of growing it
+/// a few times on the way (the 5-minute window starts a bucket every grain).
+fn reserve_if_empty<V>(map: &mut FastMap<u32, V>, n: usize) {
+    if map.is_empty() {
+        map.reserve(n);
+    }
+}
+
 /// One page's counts in a bucket: its views, and the sessions that exited on it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct PageCounts {
@@ -174,10 +182,12 @@ impl Absorb for WebBucket {
             (&mut self.site, &other.site),
             (&mut self.channel, &other.channel),
         ] {
+            reserve_if_empty(map, from.len());
             for (v, c) in from {
                 map.entry(*v).or_default().absorb(c);
             }
         }
+        reserve_if_empty(&mut self.page, other.page.len());
         for (p, c) in &other.page {
             let mine = self.page.entry(*p).or_default();
             mine.views += c.views;
