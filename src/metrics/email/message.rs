@@ -115,6 +115,11 @@ impl Message {
         times.insert(pos, t);
     }
 
+    /// Whether no event was added yet (it contributes nothing).
+    pub fn is_empty(&self) -> bool {
+        self.times.iter().all(|t| t.is_empty())
+    }
+
     /// The latest event of any kind.
     pub fn last_event(&self) -> Option<Millis> {
         self.times.iter().filter_map(|t| t.last()).max().copied()

@@ -22,7 +22,7 @@ use smallvec::SmallVec;
 
 mod message;
 
-use message::{Counter, Message, changes, kind_index};
+use message::{Contributions, Counter, Message, changes, kind_index};
 
 use super::{CustomerId, LabelIds};
 use crate::checkpoint::delta::{Kept, Merge, Tracked};
@@ -223,7 +223,13 @@ impl EmailState {
         let msg = self
             .messages
             .get_or_insert_with(e.message_id.as_str(), || Message::new(campaign.clone()));
-        let before = msg.contributions(ttl);
+        // A new message counts nothing yet (most messages of a customer-heavy
+        // stream get one event).
+        let before = if msg.is_empty() {
+            Contributions::new()
+        } else {
+            msg.contributions(ttl)
+        };
         msg.insert(kind_index(e.kind), t);
         let after = msg.contributions(ttl);
         let msg_campaign = msg.campaign.clone();
