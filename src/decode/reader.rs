@@ -51,6 +51,19 @@ impl<'a> Reader<'a> {
     /// A zig-zag varint `long`: at most 10 bytes, the 10th holding only one bit.
     #[inline]
     pub fn long(&mut self) -> Result<i64, DecodeError> {
+        // One byte (lengths, union branches, enum symbols): no loop.
+        if let Some(&byte) = self.buf.get(self.pos)
+            && byte < 0x80
+        {
+            self.pos += 1;
+            let v = u64::from(byte);
+            return Ok(((v >> 1) as i64) ^ -((v & 1) as i64));
+        }
+        self.long_from_bytes()
+    }
+
+    /// [`Reader::long`] of two bytes or more (or none left).
+    fn long_from_bytes(&mut self) -> Result<i64, DecodeError> {
         let start = self.pos;
         let mut value: u64 = 0;
         let mut shift = 0u32;
@@ -81,6 +94,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A non-negative length or count prefix.
+    #[inline]
     fn len(&mut self) -> Result<usize, DecodeError> {
         let start = self.pos;
         let n = self.long()?;
