@@ -187,12 +187,7 @@ impl Absorb for WebBucket {
                 map.entry(*v).or_default().absorb(c);
             }
         }
-        if self.page.is_empty() {
-            // A new bucket (every grain in the window whose bucket is the
-            // grain): a copy of the slot's table, not an insert per page.
-            self.page.clone_from(&other.page);
-            return;
-        }
+        reserve_if_empty(&mut self.page, other.page.len());
         for (p, c) in &other.page {
             let mine = self.page.entry(*p).or_default();
             mine.views += c.views;
