@@ -34,8 +34,8 @@ use rdkafka::message::Headers;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use support::{
-    Cluster, Engaged, checkpoint_restores, clock_events, engaged_topics, routed, sum, summed,
-    value, windowed,
+    Cluster, Engaged, checkpoint_restores, clock_events, engaged_topics, family, routed, sum,
+    summed, value, windowed,
 };
 
 const PARTITIONS: i32 = 4;
@@ -149,9 +149,21 @@ fn settled(
             };
             let w = value(&text, "engaged_watermark_timestamp_seconds");
             let assigned = value(&text, "engaged_assigned_partitions");
+            // Enough to tell a stalled consumer from a slow one when this fails.
+            let behind: Vec<String> =
+                family(&text, "engaged_partition_watermark_timestamp_seconds")
+                    .into_iter()
+                    .filter(|(_, v)| (v - watermark).abs() >= 1e-3)
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect();
             state.push(format!(
-                "{}: watermark {w:?}, assigned {assigned:?}",
-                e.name
+                "{}: watermark {w:?}, assigned {assigned:?}, consumed {}, paused {:?}, \
+                 output in flight {:?}, lag {:?}, partitions behind {behind:?}",
+                e.name,
+                sum(&text, "engaged_events_consumed_total"),
+                value(&text, "engaged_consumption_paused"),
+                value(&text, "engaged_output_in_flight_records"),
+                family(&text, "engaged_consumer_lag_messages"),
             ));
             let at = w.is_some_and(|w| (w - watermark).abs() < 1e-3)
                 && partitions.is_none_or(|n| assigned == Some(n));
@@ -448,12 +460,18 @@ async fn two_instances_sum_to_one_and_hand_over_through_checkpoints() {
     let bootstrap = cluster.bootstrap.clone();
     let (steady, history) = tokio::task::spawn_blocking(move || {
         let from = end_offset(&bootstrap, SNAPSHOTS);
-        // A few snapshot rounds of each instance.
-        std::thread::sleep(Duration::from_millis(1500));
-        (
-            read_snapshots(&bootstrap, Offset::Offset(from)),
-            read_snapshots(&bootstrap, Offset::Beginning),
-        )
+        // Rounds of each instance (they come less often than `snapshot_interval` where
+        // a round takes longer than that: a debug build on two cores).
+        let deadline = Instant::now() + PATIENCE;
+        let steady = loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let rows = read_snapshots(&bootstrap, Offset::Offset(from));
+            let sets: BTreeSet<_> = rows.iter().map(|(_, s)| covered(s)).collect();
+            if sets.len() >= 2 || Instant::now() > deadline {
+                break rows;
+            }
+        };
+        (steady, read_snapshots(&bootstrap, Offset::Beginning))
     })
     .await
     .unwrap();

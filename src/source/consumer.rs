@@ -264,3 +264,133 @@ pub fn consumer(
         paused: std::sync::atomic::AtomicBool::new(false),
     })
 }
+
+/// The group member of the consumer loop, closed within a bound when dropped.
+///
+/// Dropping a consumer closes it: librdkafka revokes the assignment and leaves the
+/// group, and rust-rdkafka polls until that is done, with no limit of its own. A
+/// group coordinator that did not answer held a stopping sidecar there for good
+/// (seen once in `tests/back_pressure.rs`: a worker thread in the drop, 17 minutes
+/// after the final checkpoint). By then the state and its offsets are saved, so the
+/// close runs on a thread of its own and is waited for until the deadline (the end of
+/// `shutdown_timeout`); a close still running then is left to the process exit.
+pub struct Closing<T: Send + 'static = StreamConsumer<EngagedContext>> {
+    inner: Option<T>,
+    bound: Duration,
+    deadline: Option<std::time::Instant>,
+}
+
+impl<T: Send + 'static> Closing<T> {
+    /// Closed within `bound` of being dropped, unless [`Closing::close_by`] says sooner.
+    pub fn new(inner: T, bound: Duration) -> Closing<T> {
+        Closing {
+            inner: Some(inner),
+            bound,
+            deadline: None,
+        }
+    }
+
+    /// Waits for the close until `deadline` at most (the end of the graceful shutdown).
+    pub fn close_by(&mut self, deadline: std::time::Instant) {
+        self.deadline = Some(deadline);
+    }
+}
+
+impl<T: Send + 'static> std::ops::Deref for Closing<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.inner.as_ref().expect("only taken in drop")
+    }
+}
+
+impl<T: Send + 'static> Drop for Closing<T> {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        let deadline = self
+            .deadline
+            .unwrap_or_else(|| std::time::Instant::now() + self.bound);
+        let (done, closed) = std::sync::mpsc::channel();
+        let closing = std::thread::Builder::new()
+            .name("consumer-close".into())
+            .spawn(move || {
+                drop(inner);
+                let _ = done.send(());
+            });
+        if let Err(e) = closing {
+            tracing::warn!(error = %e, "no thread to close the consumer on: not waiting for it");
+            return;
+        }
+        // At least a moment: a graceful shutdown that used all of its time still gets
+        // the chance to leave the group rather than wait for the session to time out.
+        let wait = deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .max(Duration::from_secs(1));
+        if closed.recv_timeout(wait).is_err() {
+            tracing::warn!(
+                waited = ?wait,
+                "the consumer did not close in time (leaving the group); \
+                 the state and offsets are saved: going on without it"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Takes `takes` to drop, then records that it was dropped.
+    struct SlowClose {
+        takes: Duration,
+        dropped: Arc<AtomicBool>,
+    }
+
+    impl Drop for SlowClose {
+        fn drop(&mut self) {
+            std::thread::sleep(self.takes);
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn slow(takes: Duration) -> (SlowClose, Arc<AtomicBool>) {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let c = SlowClose {
+            takes,
+            dropped: dropped.clone(),
+        };
+        (c, dropped)
+    }
+
+    #[test]
+    fn a_close_within_the_bound_is_waited_for() {
+        let (c, dropped) = slow(Duration::from_millis(200));
+        drop(Closing::new(c, Duration::from_secs(30)));
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "returned before the close ended"
+        );
+    }
+
+    #[test]
+    fn a_close_that_does_not_end_is_left_behind_at_the_deadline() {
+        // A close that never ends within the test (an hour): the drop returns anyway.
+        let (c, dropped) = slow(Duration::from_secs(3600));
+        let mut closing = Closing::new(c, Duration::from_secs(3600));
+        closing.close_by(std::time::Instant::now() + Duration::from_secs(2));
+        let (returned, drop_returned) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(closing);
+            let _ = returned.send(());
+        });
+        // A liveness bound, far above the 2 s deadline: the drop used to wait for good.
+        assert!(
+            drop_returned.recv_timeout(Duration::from_secs(60)).is_ok(),
+            "the drop waited for the close past its deadline"
+        );
+        assert!(!dropped.load(Ordering::SeqCst));
+    }
+}

@@ -29,7 +29,7 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use super::background::Background;
 use super::checkpointer::{Checkpointer, Write};
-use super::consumer::{commit_offsets, consumer, now_ms};
+use super::consumer::{Closing, commit_offsets, consumer, now_ms};
 use super::throttle::Throttle;
 use crate::config::Config;
 use crate::config::kafka::{apply_user_settings, client_config};
@@ -186,11 +186,47 @@ fn publish_snapshots(pipeline: &Pipeline, health: &Health) -> Option<Vec<WindowS
 /// What woke the consumer loop.
 enum Step<'a> {
     Shutdown,
-    Snapshot,
-    Checkpoint,
+    /// A snapshot round is due (when it was due).
+    Snapshot(tokio::time::Instant),
+    /// A checkpoint is due (when it was due).
+    Checkpoint(tokio::time::Instant),
     /// Output in flight gave room back, and records wait for it (or consumption is paused).
     Room,
     Record(Result<BorrowedMessage<'a>, KafkaError>),
+}
+
+/// After a timed step of the loop (a snapshot round, a checkpoint) that was due at
+/// `at` and began at `started`: the next is due an interval after this one, but no
+/// sooner than this one took after it ended. A step that takes longer than its
+/// interval (a large state, a slow machine) was due again as soon as it ended and,
+/// first in the loop's order, left nothing else to run (for 128 steps in a row,
+/// tokio's task budget); now it has the loop half of the time at most. Returns how
+/// long the step took.
+fn pace(
+    interval: &mut tokio::time::Interval,
+    at: tokio::time::Instant,
+    started: tokio::time::Instant,
+) -> Duration {
+    let now = tokio::time::Instant::now();
+    interval.reset_at(next_due(at, started, interval.period(), now));
+    now - started
+}
+
+/// When the step after one due at `at`, begun at `started` and ended at `now`, is due.
+fn next_due(
+    at: tokio::time::Instant,
+    started: tokio::time::Instant,
+    period: Duration,
+    now: tokio::time::Instant,
+) -> tokio::time::Instant {
+    // Begun late (the loop was busy): a period after it began, like tokio's
+    // `MissedTickBehavior::Delay`, rather than a burst of steps to catch up.
+    let from = if started > at + Duration::from_millis(5) {
+        started
+    } else {
+        at
+    };
+    (from + period).max(now + (now - started))
 }
 
 /// Records taken from librdkafka's queue per step of the consumer loop at most. Large:
@@ -345,8 +381,11 @@ pub async fn run(
         &cfg.checkpoint_topic,
         &cfg.input_topics,
     )?);
-    let consumer = consumer(cfg, pipeline.clone(), checkpointer.clone(), health.clone())?;
-    let partitions = check_co_partitioning(&consumer, &cfg.input_topics, Duration::from_secs(30))?;
+    let mut consumer = Closing::new(
+        consumer(cfg, pipeline.clone(), checkpointer.clone(), health.clone())?,
+        cfg.shutdown_timeout,
+    );
+    let partitions = check_co_partitioning(&*consumer, &cfg.input_topics, Duration::from_secs(30))?;
     if let Some(limit) = cfg.max_memory {
         let all = crate::state::memory::fixed_bytes_per_task(&cfg.core) * partitions as u64;
         if all > limit {
@@ -359,7 +398,7 @@ pub async fn run(
             );
         }
     }
-    ensure_checkpoint_topic(cfg, &consumer, partitions).await?;
+    ensure_checkpoint_topic(cfg, &*consumer, partitions).await?;
     tracing::info!(topics = ?cfg.input_topics, partitions, group = %cfg.group_id, "subscribing");
     let topics: Vec<&str> = cfg.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
@@ -381,8 +420,8 @@ pub async fn run(
         let step = tokio::select! {
             biased;
             _ = &mut shutdown => Step::Shutdown,
-            _ = tick.tick() => Step::Snapshot,
-            _ = checkpoint_tick.tick() => Step::Checkpoint,
+            at = tick.tick() => Step::Snapshot(at),
+            at = checkpoint_tick.tick() => Step::Checkpoint(at),
             _ = output.released(), if throttle.paused() || output.waiting() => Step::Room,
             msg = consumer.recv() => Step::Record(msg),
         };
@@ -393,7 +432,8 @@ pub async fn run(
         match step {
             Step::Shutdown => break,
             Step::Room => output.pump(),
-            Step::Snapshot => {
+            Step::Snapshot(at) => {
+                let started = tokio::time::Instant::now();
                 if let Some(snaps) = publish_snapshots(&pipeline, &health) {
                     output.round(&snaps);
                 }
@@ -403,16 +443,23 @@ pub async fn run(
                 let commit = checkpointer
                     .collect(&pipeline, false)
                     .map_err(|e| SourceError::Checkpoint(e.to_string()))?;
-                commit_offsets(&consumer, &commit);
+                commit_offsets(&*consumer, &commit);
                 if let Some(age) = checkpointer.age() {
                     pipeline.telemetry().checkpoint_age.set(age.as_secs_f64());
                 }
+                let took = pace(&mut tick, at, started);
+                pipeline
+                    .telemetry()
+                    .snapshot_loop
+                    .inc_by(took.as_secs_f64());
             }
-            Step::Checkpoint => {
+            Step::Checkpoint(at) => {
+                let started = tokio::time::Instant::now();
                 let commit = checkpointer
                     .checkpoint(&pipeline, None, Write::Background)
                     .map_err(|e| SourceError::Checkpoint(e.to_string()))?;
-                commit_offsets(&consumer, &commit);
+                commit_offsets(&*consumer, &commit);
+                pace(&mut checkpoint_tick, at, started);
             }
             Step::Record(Ok(first)) => {
                 // Everything librdkafka already holds, up to a batch: tasks apply in parallel.
@@ -481,6 +528,8 @@ pub async fn run(
 
     drop(background);
     tracing::info!("shutting down: final snapshot, checkpoint, commit, leave group");
+    // Leaving the group (dropping the consumer) waits for the rest of the time at most.
+    consumer.close_by(std::time::Instant::now() + cfg.shutdown_timeout);
     let graceful = async {
         let last = publish_snapshots(&pipeline, &health);
         health.set_not_ready("shutting down");
@@ -503,7 +552,7 @@ pub async fn run(
         let commit = checkpointer
             .checkpoint(&pipeline, None, Write::Wait)
             .map_err(|e| SourceError::Checkpoint(e.to_string()))?;
-        commit_offsets(&consumer, &commit);
+        commit_offsets(&*consumer, &commit);
         consumer.unsubscribe();
         Ok::<(), SourceError>(())
     };
@@ -512,4 +561,47 @@ pub async fn run(
         .map_err(|_| SourceError::ShutdownTimeout(cfg.shutdown_timeout))??;
     drop(consumer);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_step_within_its_interval_keeps_the_cadence() {
+        let at = Instant::now();
+        // Begun on time (or 5 ms late at most), took 300 ms of a 1 s interval.
+        assert_eq!(
+            next_due(at, at + 2 * MS, 1000 * MS, at + 302 * MS),
+            at + 1000 * MS
+        );
+        assert_eq!(
+            next_due(at, at + 5 * MS, 1000 * MS, at + 305 * MS),
+            at + 1000 * MS
+        );
+    }
+
+    #[test]
+    fn a_step_longer_than_its_interval_is_followed_by_as_long_without_one() {
+        let at = Instant::now();
+        // Took 1.5 s of a 1 s interval: 1.5 s for everything else before the next.
+        assert_eq!(next_due(at, at, 1000 * MS, at + 1500 * MS), at + 3000 * MS);
+        // Half of the time at most, whatever the interval.
+        let due = next_due(at, at, MS, at + 40 * MS);
+        assert_eq!(due, at + 80 * MS);
+    }
+
+    #[test]
+    fn a_late_step_is_due_a_period_after_it_began_not_at_once() {
+        let at = Instant::now();
+        // The loop was busy for 1.5 s past the due time; the step took 10 ms.
+        let started = at + 1500 * MS;
+        assert_eq!(
+            next_due(at, started, 1000 * MS, started + 10 * MS),
+            started + 1000 * MS
+        );
+    }
 }

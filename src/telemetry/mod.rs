@@ -61,6 +61,8 @@ pub struct Telemetry {
     pub checkpoint_duration: Histogram,
     pub checkpoint_pause: Histogram,
     pub consumer_idle: prometheus::Counter,
+    /// Time the consumer loop spent on snapshot rounds.
+    pub snapshot_loop: prometheus::Counter,
     pub consumer_batch: Histogram,
     pub checkpoint_bytes_written: IntCounter,
     pub checkpoint_pieces: IntCounterVec,
@@ -297,6 +299,16 @@ impl Telemetry {
                     "Time the consumer loop waited with nothing to do: no record fetched and no snapshot or \
                      checkpoint due. One minus its rate is how busy the loop is (Flink's idleTimeMsPerSecond); \
                      near zero, the sidecar is the bottleneck, not the broker.",
+                )
+                .expect("valid"),
+            ),
+            snapshot_loop: register(
+                &r,
+                prometheus::Counter::new(
+                    "engaged_snapshot_loop_seconds_total",
+                    "Time the consumer loop spent on snapshot rounds (computing, encoding, enqueueing), \
+                     when no record is applied. A round that takes longer than `snapshot_interval` is \
+                     followed by as long without one, so its rate stays at or below one half.",
                 )
                 .expect("valid"),
             ),

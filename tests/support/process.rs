@@ -103,7 +103,11 @@ impl Engaged {
         let child = cmd
             .args(["run", "--config"])
             .arg(&file)
-            .env("RUST_LOG", "info")
+            // `ENGAGED_TEST_LOG=info,engaged::source=debug` to see more of a failing run.
+            .env(
+                "RUST_LOG",
+                std::env::var("ENGAGED_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
