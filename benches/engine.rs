@@ -207,6 +207,16 @@ fn bench(c: &mut Criterion) {
     g.bench_function(format!("round_{hours}h_{customers}_customers"), |b| {
         b.iter(|| black_box(p.snapshot_at(w, None)))
     });
+    // Encoding a round's rows for the snapshot topic (on the consumer loop too).
+    let rows = p.snapshot_at(w, None);
+    g.throughput(Throughput::Elements(rows.len() as u64));
+    g.bench_function(format!("encode_{}_rows", rows.len()), |b| {
+        b.iter(|| {
+            for s in &rows {
+                black_box(engaged::sink::snapshot_record(s).expect("encodes"));
+            }
+        })
+    });
     g.finish();
 }
 
