@@ -267,13 +267,16 @@ pub fn consumer(
 
 /// The group member of the consumer loop, closed within a bound when dropped.
 ///
-/// Dropping a consumer closes it: librdkafka revokes the assignment and leaves the
-/// group, and rust-rdkafka polls until that is done, with no limit of its own. A
-/// group coordinator that did not answer held a stopping sidecar there for good
-/// (seen once in `tests/back_pressure.rs`: a worker thread in the drop, 17 minutes
-/// after the final checkpoint). By then the state and its offsets are saved, so the
-/// close runs on a thread of its own and is waited for until the deadline (the end of
-/// `shutdown_timeout`); a close still running then is left to the process exit.
+/// Dropping a consumer closes it (librdkafka revokes the assignment and leaves the
+/// group; rust-rdkafka polls until that is done) and then destroys it, neither with
+/// a limit of its own. After a broker went down and came back, the destroy can wait
+/// for good for a broker thread that a leaked partition reference keeps alive
+/// (librdkafka issue #4674, open; `tests/back_pressure.rs` takes a broker down and
+/// hit it in about one run of ten: `rd_kafka_destroy_app` joining `rdk:main`, which
+/// joins `rdk:broker1`, 17 minutes after the final checkpoint). By then the state
+/// and its offsets are saved, so the close runs on a thread of its own and is waited
+/// for until the deadline (the end of `shutdown_timeout`); a close still running
+/// then is logged and left to the process exit.
 pub struct Closing<T: Send + 'static = StreamConsumer<EngagedContext>> {
     inner: Option<T>,
     bound: Duration,
