@@ -65,6 +65,9 @@ ROWS = [
             ("timeseries", "State memory, modelled (per instance)", "bytes", 8,
              [q(f"sum by (instance) (engaged_state_memory_bytes{{{J}}})", "{{instance}}")],
              "Estimated heap bytes of the state (docs/operations.md \"Memory model\"); compare with max_memory."),
+            ("timeseries", "Consumer loop in snapshot rounds (per instance)", "percentunit", 8,
+             [q(f"sum by (instance) (rate(engaged_snapshot_loop_seconds_total{{{J}}}[$__rate_interval]))", "{{instance}}")],
+             "Share of the consumer loop's time spent computing, encoding and enqueueing snapshot rounds (no record is applied meanwhile). At most one half by design: near it, rounds are the bottleneck; raise snapshot_interval or lower max_dimension_values (docs/operations.md \"Snapshot topic\")."),
         ],
     ),
     (
