@@ -750,6 +750,7 @@ fn set_opt(dst: &mut Option<String>, src: Option<Cow<'_, str>>) {
 }
 
 /// An optional string (`["null", "string"]`) into `dst`'s buffer.
+#[inline(always)]
 fn read_opt_str(r: &mut Reader<'_>, dst: &mut Option<String>) -> Result<(), DecodeError> {
     match r.branch(2)? {
         0 => *dst = None,
