@@ -138,15 +138,20 @@ impl TaskState {
         event: &Event,
     ) -> Result<(), Rejection> {
         let lateness = cfg.allowed_lateness_ms;
-        let input = match self.inputs.get_mut(&**topic) {
-            Some(input) => input,
-            None => {
-                // A new input can hold the closing watermark back.
-                self.closed_at = None;
-                self.inputs
-                    .entry(topic.clone())
-                    .or_insert_with(|| InputState::new(cfg))
-            }
+        // The same `Arc` as the key most of the time (the edges keep one per
+        // topic): a pointer comparison per input instead of comparing names.
+        let input = match self.inputs.iter_mut().find(|(k, _)| Arc::ptr_eq(k, topic)) {
+            Some((_, input)) => input,
+            None => match self.inputs.get_mut(&**topic) {
+                Some(input) => input,
+                None => {
+                    // A new input can hold the closing watermark back.
+                    self.closed_at = None;
+                    self.inputs
+                        .entry(topic.clone())
+                        .or_insert_with(|| InputState::new(cfg))
+                }
+            },
         };
         let t = event.event_time();
         let watermark = input.clock.watermark(lateness);
@@ -337,9 +342,9 @@ impl Merge for TaskState {
 /// label tables with a cap, last uses and released numbers, sites and channels
 /// apart, each session slot's site id; 15: one activity view of the churn
 /// horizon for every window's start, each window's length and bucket).
-pub(super) const BASE_FORMAT: &[u8] = b"engaged-task-state/15\n";
+pub(super) const BASE_FORMAT: &[u8] = b"engaged-task-state/16\n";
 /// Leads every saved delta (see [`delta`]).
-pub(super) const DELTA_FORMAT: &[u8] = b"engaged-task-delta/15\n";
+pub(super) const DELTA_FORMAT: &[u8] = b"engaged-task-delta/16\n";
 
 fn format_tag(form: Form) -> &'static [u8] {
     match form {

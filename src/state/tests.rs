@@ -18,13 +18,15 @@ fn saved<'a>(partition: i32, base: &'a [u8], deltas: &[&'a [u8]]) -> SavedTask<'
 fn a_state_of_another_format_is_refused_not_misread() {
     let e = Engine::new(CoreConfig::default());
     let err = e.restore_task(0, b"\x00\x01\x02 older layout").unwrap_err();
-    assert!(err.to_string().contains("engaged-task-state/15"), "{err}");
+    assert!(err.to_string().contains("engaged-task-state/16"), "{err}");
     assert!(e.tasks().is_empty());
-    // The previous formats (13: label tables without a cap; 12: email counts per event; 11: sessions without exit pages; 10: churn without
+    // The previous formats (15: window buckets each rolled from every staging
+    // slot; 14: an activity view per window and per churn start; 13: label tables without a cap; 12: email counts per event; 11: sessions without exit pages; 10: churn without
     // the start cohort; 9: event ids in a map; 8: open sessions by session id,
     // labels as strings) too.
     for old in [
-        &b"engaged-task-state/14\n\x00"[..],
+        &b"engaged-task-state/15\n\x00"[..],
+        b"engaged-task-state/14\n\x00",
         b"engaged-task-state/13\n\x00",
         b"engaged-task-state/12\n\x00",
         b"engaged-task-state/11\n\x00",
@@ -33,7 +35,7 @@ fn a_state_of_another_format_is_refused_not_misread() {
         b"engaged-task-state/8\n\x00",
     ] {
         let err = e.restore_task(0, old).unwrap_err();
-        assert!(err.to_string().contains("engaged-task-state/15"), "{err}");
+        assert!(err.to_string().contains("engaged-task-state/16"), "{err}");
     }
     assert!(e.tasks().is_empty());
     // A header with a truncated body is refused too, and nothing is installed.

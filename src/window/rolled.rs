@@ -4,20 +4,37 @@
 //! added to the bucket of every window for each event: five windows, five map
 //! lookups and updates. [`RolledRings`] adds an event to one *staging* slot of
 //! the grain `g` (the greatest common divisor of the windows' buckets) and
-//! rolls a slot into every window's bucket once no accepted event can fall in
-//! it any more: when the task's closing watermark `w` passes the slot's end
-//! ([`RolledRings::roll_to`]). Since `g` divides every bucket size, a slot lies
-//! in exactly one bucket of each window.
+//! rolls a slot up once no accepted event can fall in it any more: when the
+//! task's closing watermark `w` passes the slot's end ([`RolledRings::roll_to`]).
+//!
+//! # Rolling up through the finer windows
+//! A window `i` takes its values from a *source*: the window `j` with the
+//! greatest bucket `b_j < b_i` that divides `b_i` (its buckets tile `i`'s), or
+//! the staging slots when there is none. A source's unit (slot or bucket) is
+//! *complete* once the rolled-to point `r` (the closing watermark at the grain)
+//! reaches its end; at that moment it is absorbed into the bucket of every
+//! window it is the source of. With the default windows (buckets of 5 s, 1 min,
+//! 24 min, 168 min, 720 min) a slot is absorbed into the 5-minute window, that
+//! window's 5-second buckets into the hour's, the hour's minute buckets into the
+//! day's, and the day's into the week's and the month's: about 2.1 absorbs per
+//! slot instead of 5.
 //!
 //! # Exactness
-//! A value is in a window bucket (rolled) or in its staging slot (not yet),
-//! never both, and reads ([`RolledRings::range`]) add both: a window's buckets
-//! in `[start, end)` and the staging slots whose start is in `[start, end)` —
-//! the same set of slots, because `start` and `end` are multiples of the
-//! window's bucket and so of `g`. A write older than what was rolled (an input
-//! woken from idleness can deliver events behind the closing watermark) goes
-//! straight to every window's bucket, as before: the result is the same sum in
-//! any case, so the numbers do not depend on when slots are rolled.
+//! A value is in exactly one place along a window's chain of sources: in the
+//! window's bucket once the source unit holding it is complete, else in that
+//! unit (recursively: the unit's own incomplete source units, down to the
+//! staging slot). A unit of window `x` starting at `s` is complete iff
+//! `s + b_x <= r`, i.e. `s < c_x = floor(r / b_x) * b_x`, so a read of window
+//! `i` over `[start, end)` ([`RolledRings::range`]) adds window `i`'s buckets in
+//! `[start, end)`, each source `x` of its chain's buckets in `[max(start, c_x),
+//! end)` and the staging slots in `[start, end)` — tiles of the same interval,
+//! since every `b_x` divides `b_i`, which divides `start` and `end`. A write
+//! older than `r` (an input woken from idleness can deliver events behind the
+//! closing watermark) goes to every window whose source unit at that time is
+//! complete, so that it is not absorbed again: the lowest such window takes it
+//! and passes it up when its bucket completes. The result is the same sum in
+//! any case, so the numbers do not depend on when slots are rolled. A source's
+//! incomplete buckets are never evicted (its dependents still read them).
 
 use std::collections::BTreeMap;
 
@@ -39,11 +56,15 @@ fn gcd(a: i64, b: i64) -> i64 {
     if b == 0 { a.abs() } else { gcd(b, a % b) }
 }
 
+fn floor(t: Millis, b: i64) -> Millis {
+    t.div_euclid(b) * b
+}
+
 /// One ring per window plus the staging slots not yet rolled into them (see the module docs).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct RolledRings<T> {
     grain_ms: i64,
-    /// Grain slots (by start) not yet rolled into the windows' buckets.
+    /// Grain slots (by start) not yet rolled up.
     staging: BTreeMap<Millis, T>,
     /// Every slot starting before this was rolled up (writes before it go to the windows).
     rolled_to: Option<Millis>,
@@ -51,6 +72,17 @@ pub(crate) struct RolledRings<T> {
     /// Emptied staging slots, given to the next new grain (not saved).
     #[serde(skip)]
     spare: Vec<T>,
+    /// Who rolls into whom, derived from the bucket sizes (not saved).
+    #[serde(skip)]
+    plan: Option<Plan>,
+}
+
+/// The windows the staging slots roll into, and the (source, window) pairs,
+/// finest sources first.
+#[derive(Debug, Clone)]
+struct Plan {
+    from_staging: Vec<bool>,
+    links: Vec<(usize, usize)>,
 }
 
 impl<T: Default + Absorb> RolledRings<T> {
@@ -62,19 +94,68 @@ impl<T: Default + Absorb> RolledRings<T> {
             rolled_to: None,
             windows: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
             spare: vec![],
+            plan: None,
         }
     }
 
+    fn plan(&self) -> Plan {
+        let sources: Vec<Option<usize>> = (0..self.windows.len()).map(|i| self.source(i)).collect();
+        let mut links: Vec<(usize, usize)> = sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.map(|j| (j, i)))
+            .collect();
+        // A window's source has a smaller bucket: it took its own share first.
+        links.sort_by_key(|&(j, _)| self.windows[j].bucket_ms);
+        Plan {
+            from_staging: sources.iter().map(Option::is_none).collect(),
+            links,
+        }
+    }
+
+    /// The window whose complete buckets window `i` takes (`None`: the staging
+    /// slots): the greatest bucket smaller than `i`'s that divides it, the
+    /// first such window on ties. A function of the bucket sizes only.
+    fn source(&self, i: usize) -> Option<usize> {
+        let b = self.windows[i].bucket_ms;
+        let mut best: Option<usize> = None;
+        for (j, w) in self.windows.iter().enumerate() {
+            if w.bucket_ms < b
+                && b % w.bucket_ms == 0
+                && best.is_none_or(|k| w.bucket_ms > self.windows[k].bucket_ms)
+            {
+                best = Some(j);
+            }
+        }
+        best
+    }
+
+    /// The start of window `x`'s first incomplete bucket (every one before it
+    /// was absorbed by the windows it is the source of).
+    fn first_incomplete(&self, x: usize) -> Millis {
+        self.rolled_to
+            .map_or(Millis::MIN, |r| floor(r, self.windows[x].bucket_ms))
+    }
+
     /// Applies `f` to what holds event time `t`: its staging slot, or (behind
-    /// what was rolled) the bucket of every window.
+    /// what was rolled) the bucket of every window whose source unit holding
+    /// `t` is complete.
     pub fn update(&mut self, t: Millis, mut f: impl FnMut(&mut T)) {
-        if self.rolled_to.is_some_and(|r| t < r) {
-            for ring in &mut self.windows {
-                f(ring.bucket_mut(t));
+        if let Some(r) = self.rolled_to
+            && t < r
+        {
+            for i in 0..self.windows.len() {
+                let sealed = self.source(i).is_none_or(|j| {
+                    let b = self.windows[j].bucket_ms;
+                    floor(t, b) + b <= r
+                });
+                if sealed {
+                    f(self.windows[i].bucket_mut(t));
+                }
             }
             return;
         }
-        let slot = t.div_euclid(self.grain_ms) * self.grain_ms;
+        let slot = floor(t, self.grain_ms);
         // Most events fall in the newest slot: no tree search for them.
         if let Some(mut last) = self.staging.last_entry()
             && *last.key() == slot
@@ -90,41 +171,76 @@ impl<T: Default + Absorb> RolledRings<T> {
     }
 
     /// Rolls every slot that ends at or before `w` (no accepted event can still
-    /// fall in it) into the windows' buckets.
+    /// fall in it) up, and every bucket completed by that into the windows it
+    /// is the source of.
     pub(crate) fn roll_to(&mut self, w: Millis) {
-        let to = w.div_euclid(self.grain_ms) * self.grain_ms;
-        if self.rolled_to.is_some_and(|r| r >= to) {
+        let to = floor(w, self.grain_ms);
+        let from = self.rolled_to;
+        if from.is_some_and(|r| r >= to) {
             return;
         }
-        self.rolled_to = Some(to);
-        // Slot by slot from the front: usually one or none is due, and
-        // `split_off` built a new tree every time.
+        let plan = self.plan.take().unwrap_or_else(|| self.plan());
+        // Staging slots into the windows they are the source of. Slot by slot
+        // from the front: usually one or none is due, and `split_off` built a
+        // new tree every time.
         while let Some(first) = self.staging.first_entry()
             && *first.key() < to
         {
             let (slot, mut v) = first.remove_entry();
-            for ring in &mut self.windows {
-                ring.bucket_mut(slot).absorb(&v);
+            for (ring, &staged) in self.windows.iter_mut().zip(&plan.from_staging) {
+                if staged {
+                    ring.bucket_mut(slot).absorb(&v);
+                }
             }
             if self.spare.len() < SPARE_SLOTS {
                 v.clear();
                 self.spare.push(v);
             }
         }
+        // Then the buckets this completed, finest sources first.
+        for &(j, i) in &plan.links {
+            let b = self.windows[j].bucket_ms;
+            let lo = from.map_or(Millis::MIN, |r| floor(r, b));
+            if floor(to, b) == lo {
+                continue; // no bucket of `j` ended in `(from, to]`
+            }
+            let (src, dst) = pair(&mut self.windows, j, i);
+            for (start, bucket) in src.range(lo, to) {
+                if start + b > to {
+                    break;
+                }
+                dst.bucket_mut(start).absorb(bucket);
+            }
+        }
+        self.plan = Some(plan);
+        self.rolled_to = Some(to);
     }
 
-    /// Window `idx`'s buckets and the staging slots that start in `[start, end)`,
-    /// in no particular order (`start`, `end`: multiples of its bucket).
+    /// Where window `idx`'s values in `[start, end)` are (see the module docs):
+    /// per window of its chain of sources, the bucket range to read, then the
+    /// staging slots.
+    fn chain(&self, idx: usize, start: Millis) -> Vec<(usize, Millis)> {
+        let mut out = vec![(idx, start)];
+        let mut x = idx;
+        while let Some(j) = self.source(x) {
+            out.push((j, start.max(self.first_incomplete(j))));
+            x = j;
+        }
+        out
+    }
+
+    /// Window `idx`'s values over `[start, end)`: its buckets, its sources'
+    /// incomplete buckets and the staging slots there, in no particular order
+    /// (`start`, `end`: multiples of its bucket).
     pub fn range(&self, idx: usize, start: Millis, end: Millis) -> impl Iterator<Item = &T> {
-        let staged = if start < end {
-            self.staging.range(start..end)
-        } else {
-            self.staging.range(start..start)
-        };
-        self.windows[idx]
-            .range(start, end)
-            .map(|(_, v)| v)
-            .chain(staged.map(|(_, v)| v))
+        let mut out: Vec<&T> = vec![];
+        for (x, lo) in self.chain(idx, start) {
+            out.extend(self.windows[x].range(lo, end).map(|(_, v)| v));
+        }
+        if start < end {
+            out.extend(self.staging.range(start..end).map(|(_, v)| v));
+        }
+        out.into_iter()
     }
 
     /// [`RolledRings::range`], to change (e.g. to seal what a snapshot reads).
@@ -134,19 +250,28 @@ impl<T: Default + Absorb> RolledRings<T> {
         start: Millis,
         end: Millis,
     ) -> impl Iterator<Item = &mut T> {
-        let staged = if start < end {
-            self.staging.range_mut(start..end)
-        } else {
-            self.staging.range_mut(start..start)
-        };
-        self.windows[idx]
-            .range_mut(start, end)
-            .map(|(_, v)| v)
-            .chain(staged.map(|(_, v)| v))
+        let chain = self.chain(idx, start);
+        let mut out: Vec<&mut T> = vec![];
+        for (x, ring) in self.windows.iter_mut().enumerate() {
+            if let Some(&(_, lo)) = chain.iter().find(|(c, _)| *c == x) {
+                out.extend(ring.range_mut(lo, end).map(|(_, v)| v));
+            }
+        }
+        if start < end {
+            out.extend(self.staging.range_mut(start..end).map(|(_, v)| v));
+        }
+        out.into_iter()
     }
 
-    /// Drops window `idx`'s buckets that start before `before`.
+    /// Drops window `idx`'s buckets that start before `before`, but for those
+    /// that windows it is the source of still read (incomplete ones).
     pub(crate) fn evict_before(&mut self, idx: usize, before: Millis) {
+        let is_source = (0..self.windows.len()).any(|i| self.source(i) == Some(idx));
+        let before = if is_source {
+            before.min(self.first_incomplete(idx))
+        } else {
+            before
+        };
         self.windows[idx].evict_before(before);
     }
 
@@ -161,6 +286,21 @@ impl<T: Default + Absorb> RolledRings<T> {
     /// Buckets and staging slots held, for the memory accounting.
     pub fn len(&self) -> usize {
         self.windows.iter().map(|w| w.len()).sum::<usize>() + self.staging.len()
+    }
+}
+
+/// Window `j` to read and window `i` to write (`i != j`).
+fn pair<T>(
+    windows: &mut [BucketRing<T>],
+    j: usize,
+    i: usize,
+) -> (&BucketRing<T>, &mut BucketRing<T>) {
+    if j < i {
+        let (a, b) = windows.split_at_mut(i);
+        (&a[j], &mut b[0])
+    } else {
+        let (a, b) = windows.split_at_mut(j);
+        (&b[0], &mut a[i])
     }
 }
 
@@ -266,5 +406,22 @@ mod tests {
         ];
         let rings: RolledRings<i64> = RolledRings::new(&specs);
         assert_eq!(rings.grain_ms, 5_000);
+    }
+
+    #[test]
+    fn windows_take_the_greatest_finer_bucket_that_tiles_theirs() {
+        let defaults: Vec<WindowSpec> = [5, 60, 1440, 10_080, 43_200]
+            .iter()
+            .map(|m| WindowSpec::with_default_buckets(format!("{m}m"), m * MIN))
+            .collect();
+        let rings: RolledRings<i64> = RolledRings::new(&defaults);
+        let sources: Vec<_> = (0..5).map(|i| rings.source(i)).collect();
+        // 5 s <- slots, 1 min <- 5 s, 24 min <- 1 min, 168 min <- 24 min, 720 min <- 24 min.
+        assert_eq!(sources, [None, Some(0), Some(1), Some(2), Some(2)]);
+        // The property test's windows: 10 s and 15 s from the slots (neither
+        // divides the other), 6 and 7 min from 15 s, 42 min from 7 min.
+        let rings: RolledRings<i64> = RolledRings::new(&specs());
+        let sources: Vec<_> = (0..5).map(|i| rings.source(i)).collect();
+        assert_eq!(sources, [None, Some(4), Some(4), Some(2), None]);
     }
 }
