@@ -8,9 +8,10 @@
 //! # Layout
 //! The remembered ids are *records* in arrival order, numbered from 0 for the
 //! life of the input: a record is the id's bytes in one arena (appended at the
-//! back, dropped from the front) and its event time. A hash table holds the
-//! numbers of the live records, hashing the id found through the arena. So an
-//! accepted event costs one hash of its id and no allocation, and forgetting
+//! back, dropped from the front), its event time and 32 bits of its id's hash.
+//! A hash table holds the numbers of the live records by that hash, comparing
+//! ids found through the arena. So an accepted event costs one hash of its id
+//! and no allocation (forgetting and growing the table hash nothing), and forgetting
 //! is a pop from the front: records are forgotten in arrival order, each once,
 //! as soon as it and every record before it has expired (a record behind an
 //! out-of-order one waits, at most the lateness, for it). No pass over every id.
@@ -36,10 +37,34 @@ use crate::event::Millis;
 struct Rec {
     /// Where its bytes start in the arena, counted from the input's first byte.
     pos: u64,
-    len: u32,
-    /// Still in the table (not killed).
-    live: bool,
     time: Millis,
+    /// The id's length (bits 0..31) and whether it is still in the table, not
+    /// killed (bit 31): the record stays 24 bytes with its hash.
+    len_live: u32,
+    /// The 32 bits of its id's hash the table's hash is made of ([`spread`]):
+    /// forgetting and growing the table need not hash the id again.
+    hash: u32,
+}
+
+const LIVE: u32 = 1 << 31;
+// The memory model counts 24 bytes per record (docs/operations.md).
+const _: () = assert!(std::mem::size_of::<Rec>() == 24);
+
+impl Rec {
+    fn len(&self) -> usize {
+        (self.len_live & !LIVE) as usize
+    }
+
+    fn live(&self) -> bool {
+        self.len_live & LIVE != 0
+    }
+}
+
+/// The table's 64-bit hash of a record's 32: a bijection (an odd multiplier),
+/// so that the table's bucket bits (the low ones) and its tag (the top seven)
+/// are different functions of them.
+fn spread(h: u32) -> u64 {
+    u64::from(h).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 #[derive(Clone, Default)]
@@ -85,7 +110,7 @@ fn bytes_of<'a>(
 ) -> &'a [u8] {
     let r = &records[(no - first_no) as usize];
     let start = (r.pos - arena_base) as usize;
-    &arena[start..start + r.len as usize]
+    &arena[start..start + r.len()]
 }
 
 impl Dedup {
@@ -96,8 +121,9 @@ impl Dedup {
         }
     }
 
-    fn hash(&self, id: &[u8]) -> u64 {
-        self.hasher.hash_one(id)
+    /// The 32 bits of `id`'s hash that records keep (the table hashes [`spread`] of them).
+    fn hash(&self, id: &[u8]) -> u32 {
+        (self.hasher.hash_one(id) >> 32) as u32
     }
 
     fn next_no(&self) -> u64 {
@@ -105,48 +131,45 @@ impl Dedup {
     }
 
     /// The number of the live record of `id`.
-    fn find(&self, id: &[u8], hash: u64) -> Option<u64> {
+    fn find(&self, id: &[u8], hash: u32) -> Option<u64> {
         let (arena, base, records, first) =
             (&self.arena, self.arena_base, &self.records, self.first_no);
         self.table
-            .find(hash, |&no| bytes_of(arena, base, records, first, no) == id)
+            .find(spread(hash), |&no| {
+                bytes_of(arena, base, records, first, no) == id
+            })
             .copied()
     }
 
     /// Appends a live record of `id` at `time`, or a killed one (`None`).
-    fn push(&mut self, id: &[u8], hash: u64, time: Millis, live: bool) {
+    #[inline]
+    fn push(&mut self, id: &[u8], hash: u32, time: Millis, live: bool) {
         let no = self.next_no();
         let pos = self.arena_base + self.arena.len() as u64;
         self.arena.extend_from_slice(id);
         // An id is a string field of a Kafka record, under 2 GiB.
-        let len = u32::try_from(id.len()).unwrap_or(u32::MAX);
+        let len = u32::try_from(id.len()).unwrap_or(u32::MAX) & !LIVE;
         self.records.push_back(Rec {
             pos,
-            len,
-            live,
             time,
+            len_live: if live { len | LIVE } else { len },
+            hash,
         });
         if live {
-            let (arena, base, records, first, hasher) = (
-                &self.arena,
-                self.arena_base,
-                &self.records,
-                self.first_no,
-                &self.hasher,
-            );
-            self.table.insert_unique(hash, no, |&n| {
-                hasher.hash_one(bytes_of(arena, base, records, first, n))
+            let (records, first) = (&self.records, self.first_no);
+            self.table.insert_unique(spread(hash), no, |&n| {
+                spread(records[(n - first) as usize].hash)
             });
         }
     }
 
     /// Takes live record `no` (of `id`, hashed `hash`) out of the table.
-    fn kill(&mut self, no: u64, hash: u64) {
-        if let Ok(e) = self.table.find_entry(hash, |&n| n == no) {
+    fn kill(&mut self, no: u64, hash: u32) {
+        if let Ok(e) = self.table.find_entry(spread(hash), |&n| n == no) {
             e.remove();
         }
         if let Some(r) = self.records.get_mut((no - self.first_no) as usize) {
-            r.live = false;
+            r.len_live &= !LIVE;
         }
         if no < self.saved_no {
             self.killed.push(no);
@@ -204,7 +227,7 @@ impl Dedup {
     pub fn sweep(&mut self, watermark: Millis) {
         let window = self.window_ms;
         while let Some(&r) = self.records.front() {
-            if r.live && r.time + window > watermark {
+            if r.live() && r.time + window > watermark {
                 break;
             }
             self.pop_front();
@@ -217,11 +240,9 @@ impl Dedup {
         let Some(&r) = self.records.front() else {
             return;
         };
-        if r.live {
-            let start = (r.pos - self.arena_base) as usize;
-            let hash = self.hash(&self.arena[start..start + r.len as usize]);
+        if r.live() {
             let no = self.first_no;
-            if let Ok(e) = self.table.find_entry(hash, |&n| n == no) {
+            if let Ok(e) = self.table.find_entry(spread(r.hash), |&n| n == no) {
                 e.remove();
             }
         }
@@ -256,9 +277,9 @@ impl Dedup {
     fn saved_records(&self, from: u64) -> impl Iterator<Item = Option<(&str, Millis)>> {
         let skip = from.saturating_sub(self.first_no) as usize;
         self.records.iter().skip(skip).map(|r| {
-            r.live.then(|| {
+            r.live().then(|| {
                 let start = (r.pos - self.arena_base) as usize;
-                let bytes = &self.arena[start..start + r.len as usize];
+                let bytes = &self.arena[start..start + r.len()];
                 // Every id came in as a `&str`.
                 (std::str::from_utf8(bytes).unwrap_or_default(), r.time)
             })
@@ -347,9 +368,8 @@ impl Merge for Dedup {
             else {
                 continue;
             };
-            if r.live {
-                let start = (r.pos - self.arena_base) as usize;
-                let hash = self.hash(&self.arena[start..start + r.len as usize]);
+            if r.live() {
+                let hash = r.hash;
                 self.kill(no, hash);
             }
         }
