@@ -106,9 +106,35 @@ pub(crate) struct ClosedSession {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Visitor {
     site: u32,
-    site_name: Box<str>,
-    name: Box<str>,
+    /// Where the site's id ends and the visitor's begins in `ids`.
+    split: u32,
+    /// The site's id, then the visitor's: one buffer per slot, emptied (not
+    /// freed) when the slot is, for the slot's next visitor.
+    ids: String,
     open: SmallVec<[Session; 1]>,
+}
+
+impl Visitor {
+    fn site_name(&self) -> &str {
+        self.ids.get(..self.split as usize).unwrap_or_default()
+    }
+
+    fn name(&self) -> &str {
+        self.ids.get(self.split as usize..).unwrap_or_default()
+    }
+
+    /// Whether this is the slot of `visitor` on `site_name`.
+    fn is(&self, site_name: &str, visitor: &str) -> bool {
+        let (ids, site, name) = (
+            self.ids.as_bytes(),
+            site_name.as_bytes(),
+            visitor.as_bytes(),
+        );
+        self.split as usize == site.len()
+            && ids.len() == site.len() + name.len()
+            && ids.starts_with(site)
+            && ids.ends_with(name)
+    }
 }
 
 /// Open sessions per dimension, kept up to date so snapshots need not scan sessions.
@@ -148,6 +174,30 @@ pub(crate) struct Sessionizer {
     /// The due timers of one pass (kept for its allocation).
     due: Vec<(Millis, (u64, usize))>,
     open_by_dim: OpenCounts,
+    /// Exit event ids of closed sessions, for the next new sessions' (not saved).
+    spare_ids: Vec<String>,
+}
+
+/// At most this many spare exit-event buffers are kept.
+const SPARE_IDS: usize = 64;
+
+/// `id` in a spare buffer if there is one.
+fn reuse(spare: &mut Vec<String>, id: &str) -> String {
+    match spare.pop() {
+        Some(mut s) => {
+            s.clear();
+            s.push_str(id);
+            s
+        }
+        None => id.to_owned(),
+    }
+}
+
+/// Keeps `s`'s buffer for a later session, while there are few.
+fn keep(spare: &mut Vec<String>, s: String) {
+    if spare.len() < SPARE_IDS {
+        spare.push(s);
+    }
 }
 
 /// Whether a view at `a` = (time, channel) comes before one at `b`: time first,
@@ -169,6 +219,7 @@ impl Sessionizer {
             close_queue: Timers::new(timeout_ms / 512),
             due: vec![],
             open_by_dim: OpenCounts::default(),
+            spare_ids: vec![],
         }
     }
 
@@ -188,30 +239,40 @@ impl Sessionizer {
         let hash = Self::hash(hasher, site_name, visitor);
         let found = index.find(hash, |&s| {
             let v = &visitors[s];
-            &*v.name == visitor && &*v.site_name == site_name
+            v.is(site_name, visitor)
         });
         if let Some(&s) = found {
             return s;
         }
-        let v = Visitor {
-            site,
-            site_name: Box::from(site_name),
-            name: Box::from(visitor),
-            open: SmallVec::new(),
-        };
+        // A site id is a string field of a Kafka record, under 2 GiB.
+        let split = u32::try_from(site_name.len()).unwrap_or(u32::MAX);
         let s = match free.pop() {
             Some(s) => {
-                visitors[s] = v;
+                let v = &mut visitors[s];
+                v.site = site;
+                v.split = split;
+                // Exactly what the ids need if they are longer (no doubling).
+                v.ids.reserve_exact(site_name.len() + visitor.len());
+                v.ids.push_str(site_name);
+                v.ids.push_str(visitor);
                 s
             }
             None => {
-                visitors.push(v);
+                let mut ids = String::with_capacity(site_name.len() + visitor.len());
+                ids.push_str(site_name);
+                ids.push_str(visitor);
+                visitors.push(Visitor {
+                    site,
+                    split,
+                    ids,
+                    open: SmallVec::new(),
+                });
                 visitors.len() - 1
             }
         };
         index.insert_unique(hash, s, |&x| {
             let v = &visitors[x];
-            Self::hash(hasher, &v.site_name, &v.name)
+            Self::hash(hasher, v.site_name(), v.name())
         });
         s
     }
@@ -252,7 +313,7 @@ impl Sessionizer {
             views: 1,
             channel,
             exit_page: page,
-            exit_event: event_id.to_owned(),
+            exit_event: reuse(&mut self.spare_ids, event_id),
         };
         self.next_id += 1;
         let mut i = 0;
@@ -273,7 +334,10 @@ impl Sessionizer {
             }
             if merged.exits_before(s.last, &s.exit_event) {
                 merged.exit_page = s.exit_page;
-                merged.exit_event = s.exit_event;
+                let old = std::mem::replace(&mut merged.exit_event, s.exit_event);
+                keep(&mut self.spare_ids, old);
+            } else {
+                keep(&mut self.spare_ids, s.exit_event);
             }
             merged.first = merged.first.min(s.first);
             merged.last = merged.last.max(s.last);
@@ -320,6 +384,7 @@ impl Sessionizer {
                     channel: s.channel,
                     exit_page: s.exit_page,
                 });
+                keep(&mut self.spare_ids, s.exit_event);
             }
         }
         self.due = due;
@@ -327,11 +392,16 @@ impl Sessionizer {
 
     /// Frees `slot` (its visitor has no open session left).
     fn release(&mut self, slot: usize) {
-        let v = std::mem::take(&mut self.visitors[slot]);
-        let hash = Self::hash(&self.hasher, &v.site_name, &v.name);
+        let v = &mut self.visitors[slot];
+        let hash = Self::hash(&self.hasher, v.site_name(), v.name());
         if let Ok(e) = self.index.find_entry(hash, |&s| s == slot) {
             e.remove();
         }
+        // Its buffer stays for the slot's next visitor (saved as empty ids).
+        v.site = 0;
+        v.split = 0;
+        v.ids.clear();
+        v.open = SmallVec::new();
         self.free.push(slot);
     }
 
@@ -414,6 +484,7 @@ impl<'de> serde::Deserialize<'de> for Sessionizer {
             close_queue: s.close_queue,
             due: vec![],
             open_by_dim: s.open_by_dim,
+            spare_ids: vec![],
         };
         let Sessionizer {
             visitors,
@@ -425,9 +496,9 @@ impl<'de> serde::Deserialize<'de> for Sessionizer {
             if v.open.is_empty() {
                 continue;
             }
-            index.insert_unique(Self::hash(hasher, &v.site_name, &v.name), slot, |&x| {
+            index.insert_unique(Self::hash(hasher, v.site_name(), v.name()), slot, |&x| {
                 let v = &visitors[x];
-                Self::hash(hasher, &v.site_name, &v.name)
+                Self::hash(hasher, v.site_name(), v.name())
             });
         }
         Ok(out)
