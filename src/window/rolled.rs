@@ -10,14 +10,13 @@
 //! # Rolling up through the finer windows
 //! A window `i` takes its values from a *source*: the window `j` with the
 //! greatest bucket `b_j < b_i` that divides `b_i` (its buckets tile `i`'s), or
-//! the staging slots when there is none. A source's unit (slot or bucket) is
+//! the staging slots when there is none (or it is the grain's). A source's unit (slot or bucket) is
 //! *complete* once the rolled-to point `r` (the closing watermark at the grain)
 //! reaches its end; at that moment it is absorbed into the bucket of every
 //! window it is the source of. With the default windows (buckets of 5 s, 1 min,
-//! 24 min, 168 min, 720 min) a slot is absorbed into the 5-minute window, that
-//! window's 5-second buckets into the hour's, the hour's minute buckets into the
-//! day's, and the day's into the week's and the month's: about 2.1 absorbs per
-//! slot instead of 5.
+//! 24 min, 168 min, 720 min) a slot is absorbed into the 5-minute window and
+//! the hour's, the hour's minute buckets into the day's, and the day's into the
+//! week's and the month's: about 2.1 absorbs per slot instead of 5.
 //!
 //! # Exactness
 //! A value is in exactly one place along a window's chain of sources: in the
@@ -115,12 +114,15 @@ impl<T: Default + Absorb> RolledRings<T> {
 
     /// The window whose complete buckets window `i` takes (`None`: the staging
     /// slots): the greatest bucket smaller than `i`'s that divides it, the
-    /// first such window on ties. A function of the bucket sizes only.
+    /// first such window on ties; not one of the grain (its buckets are the
+    /// slots: as many absorbs, and a tree search more per slot). A function of
+    /// the bucket sizes only.
     fn source(&self, i: usize) -> Option<usize> {
         let b = self.windows[i].bucket_ms;
         let mut best: Option<usize> = None;
         for (j, w) in self.windows.iter().enumerate() {
             if w.bucket_ms < b
+                && w.bucket_ms > self.grain_ms
                 && b % w.bucket_ms == 0
                 && best.is_none_or(|k| w.bucket_ms > self.windows[k].bucket_ms)
             {
@@ -330,7 +332,7 @@ mod tests {
             .sum()
     }
 
-    /// Windows of buckets 10 s, 6 min, 7 min, 42 min and 15 s (the grain is 5 s).
+    /// Windows of buckets 10 s, 6 min, 7 min, 42 min, 15 s and 5 s (the grain).
     fn specs() -> Vec<WindowSpec> {
         let spec = |name: &str, length_ms: i64, bucket_ms: i64| WindowSpec {
             name: name.into(),
@@ -343,6 +345,7 @@ mod tests {
             spec("35m", 35 * MIN, 7 * MIN),
             spec("7h", 420 * MIN, 42 * MIN),
             spec("3m", 3 * MIN, 15_000),
+            spec("2m", 2 * MIN, 5_000),
         ]
     }
 
@@ -416,12 +419,14 @@ mod tests {
             .collect();
         let rings: RolledRings<i64> = RolledRings::new(&defaults);
         let sources: Vec<_> = (0..5).map(|i| rings.source(i)).collect();
-        // 5 s <- slots, 1 min <- 5 s, 24 min <- 1 min, 168 min <- 24 min, 720 min <- 24 min.
-        assert_eq!(sources, [None, Some(0), Some(1), Some(2), Some(2)]);
+        // 5 s and 1 min <- slots (5 s is the grain), 24 min <- 1 min, 168 min
+        // and 720 min <- 24 min.
+        assert_eq!(sources, [None, None, Some(1), Some(2), Some(2)]);
         // The property test's windows: 10 s and 15 s from the slots (neither
         // divides the other), 6 and 7 min from 15 s, 42 min from 7 min.
+        // 5 s (the grain's, not a source of 10 s) from the slots.
         let rings: RolledRings<i64> = RolledRings::new(&specs());
-        let sources: Vec<_> = (0..5).map(|i| rings.source(i)).collect();
-        assert_eq!(sources, [None, Some(4), Some(4), Some(2), None]);
+        let sources: Vec<_> = (0..6).map(|i| rings.source(i)).collect();
+        assert_eq!(sources, [None, Some(4), Some(4), Some(2), None, None]);
     }
 }
