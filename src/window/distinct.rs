@@ -203,10 +203,13 @@ impl DiffRing {
     fn on_insert(&mut self, p: Option<Millis>, k: Millis, q: Option<Millis>) {
         let b = self.bucket_ms;
         let view = |t: Millis| t.div_euclid(b) * b;
-        let (p, k, q) = (p.map(view), view(k), q.map(view));
-        if p == Some(k) || q == Some(k) {
+        let k = view(k);
+        // `p < k < q` at the grain: a neighbour shares `k`'s view bucket iff it
+        // lies in `[k, k + b)` (no division for the common case).
+        if p.is_some_and(|p| p >= k) || q.is_some_and(|q| q < k + b) {
             return;
         }
+        let (p, q) = (p.map(view), q.map(view));
         self.gap(p, q, -1);
         self.gap(p, Some(k), 1);
         self.gap(Some(k), q, 1);
