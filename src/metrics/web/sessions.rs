@@ -246,30 +246,17 @@ impl Sessionizer {
         }
         // A site id is a string field of a Kafka record, under 2 GiB.
         let split = u32::try_from(site_name.len()).unwrap_or(u32::MAX);
-        let s = match free.pop() {
-            Some(s) => {
-                let v = &mut visitors[s];
-                v.site = site;
-                v.split = split;
-                // Exactly what the ids need if they are longer (no doubling).
-                v.ids.reserve_exact(site_name.len() + visitor.len());
-                v.ids.push_str(site_name);
-                v.ids.push_str(visitor);
-                s
-            }
-            None => {
-                let mut ids = String::with_capacity(site_name.len() + visitor.len());
-                ids.push_str(site_name);
-                ids.push_str(visitor);
-                visitors.push(Visitor {
-                    site,
-                    split,
-                    ids,
-                    open: SmallVec::new(),
-                });
-                visitors.len() - 1
-            }
-        };
+        let s = free.pop().unwrap_or_else(|| {
+            visitors.push(Visitor::default());
+            visitors.len() - 1
+        });
+        let v = &mut visitors[s];
+        v.site = site;
+        v.split = split;
+        // Exactly what the ids need (a freed slot's buffer grows only if shorter).
+        v.ids.reserve_exact(site_name.len() + visitor.len());
+        v.ids.push_str(site_name);
+        v.ids.push_str(visitor);
         index.insert_unique(hash, s, |&x| {
             let v = &visitors[x];
             Self::hash(hasher, v.site_name(), v.name())
