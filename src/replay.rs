@@ -429,7 +429,7 @@ pub fn replay(
         }
         summary.fit = started.elapsed();
         let started = std::time::Instant::now();
-        pipeline.rescore(at);
+        pipeline.rescore_totals(at);
         summary.sweep = started.elapsed();
         let started = std::time::Instant::now();
         summary.snapshots = pipeline.snapshot_at(at, None);

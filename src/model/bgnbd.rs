@@ -372,20 +372,23 @@ fn euler_series(big_a: f64, big_b: f64, c: f64, z: f64, ln_w: f64) -> Option<f64
     let mut sum = v;
     let mut sum_abs = v.abs();
     let settle = (-big_a).max(-big_b).max(-c).max(0.0);
+    // `v_{n+1} / v_n`; the convergence test's ratio is the next term's factor.
+    let ratio = |n: f64| (big_a + n) * (big_b + n) * z / ((c + n) * (n + 1.0));
     let mut n = 1.0;
+    let mut next = ratio(n);
     let mut converged = false;
     while n < 10_000.0 {
         if v == 0.0 {
             converged = true;
             break;
         }
-        v *= (big_a + n) * (big_b + n) * z / ((c + n) * (n + 1.0));
+        v *= next;
         sum += v;
         sum_abs += v.abs();
         n += 1.0;
+        next = ratio(n);
         if n > settle {
-            let next = ((big_a + n) * (big_b + n) * z / ((c + n) * (n + 1.0))).abs();
-            let rho = next.max(z);
+            let rho = next.abs().max(z);
             if v.abs() * rho <= (1.0 - rho) * 0.5 * f64::EPSILON * sum.abs() {
                 converged = true;
                 break;

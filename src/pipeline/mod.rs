@@ -490,13 +490,23 @@ impl Pipeline {
     /// customers ([`Engine::rescore`]): the edge runs it in the background, never
     /// inside a snapshot. Returns whether a model was there to sweep with.
     pub fn rescore(&self, at: Millis) -> bool {
+        self.sweep(at, true)
+    }
+
+    /// [`Pipeline::rescore`] for the totals alone: no customer-risk records
+    /// (replay's final sweep, which nothing publishes).
+    pub fn rescore_totals(&self, at: Millis) -> bool {
+        self.sweep(at, false)
+    }
+
+    fn sweep(&self, at: Millis, records: bool) -> bool {
         let Some(m) = self.risk_model() else {
             return false;
         };
         let cfg = self.engine.config();
         let previous = lock(&self.swept_with).replace(m.clone());
         let same_model = previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, &m));
-        let mut sweep = self.engine.rescore(&churn_risk::Rescore {
+        let rescore = churn_risk::Rescore {
             at,
             model: &m,
             threshold: cfg.risk_threshold,
@@ -504,7 +514,9 @@ impl Pipeline {
             count_crossings: same_model,
             previous: previous.as_deref().filter(|_| !same_model),
             ttl_ms: cfg.state_ttl_ms,
-        });
+            records,
+        };
+        let mut sweep = self.engine.rescore(&rescore, state_threads());
         lock(&self.risk_changes).extend(std::mem::take(&mut sweep.changed));
         *lock(&self.last_sweep) = Some(sweep);
         true
@@ -563,8 +575,9 @@ impl Pipeline {
     }
 }
 
-/// Threads for saving and restoring task state: one per core. Checkpoints and
-/// restores run while the consumer loop waits for them, so they may use every core.
+/// Threads for saving and restoring task state and for scoring a sweep: one per
+/// core. Checkpoints and restores run while the consumer loop waits for them, so
+/// they may use every core; a sweep shortens each chunk's hold of a task's lock.
 pub fn state_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -96,6 +96,8 @@ fn parallel_map<T: Sync, R: Send>(
 
 /// Customers a rescoring sweep scores per lock of a task (about 1 µs each).
 pub(crate) const RESCORE_CHUNK: u32 = 4096;
+/// Rows one thread scores at a time: a chunk spreads over up to 16 threads.
+const SCORE_CHUNK: usize = 256;
 
 impl Engine {
     pub fn new(cfg: CoreConfig) -> Engine {
@@ -357,8 +359,10 @@ impl Engine {
     /// Each task is visited in chunks of [`RESCORE_CHUNK`] customer numbers, its
     /// lock taken once per chunk: a sweep may run beside the workers applying
     /// records (in the background, off the snapshot) and delays a task's records
-    /// by one chunk at most. Tasks in partition order, customers in number order.
-    pub fn rescore(&self, r: &crate::metrics::churn_risk::Rescore<'_>) -> Sweep {
+    /// by one chunk at most. Tasks in partition order, customers in number order;
+    /// a chunk's rows are scored on up to `threads` threads (scoring is a pure
+    /// function of a row, and the totals are added in row order).
+    pub fn rescore(&self, r: &crate::metrics::churn_risk::Rescore<'_>, threads: usize) -> Sweep {
         let mut sweep = Sweep::default();
         for p in self.tasks() {
             let Some(task) = self.tasks.get(&p).map(|t| t.value().clone()) else {
@@ -373,11 +377,17 @@ impl Engine {
                     break;
                 }
                 let to = len.min(from.saturating_add(RESCORE_CHUNK));
-                sweep.merge(
-                    task.families
-                        .risk
-                        .rescore_range(&task.customer_ids, from..to, r),
-                );
+                let risk = &mut task.families.risk;
+                let rows = risk.rows(from..to, r);
+                let scored: Vec<_> = parallel_map(
+                    &rows.chunks(SCORE_CHUNK).collect::<Vec<_>>(),
+                    threads,
+                    |rows| rows.iter().map(|row| r.score(row)).collect::<Vec<_>>(),
+                )
+                .into_iter()
+                .flatten()
+                .collect();
+                sweep.merge(risk.apply(&task.customer_ids, &rows, &scored, r));
                 from = to;
             }
         }

@@ -226,3 +226,80 @@ fn reads_close_what_apply_let_wait() {
     restored.restore_task(0, &saved).unwrap();
     assert_eq!(restored.open_sessions().get(&Dim::All), Some(&1));
 }
+
+#[test]
+fn a_sweep_scored_on_several_threads_equals_one_scored_on_one() {
+    use crate::event::{Event, Purchase, PurchaseType};
+    use crate::metrics::churn_risk::{Rescore, RiskModel, Sweep};
+    use crate::model::{Model, Params};
+    const DAY: i64 = 86_400_000;
+    // 9,000 customers on two tasks (more than one lock chunk each), 1 to 4 ORDERs
+    // each, in time order.
+    let mut orders: Vec<(i64, i64, i64)> = (0..9_000i64)
+        .flat_map(|n| (0..=n % 4).map(move |k| (n % 97 + k * (n % 31), n, k)))
+        .collect();
+    orders.sort_unstable();
+    let fill = |e: &Engine| {
+        for &(day, n, k) in &orders {
+            let p = Event::Purchase(Purchase {
+                event_id: format!("e{n}-{k}"),
+                event_time: 1_700_000_000_000 + day * DAY,
+                customer_id: format!("c{n}"),
+                order_id: format!("o{n}-{k}"),
+                kind: PurchaseType::Order,
+                amount_minor: 100 + n % 13,
+                currency: "EUR".into(),
+                cost_minor: None,
+                items: 1,
+                campaign_id: None,
+            });
+            let tp = TopicPartition::new("purchases", (n % 2) as i32);
+            e.apply(&tp, &p).unwrap();
+        }
+    };
+    let params = Params {
+        r: 0.525,
+        alpha: 6.18 * 7.0,
+        a: 0.891,
+        b: 1.614,
+    };
+    let m = RiskModel::new(Model::MbgNbd, params, 0.0, 0, true, None);
+    let rescore = |records| Rescore {
+        at: 1_700_000_000_000 + 200 * DAY,
+        model: &m,
+        threshold: 0.5,
+        delta: 0.05,
+        count_crossings: true,
+        previous: None,
+        ttl_ms: None,
+        records,
+    };
+    let sweep = |threads, records| {
+        let e = Engine::new(CoreConfig::default());
+        fill(&e);
+        let first = e.rescore(&rescore(records), threads);
+        (first, e.rescore(&rescore(true), threads))
+    };
+    let (one, one_again) = sweep(1, true);
+    assert_eq!(one.customers, 9_000);
+    assert!(0 < one.at_risk && one.at_risk < 9_000, "{}", one.at_risk);
+    assert_eq!(
+        one.changed.len(),
+        9_000,
+        "every risk is published the first time"
+    );
+    let (four, four_again) = sweep(4, true);
+    // (Compared whole, printed short: a sweep holds 9,000 records.)
+    let short = |s: &Sweep| (s.customers, s.at_risk, s.crossings, s.changed.len());
+    assert!(four == one, "{:?} != {:?}", short(&four), short(&one));
+    assert!(four_again == one_again);
+    assert!(one_again.changed.is_empty(), "nothing moved since");
+    // Without records: the same totals, and the histories still note what was published.
+    let (totals, totals_again) = sweep(2, false);
+    let expected = Sweep {
+        changed: vec![],
+        ..one.clone()
+    };
+    assert!(totals == expected, "{:?}", short(&totals));
+    assert!(totals_again == one_again, "{:?}", short(&totals_again));
+}
