@@ -73,9 +73,13 @@ const MAX_SPAN: i64 = 1 << 22;
 pub(crate) struct DiffRing {
     len_ms: i64,
     bucket_ms: i64,
+    /// `len_ms / bucket_ms`: differences are placed by bucket number.
+    len_buckets: i64,
     /// Sum of the differences at positions `<= folded_to`.
     base: i64,
     folded_to: Millis,
+    /// The bucket number of `folded_to` (rounded down).
+    folded_bucket: i64,
     /// Bucket number (`position / bucket_ms`) of the first slot of `pages[0]`.
     first: i64,
     pages: VecDeque<Option<Box<[i32; PAGE]>>>,
@@ -87,20 +91,22 @@ impl DiffRing {
         DiffRing {
             len_ms,
             bucket_ms,
+            len_buckets: len_ms / bucket_ms,
             base: 0,
             folded_to: Millis::MIN,
+            folded_bucket: Millis::MIN.div_euclid(bucket_ms),
             first: 0,
             pages: VecDeque::new(),
             far: BTreeMap::new(),
         }
     }
 
-    fn add(&mut self, pos: Millis, d: i64) {
-        if pos <= self.folded_to {
+    /// Adds `d` at position `slot × bucket_ms` (positions are bucket-aligned).
+    fn add(&mut self, slot: i64, d: i64) {
+        if slot <= self.folded_bucket {
             self.base += d;
             return;
         }
-        let slot = pos.div_euclid(self.bucket_ms);
         // Most differences land on a page that exists: straight there.
         if let Some(i) = slot
             .checked_sub(self.first)
@@ -117,6 +123,7 @@ impl DiffRing {
         let page_len = PAGE as i64;
         let end = self.first + self.pages.len() as i64 * page_len;
         if slot < self.first - MAX_SPAN || slot >= self.first + MAX_SPAN {
+            let pos = slot * self.bucket_ms;
             let e = self.far.entry(pos).or_insert(0);
             *e += d;
             if *e == 0 {
@@ -166,6 +173,7 @@ impl DiffRing {
         }
         self.base = self.count_at(end);
         self.folded_to = end;
+        self.folded_bucket = end.div_euclid(self.bucket_ms);
         let rest = self.far.split_off(&(end + 1));
         self.far = rest;
         let last = end.div_euclid(self.bucket_ms);
@@ -185,15 +193,17 @@ impl DiffRing {
         }
     }
 
-    /// Adds `sign` times the contribution of the gap between neighbour buckets `p` and `q`.
-    fn gap(&mut self, p: Option<Millis>, q: Option<Millis>, sign: i64) {
-        let (b, len) = (self.bucket_ms, self.len_ms);
+    /// Adds `sign` times the contribution of the gap between neighbour buckets
+    /// `p` and `q` (bucket numbers: `P = p × b`, `len = n × b`, so `P + len + b`
+    /// is bucket `p + n + 1` and `Q - P > len` is `q - p > n`).
+    fn gap(&mut self, p: Option<i64>, q: Option<i64>, sign: i64) {
+        let n = self.len_buckets;
         match (p, q) {
-            (None, Some(q)) => self.add(q + b, sign),
-            (Some(p), None) => self.add(p + len + b, -sign),
-            (Some(p), Some(q)) if q - p > len => {
-                self.add(p + len + b, -sign);
-                self.add(q + b, sign);
+            (None, Some(q)) => self.add(q + 1, sign),
+            (Some(p), None) => self.add(p + n + 1, -sign),
+            (Some(p), Some(q)) if q - p > n => {
+                self.add(p + n + 1, -sign);
+                self.add(q + 1, sign);
             }
             _ => {}
         }
@@ -202,17 +212,17 @@ impl DiffRing {
     /// A key got grain bucket `k` between its grain neighbours `p` and `q`.
     fn on_insert(&mut self, p: Option<Millis>, k: Millis, q: Option<Millis>) {
         let b = self.bucket_ms;
-        let view = |t: Millis| t.div_euclid(b) * b;
-        let k = view(k);
+        let kb = k.div_euclid(b);
+        let start = kb * b;
         // `p < k < q` at the grain: a neighbour shares `k`'s view bucket iff it
-        // lies in `[k, k + b)` (no division for the common case).
-        if p.is_some_and(|p| p >= k) || q.is_some_and(|q| q < k + b) {
+        // lies in `[start, start + b)` (no division for the common case).
+        if p.is_some_and(|p| p >= start) || q.is_some_and(|q| q < start + b) {
             return;
         }
-        let (p, q) = (p.map(view), q.map(view));
+        let (p, q) = (p.map(|t| t.div_euclid(b)), q.map(|t| t.div_euclid(b)));
         self.gap(p, q, -1);
-        self.gap(p, Some(k), 1);
-        self.gap(Some(k), q, 1);
+        self.gap(p, Some(kb), 1);
+        self.gap(Some(kb), q, 1);
     }
 
     /// Every non-zero difference not yet folded, by position.
@@ -415,6 +425,7 @@ impl TryFrom<SavedRing> for DiffRing {
         let mut r = DiffRing::new(len, b);
         r.base = s.base;
         r.folded_to = s.folded_to;
+        r.folded_bucket = s.folded_to.div_euclid(b);
         let mut at = origin(s.folded_to, b) / b;
         for (i, (step, d)) in s.diffs.into_iter().enumerate() {
             at = at
@@ -425,7 +436,7 @@ impl TryFrom<SavedRing> for DiffRing {
             if pos <= r.folded_to || i32::try_from(d).is_err() {
                 return Err("a distinct counter's difference is out of range".into());
             }
-            r.add(pos, d);
+            r.add(at, d);
         }
         Ok(r)
     }
