@@ -267,7 +267,7 @@ async fn apply_batch(
         {
             Some(t) => t,
             None => {
-                let tp = TopicPartition::new(topic, partition);
+                let tp = pipeline.engine().topic_partition(topic, partition);
                 restored.push(checkpointer.restored_up_to(&tp));
                 tps.push(tp);
                 tps.len() - 1

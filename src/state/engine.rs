@@ -22,6 +22,9 @@ use crate::metrics::web::DurationHistogram;
 pub struct Engine {
     cfg: Arc<CoreConfig>,
     tasks: DashMap<i32, Arc<Mutex<TaskState>>>,
+    /// One name per configured input topic, shared by every [`TopicPartition`]
+    /// [`Engine::topic_partition`] makes: a task finds its input by pointer.
+    topics: Vec<Arc<str>>,
 }
 
 fn lock(task: &Mutex<TaskState>) -> MutexGuard<'_, TaskState> {
@@ -102,8 +105,25 @@ const SCORE_CHUNK: usize = 256;
 impl Engine {
     pub fn new(cfg: CoreConfig) -> Engine {
         Engine {
+            topics: cfg
+                .input_topics
+                .iter()
+                .map(|t| Arc::from(t.as_str()))
+                .collect(),
             cfg: Arc::new(cfg),
             tasks: DashMap::new(),
+        }
+    }
+
+    /// `topic`'s partition `partition`, its name shared with every other made
+    /// here when `topic` is a configured input (the edges make one per batch).
+    pub fn topic_partition(&self, topic: &str, partition: i32) -> TopicPartition {
+        match self.topics.iter().find(|t| ***t == *topic) {
+            Some(t) => TopicPartition {
+                topic: t.clone(),
+                partition,
+            },
+            None => TopicPartition::new(topic, partition),
         }
     }
 

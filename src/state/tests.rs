@@ -303,3 +303,21 @@ fn a_sweep_scored_on_several_threads_equals_one_scored_on_one() {
     assert!(totals == expected, "{:?}", short(&totals));
     assert!(totals_again == one_again, "{:?}", short(&totals_again));
 }
+
+#[test]
+fn a_configured_topics_partitions_share_its_name() {
+    let cfg = CoreConfig {
+        input_topics: vec!["pageviews".into(), "purchases".into()],
+        ..CoreConfig::default()
+    };
+    let e = Engine::new(cfg);
+    let (a, b) = (
+        e.topic_partition("purchases", 0),
+        e.topic_partition("purchases", 3),
+    );
+    assert!(Arc::ptr_eq(&a.topic, &b.topic));
+    assert_eq!((&*a.topic, a.partition, b.partition), ("purchases", 0, 3));
+    let other = e.topic_partition("elsewhere", 1);
+    assert_eq!(other, TopicPartition::new("elsewhere", 1));
+    assert!(!Arc::ptr_eq(&other.topic, &a.topic));
+}
