@@ -36,6 +36,7 @@
 //! incomplete buckets are never evicted (its dependents still read them).
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use super::{BucketRing, WindowSpec};
 use crate::event::Millis;
@@ -82,6 +83,9 @@ pub(crate) struct RolledRings<T> {
 struct Plan {
     from_staging: Vec<bool>,
     links: Vec<(usize, usize)>,
+    /// The first window whose bucket is the grain: a rolled slot *is* its
+    /// bucket, so it takes the slot itself (after the others absorbed it).
+    takes_slot: Option<usize>,
 }
 
 impl<T: Default + Absorb> RolledRings<T> {
@@ -106,9 +110,13 @@ impl<T: Default + Absorb> RolledRings<T> {
             .collect();
         // A window's source has a smaller bucket: it took its own share first.
         links.sort_by_key(|&(j, _)| self.windows[j].bucket_ms);
+        let takes_slot = (self.windows.iter())
+            .position(|w| w.bucket_ms == self.grain_ms)
+            .filter(|&i| sources[i].is_none());
         Plan {
             from_staging: sources.iter().map(Option::is_none).collect(),
             links,
+            takes_slot,
         }
     }
 
@@ -189,12 +197,21 @@ impl<T: Default + Absorb> RolledRings<T> {
             && *first.key() < to
         {
             let (slot, mut v) = first.remove_entry();
-            for (ring, &staged) in self.windows.iter_mut().zip(&plan.from_staging) {
-                if staged {
+            for (i, (ring, &staged)) in self.windows.iter_mut().zip(&plan.from_staging).enumerate()
+            {
+                if staged && plan.takes_slot != Some(i) {
                     ring.bucket_mut(slot).absorb(&v);
                 }
             }
-            if self.spare.len() < SPARE_SLOTS {
+            if let Some(i) = plan.takes_slot {
+                // Its bucket there can exist only from a restored state's late write.
+                match self.windows[i].buckets.entry(slot) {
+                    Entry::Vacant(e) => {
+                        e.insert(v);
+                    }
+                    Entry::Occupied(mut e) => e.get_mut().absorb(&v),
+                }
+            } else if self.spare.len() < SPARE_SLOTS {
                 v.clear();
                 self.spare.push(v);
             }
