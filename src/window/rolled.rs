@@ -14,9 +14,10 @@
 //! *complete* once the rolled-to point `r` (the closing watermark at the grain)
 //! reaches its end; at that moment it is absorbed into the bucket of every
 //! window it is the source of. With the default windows (buckets of 5 s, 1 min,
-//! 24 min, 168 min, 720 min) a slot is absorbed into the 5-minute window and
-//! the hour's, the hour's minute buckets into the day's, and the day's into the
-//! week's and the month's: about 2.1 absorbs per slot instead of 5.
+//! 24 min, 168 min, 720 min) a slot is absorbed into the hour's window and then
+//! becomes the 5-minute window's bucket itself (its bucket is the grain), the
+//! hour's minute buckets are absorbed into the day's, and the day's into the
+//! week's and the month's: about 1.1 absorbs per slot instead of 5.
 //!
 //! # Exactness
 //! A value is in exactly one place along a window's chain of sources: in the
