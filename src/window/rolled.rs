@@ -205,7 +205,8 @@ impl<T: Default + Absorb> RolledRings<T> {
                 }
             }
             if let Some(i) = plan.takes_slot {
-                // Its bucket there can exist only from a restored state's late write.
+                // Never there already (a late write goes to a slot rolled before);
+                // absorbed if it were.
                 match self.windows[i].buckets.entry(slot) {
                     Entry::Vacant(e) => {
                         e.insert(v);
