@@ -230,8 +230,7 @@ fn reads_close_what_apply_let_wait() {
 #[test]
 fn a_sweep_scored_on_several_threads_equals_one_scored_on_one() {
     use crate::event::{Event, Purchase, PurchaseType};
-    use crate::metrics::churn_risk::{Rescore, RiskModel, Sweep};
-    use crate::model::{Model, Params};
+    use crate::metrics::churn_risk::{Rescore, Sweep};
     const DAY: i64 = 86_400_000;
     // 9,000 customers on two tasks (more than one lock chunk each), 1 to 4 ORDERs
     // each, in time order.
@@ -257,13 +256,7 @@ fn a_sweep_scored_on_several_threads_equals_one_scored_on_one() {
             e.apply(&tp, &p).unwrap();
         }
     };
-    let params = Params {
-        r: 0.525,
-        alpha: 6.18 * 7.0,
-        a: 0.891,
-        b: 1.614,
-    };
-    let m = RiskModel::new(Model::MbgNbd, params, 0.0, 0, true, None);
+    let m = crate::metrics::churn_risk::cdnow_like_model();
     let rescore = |records| Rescore {
         at: 1_700_000_000_000 + 200 * DAY,
         model: &m,

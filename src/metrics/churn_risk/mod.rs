@@ -359,5 +359,17 @@ impl super::family::Family for RiskState {
     }
 }
 
+/// An MBG/NBD model with roughly the CDNOW fit, in days (alpha in weeks × 7), for tests.
+#[cfg(test)]
+pub(crate) fn cdnow_like_model() -> RiskModel {
+    let params = Params {
+        r: 0.525,
+        alpha: 6.18 * 7.0,
+        a: 0.891,
+        b: 1.614,
+    };
+    RiskModel::new(Model::MbgNbd, params, 0.0, 0, true, None)
+}
+
 #[cfg(test)]
 mod tests;

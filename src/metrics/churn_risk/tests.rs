@@ -19,14 +19,7 @@ fn an_exact_sum_does_not_depend_on_the_order_of_its_terms() {
 }
 
 fn model() -> RiskModel {
-    // Roughly the CDNOW fit, in days (alpha in weeks × 7).
-    let params = Params {
-        r: 0.525,
-        alpha: 6.18 * 7.0,
-        a: 0.891,
-        b: 1.614,
-    };
-    RiskModel::new(Model::MbgNbd, params, 0.0, 0, true, None)
+    cdnow_like_model()
 }
 
 #[test]
