@@ -24,6 +24,11 @@ use crate::event::Millis;
 
 /// Slots the ring holds at most; timers further ahead wait in the overflow heap.
 pub(crate) const MAX_SLOTS: usize = 4096;
+/// Emptied slot lists kept for the slots the ring grows next (a sparse stream
+/// starts a slot for nearly every timer: each grew its list from nothing).
+const SPARE_SLOTS: usize = 64;
+/// The largest emptied list kept.
+const SPARE_CAPACITY: usize = 256;
 
 /// Timers `(instant, item)` by event time (see the module docs).
 #[derive(Debug, Clone)]
@@ -36,6 +41,8 @@ pub(crate) struct Timers<T> {
     front_sorted: bool,
     far: BinaryHeap<Reverse<(Millis, T)>>,
     len: usize,
+    /// Emptied slot lists, given to new slots.
+    spare: Vec<Vec<(Millis, T)>>,
 }
 
 impl<T: Ord + Copy> Timers<T> {
@@ -48,6 +55,16 @@ impl<T: Ord + Copy> Timers<T> {
             front_sorted: false,
             far: BinaryHeap::new(),
             len: 0,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Keeps an emptied slot's list for a later slot, up to [`SPARE_SLOTS`] lists
+    /// of at most [`SPARE_CAPACITY`] timers (a burst's list is freed).
+    fn recycle(spare: &mut Vec<Vec<(Millis, T)>>, mut slot: Vec<(Millis, T)>) {
+        if spare.len() < SPARE_SLOTS && (1..=SPARE_CAPACITY).contains(&slot.capacity()) {
+            slot.clear();
+            spare.push(slot);
         }
     }
 
@@ -64,7 +81,9 @@ impl<T: Ord + Copy> Timers<T> {
     /// Adds a timer at `at`.
     pub fn push(&mut self, at: Millis, item: T) {
         if self.len == 0 {
-            self.slots.clear();
+            for slot in self.slots.drain(..) {
+                Self::recycle(&mut self.spare, slot);
+            }
             self.front_sorted = false;
             self.base = at.div_euclid(self.slot_ms) * self.slot_ms;
         }
@@ -76,7 +95,9 @@ impl<T: Ord + Copy> Timers<T> {
             return;
         }
         if idx >= self.slots.len() {
-            self.slots.resize_with(idx + 1, Vec::new);
+            let spare = &mut self.spare;
+            self.slots
+                .resize_with(idx + 1, || spare.pop().unwrap_or_default());
         }
         let slot = &mut self.slots[idx];
         if idx == 0 && self.front_sorted {
@@ -136,7 +157,9 @@ impl<T: Ord + Copy> Timers<T> {
                 break;
             }
             // The watermark passed the whole slot: it is empty now.
-            self.slots.pop_front();
+            if let Some(slot) = self.slots.pop_front() {
+                Self::recycle(&mut self.spare, slot);
+            }
             self.base = end;
             self.front_sorted = false;
             self.pull_far();
