@@ -83,15 +83,16 @@ pub(crate) struct Message {
     times: [SmallVec<[Millis; 1]>; 7],
 }
 
-/// The counted events of a sorted list: greedy chain with gaps of at least `ttl`.
-fn chain(times: &[Millis], ttl: i64) -> SmallVec<[Millis; 2]> {
-    let mut out: SmallVec<[Millis; 2]> = SmallVec::new();
+/// Calls `f` with each counted event of a sorted list: the greedy chain with
+/// gaps of at least `ttl`.
+fn chain(times: &[Millis], ttl: i64, mut f: impl FnMut(Millis)) {
+    let mut last: Option<Millis> = None;
     for &t in times {
-        if out.last().is_none_or(|f| t - f >= ttl) {
-            out.push(t);
+        if last.is_none_or(|l| t - l >= ttl) {
+            f(t);
+            last = Some(t);
         }
     }
-    out
 }
 
 /// Whether a sorted list has a time within `ttl` of `at` (either side).
@@ -137,19 +138,21 @@ impl Message {
             (UNSUBSCRIBED, Counter::Unsubscribes),
             (COMPLAINED, Counter::Complaints),
         ] {
-            out.extend(chain(&t[kind], ttl).into_iter().map(|x| (x, counter)));
+            chain(&t[kind], ttl, |x| out.push((x, counter)));
         }
-        // Opens: OPENED and CLICKED events, in time order.
-        let mut opens: SmallVec<[Millis; 4]> = SmallVec::new();
-        opens.extend_from_slice(&t[OPENED]);
-        opens.extend_from_slice(&t[CLICKED]);
-        opens.sort_unstable();
-        out.extend(
-            chain(&opens, ttl)
-                .into_iter()
-                .map(|x| (x, Counter::UniqueOpens)),
-        );
-        for d in chain(&t[DELIVERED], ttl) {
+        // Opens: OPENED and CLICKED events, in time order (each list is sorted).
+        let open = |x| out.push((x, Counter::UniqueOpens));
+        match (&t[OPENED][..], &t[CLICKED][..]) {
+            (only, []) | ([], only) => chain(only, ttl, open),
+            (opened, clicked) => {
+                let mut opens: SmallVec<[Millis; 4]> = SmallVec::new();
+                opens.extend_from_slice(opened);
+                opens.extend_from_slice(clicked);
+                opens.sort_unstable();
+                chain(&opens, ttl, open);
+            }
+        }
+        chain(&t[DELIVERED], ttl, |d| {
             for (kinds, counter) in [
                 (&[OPENED, CLICKED][..], Counter::DeliveredOpened),
                 (&[CLICKED], Counter::DeliveredClicked),
@@ -160,12 +163,12 @@ impl Message {
                     out.push((d, counter));
                 }
             }
-        }
-        for s in chain(&t[SENT], ttl) {
+        });
+        chain(&t[SENT], ttl, |s| {
             if near(&t[BOUNCED], s, ttl) {
                 out.push((s, Counter::SentBounced));
             }
-        }
+        });
         out.sort_unstable();
         out
     }
