@@ -359,6 +359,70 @@ fn the_fast_block_reader_replays_like_apache_avro() {
     assert!(good.accepted > damaged.accepted);
 }
 
+/// A replay decodes on its own thread, a few chunks ahead of the apply loop:
+/// files of several chunks replay exactly as one file of the same records,
+/// a rejected record is written with its own file and index, and a dead-letter
+/// file that cannot be written ends the replay with an error (no hang).
+#[test]
+fn files_of_several_chunks_replay_like_one_file() {
+    use engaged::demo::generator::{DEFAULT_START, Generator, GeneratorConfig};
+    use engaged::replay::{ReplayError, ReplayOptions, replay};
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Generator::new(GeneratorConfig::default());
+    let mut events: Vec<_> = g
+        .advance_to(DEFAULT_START + 72 * 3_600_000)
+        .into_iter()
+        .take(14_000)
+        .collect();
+    assert_eq!(events.len(), 14_000);
+    // Record 9,000 repeats record 8,999: a duplicate, the second file's 4,000th record.
+    events[9_000] = events[8_999].clone();
+    let (a, b) = events.split_at(5_000);
+    let null = apache_avro::Codec::Null;
+    let whole = container_file(dir.path(), "whole.avro", null, &events);
+    let first = container_file(dir.path(), "first.avro", null, a);
+    let second = container_file(dir.path(), "second.avro", null, b);
+    let run = |files: &[&std::path::Path], dead_letter: Option<&std::path::Path>| {
+        let opts = ReplayOptions {
+            files: files.iter().map(|p| p.to_path_buf()).collect(),
+            at: None,
+            progress: false,
+            dead_letter: dead_letter.map(|p| p.to_path_buf()),
+            customer_risks: None,
+            generic_decode: false,
+        };
+        replay(
+            engaged::state::CoreConfig::default(),
+            &opts,
+            &mut Vec::new(),
+        )
+    };
+    let dead = dir.path().join("dead.jsonl");
+    let one = run(&[&whole], None).expect("replays");
+    let two = run(&[&first, &second], Some(&dead)).expect("replays");
+    assert_eq!((one.consumed, two.consumed), (14_000, 14_000));
+    assert_eq!((one.accepted, &one.rejected), (two.accepted, &two.rejected));
+    assert!(two.rejected.get("duplicate").is_some_and(|n| *n >= 1));
+    assert_eq!(one.snapshots, two.snapshots);
+    assert!(one.snapshots.iter().any(|s| s.page_views > 0));
+    let lines: Vec<Json> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len() as u64, two.rejected.values().sum::<u64>());
+    let second_name = second.display().to_string();
+    assert!(
+        lines.iter().any(|l| l["file"] == second_name.as_str()
+            && l["index"] == 4_000
+            && l["reason"] == "duplicate"),
+        "{lines:?}"
+    );
+    // Writes to /dev/full fail (ENOSPC): the first dead letter ends the replay.
+    let full = run(&[&first, &second], Some(std::path::Path::new("/dev/full")));
+    assert!(matches!(full, Err(ReplayError::Output(_))), "{full:?}");
+}
+
 /// (customer, event time) of every customer activity in the fixture (SPEC §3:
 /// every event carrying a `customer_id` except email SENT, DELIVERED and
 /// BOUNCED), leaving out the records engaged must reject (the fixture's only
