@@ -3,17 +3,19 @@
 //! SPEC §2: a window of length `W` is a ring of buckets of size `b` (default
 //! `W/60`) aligned to the Unix epoch. Its value at watermark `w` covers event
 //! times in `[e - W, e)` with `e = floor(w / b) * b`, the end of the last
-//! complete bucket. The ring here is keyed by bucket start (a `BTreeMap`) rather
-//! than a fixed array: partitions of one instance can be far apart in event
+//! complete bucket. The ring here is keyed by bucket start (a sorted
+//! [`slots::SlotMap`]) rather than a fixed array: partitions of one instance can be far apart in event
 //! time, and a sparse map stays small when a partition jumps ahead, while
 //! eviction (driven by the watermark, never by the wall clock) keeps it bounded.
 //! Nothing here reads a clock.
 
 pub mod distinct;
 pub mod rolled;
+pub(crate) mod slots;
 
-use std::collections::BTreeMap;
 use std::fmt;
+
+use slots::SlotMap;
 
 use crate::event::Millis;
 
@@ -52,7 +54,7 @@ impl fmt::Display for WindowSpec {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct BucketRing<T> {
     bucket_ms: i64,
-    buckets: BTreeMap<Millis, T>,
+    buckets: SlotMap<T>,
 }
 
 impl<T: Default> BucketRing<T> {
@@ -60,24 +62,19 @@ impl<T: Default> BucketRing<T> {
         assert!(bucket_ms > 0, "bucket size must be positive");
         BucketRing {
             bucket_ms,
-            buckets: BTreeMap::new(),
+            buckets: SlotMap::default(),
         }
     }
 
     /// The bucket that holds event time `t`, created empty if needed.
     pub(crate) fn bucket_mut(&mut self, t: Millis) -> &mut T {
         let start = t.div_euclid(self.bucket_ms) * self.bucket_ms;
-        self.buckets.entry(start).or_default()
+        self.buckets.get_or_insert_with(start, T::default)
     }
 
     /// Buckets whose start lies in `[start, end)`, oldest first.
     pub fn range(&self, start: Millis, end: Millis) -> impl Iterator<Item = (Millis, &T)> {
-        let r = if start < end {
-            start..end
-        } else {
-            start..start
-        };
-        self.buckets.range(r).map(|(k, v)| (*k, v))
+        self.buckets.range(start, end)
     }
 
     /// Buckets whose start lies in `[start, end)`, oldest first, to change.
@@ -86,17 +83,12 @@ impl<T: Default> BucketRing<T> {
         start: Millis,
         end: Millis,
     ) -> impl Iterator<Item = (Millis, &mut T)> {
-        let r = if start < end {
-            start..end
-        } else {
-            start..start
-        };
-        self.buckets.range_mut(r).map(|(k, v)| (*k, v))
+        self.buckets.range_mut(start, end)
     }
 
     /// Drops every bucket that starts before `t`.
     pub(crate) fn evict_before(&mut self, t: Millis) {
-        self.buckets = self.buckets.split_off(&t);
+        self.buckets.remove_before(t);
     }
 
     pub fn len(&self) -> usize {
@@ -104,7 +96,7 @@ impl<T: Default> BucketRing<T> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (Millis, &T)> {
-        self.buckets.iter().map(|(k, v)| (*k, v))
+        self.buckets.iter()
     }
 }
 

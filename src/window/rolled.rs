@@ -36,9 +36,7 @@
 //! any case, so the numbers do not depend on when slots are rolled. A source's
 //! incomplete buckets are never evicted (its dependents still read them).
 
-use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
-
+use super::slots::SlotMap;
 use super::{BucketRing, WindowSpec};
 use crate::event::Millis;
 
@@ -66,7 +64,7 @@ fn floor(t: Millis, b: i64) -> Millis {
 pub(crate) struct RolledRings<T> {
     grain_ms: i64,
     /// Grain slots (by start) not yet rolled up.
-    staging: BTreeMap<Millis, T>,
+    staging: SlotMap<T>,
     /// Every slot starting before this was rolled up (writes before it go to the windows).
     rolled_to: Option<Millis>,
     windows: Vec<BucketRing<T>>,
@@ -94,7 +92,7 @@ impl<T: Default + Absorb> RolledRings<T> {
         let grain_ms = specs.iter().fold(0, |g, s| gcd(g, s.bucket_ms)).max(1);
         RolledRings {
             grain_ms,
-            staging: BTreeMap::new(),
+            staging: SlotMap::default(),
             rolled_to: None,
             windows: specs.iter().map(|s| BucketRing::new(s.bucket_ms)).collect(),
             spare: vec![],
@@ -167,18 +165,17 @@ impl<T: Default + Absorb> RolledRings<T> {
             return;
         }
         let slot = floor(t, self.grain_ms);
-        // Most events fall in the newest slot: no tree search for them.
-        if let Some(mut last) = self.staging.last_entry()
-            && *last.key() == slot
+        // Most events fall in the newest slot: no search for them.
+        if let Some((last, v)) = self.staging.last_mut()
+            && last == slot
         {
-            f(last.get_mut());
+            f(v);
             return;
         }
         let spare = &mut self.spare;
         f(self
             .staging
-            .entry(slot)
-            .or_insert_with(|| spare.pop().unwrap_or_default()));
+            .get_or_insert_with(slot, || spare.pop().unwrap_or_default()));
     }
 
     /// Rolls every slot that ends at or before `w` (no accepted event can still
@@ -194,10 +191,9 @@ impl<T: Default + Absorb> RolledRings<T> {
         // Staging slots into the windows they are the source of. Slot by slot
         // from the front: usually one or none is due, and `split_off` built a
         // new tree every time.
-        while let Some(first) = self.staging.first_entry()
-            && *first.key() < to
+        while self.staging.first_key().is_some_and(|first| first < to)
+            && let Some((slot, mut v)) = self.staging.pop_first()
         {
-            let (slot, mut v) = first.remove_entry();
             for (i, (ring, &staged)) in self.windows.iter_mut().zip(&plan.from_staging).enumerate()
             {
                 if staged && plan.takes_slot != Some(i) {
@@ -207,11 +203,12 @@ impl<T: Default + Absorb> RolledRings<T> {
             if let Some(i) = plan.takes_slot {
                 // Never there already (a late write goes to a slot rolled before);
                 // absorbed if it were.
-                match self.windows[i].buckets.entry(slot) {
-                    Entry::Vacant(e) => {
-                        e.insert(v);
-                    }
-                    Entry::Occupied(mut e) => e.get_mut().absorb(&v),
+                let mut v = Some(v);
+                let bucket = self.windows[i]
+                    .buckets
+                    .get_or_insert_with(slot, || v.take().unwrap_or_default());
+                if let Some(v) = v {
+                    bucket.absorb(&v);
                 }
             } else if self.spare.len() < SPARE_SLOTS {
                 v.clear();
@@ -259,7 +256,7 @@ impl<T: Default + Absorb> RolledRings<T> {
             out.extend(self.windows[x].range(lo, end).map(|(_, v)| v));
         }
         if start < end {
-            out.extend(self.staging.range(start..end).map(|(_, v)| v));
+            out.extend(self.staging.range(start, end).map(|(_, v)| v));
         }
         out.into_iter()
     }
@@ -279,7 +276,7 @@ impl<T: Default + Absorb> RolledRings<T> {
             }
         }
         if start < end {
-            out.extend(self.staging.range_mut(start..end).map(|(_, v)| v));
+            out.extend(self.staging.range_mut(start, end).map(|(_, v)| v));
         }
         out.into_iter()
     }
