@@ -142,7 +142,9 @@ impl<T: Ord + Copy> Timers<T> {
             }
             let front = &mut self.slots[0];
             if !self.front_sorted {
-                front.sort_unstable_by(|a, b| b.cmp(a));
+                if front.len() > 1 {
+                    front.sort_unstable_by(|a, b| b.cmp(a));
+                }
                 self.front_sorted = true;
             }
             while let Some(&e) = front.last()
@@ -162,11 +164,23 @@ impl<T: Ord + Copy> Timers<T> {
             }
             self.base = end;
             self.front_sorted = false;
+            // So are the empty slots after it that it also passed (a sparse stream
+            // has many): dropped in one go, the overflow heap looked at once.
+            while self.slots.front().is_some_and(Vec::is_empty)
+                && self.base.saturating_add(self.slot_ms) <= w
+            {
+                if let Some(slot) = self.slots.pop_front() {
+                    Self::recycle(&mut self.spare, slot);
+                }
+                self.base = self.base.saturating_add(self.slot_ms);
+            }
             self.pull_far();
         }
         // Timers moved from the overflow heap into a passed slot come out of it
         // sorted; a pass that spanned several slots is sorted already.
-        out[first..].sort_unstable();
+        if out.len() - first > 1 {
+            out[first..].sort_unstable();
+        }
     }
 
     /// Every timer, in no particular order.

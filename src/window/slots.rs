@@ -59,6 +59,10 @@ impl<T> SlotMap<T> {
     pub fn get_or_insert_with(&mut self, key: Millis, make: impl FnOnce() -> T) -> &mut T {
         let i = match self.search(key) {
             Ok(i) => i,
+            Err(i) if i == self.entries.len() => {
+                self.entries.push_back((key, make()));
+                i
+            }
             Err(i) => {
                 self.entries.insert(i, (key, make()));
                 i
