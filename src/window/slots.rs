@@ -18,16 +18,25 @@ use std::marker::PhantomData;
 use crate::event::Millis;
 
 /// Values by key (bucket or slot start), ascending, each key once.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub(crate) struct SlotMap<T> {
     entries: VecDeque<(Millis, T)>,
+    /// The most entries held since the last [`SlotMap::remove_before`] (not saved).
+    peak: usize,
 }
 
 impl<T> Default for SlotMap<T> {
     fn default() -> Self {
         SlotMap {
             entries: VecDeque::new(),
+            peak: 0,
         }
+    }
+}
+
+impl<T: PartialEq> PartialEq for SlotMap<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
     }
 }
 
@@ -61,10 +70,12 @@ impl<T> SlotMap<T> {
             Ok(i) => i,
             Err(i) if i == self.entries.len() => {
                 self.entries.push_back((key, make()));
+                self.peak = self.peak.max(self.entries.len());
                 i
             }
             Err(i) => {
                 self.entries.insert(i, (key, make()));
+                self.peak = self.peak.max(self.entries.len());
                 i
             }
         };
@@ -113,10 +124,21 @@ impl<T> SlotMap<T> {
         self.entries.range_mut(r).map(|(k, v)| (*k, v))
     }
 
-    /// Drops every entry whose key is before `key`.
+    /// Drops every entry whose key is before `key` (eviction), and gives back
+    /// room no longer used: a window that took a backlog's buckets in one go
+    /// holds a window's worth again afterwards, and a `VecDeque` keeps its
+    /// capacity. Room for more than four times the most entries held between
+    /// two evictions (and 64) is given back, so a ring that fills up again
+    /// after every eviction (a replay's) keeps its room. (The staging slots,
+    /// taken one by one with [`SlotMap::pop_first`], are bounded by the allowed
+    /// lateness.)
     pub fn remove_before(&mut self, key: Millis) {
         let n = self.entries.partition_point(|(k, _)| *k < key);
         self.entries.drain(..n);
+        let peak = std::mem::replace(&mut self.peak, self.entries.len());
+        if self.entries.capacity() > (4 * peak).max(64) {
+            self.entries.shrink_to((2 * peak).max(64));
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (Millis, &T)> {
@@ -166,7 +188,10 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for SlotMap<T> {
                     all.dedup_by_key(|(k, _)| *k);
                     entries = all.into();
                 }
-                Ok(SlotMap { entries })
+                Ok(SlotMap {
+                    peak: entries.len(),
+                    entries,
+                })
             }
         }
         d.deserialize_map(Visit(PhantomData))
@@ -239,6 +264,31 @@ mod tests {
         }
         let all: Vec<(Millis, i64)> = slots.iter().map(|(k, v)| (k, *v)).collect();
         assert_eq!(all, model.into_iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn gives_back_the_room_of_a_burst() {
+        let mut slots: SlotMap<[u64; 32]> = SlotMap::default();
+        for k in 0..10_000 {
+            slots.get_or_insert_with(k, || [0; 32]);
+        }
+        assert!(slots.entries.capacity() >= 10_000);
+        // The burst was held since the last eviction: its room stays for now.
+        slots.remove_before(9_940);
+        assert_eq!(slots.len(), 60);
+        assert!(slots.entries.capacity() >= 10_000);
+        // A window's worth from then on: the room is given back at the next eviction.
+        for k in 10_000..10_100 {
+            slots.get_or_insert_with(k, || [0; 32]);
+            slots.remove_before(k - 59);
+        }
+        assert_eq!(slots.first_key(), Some(10_040));
+        assert_eq!(slots.len(), 60);
+        assert!(
+            slots.entries.capacity() <= 4 * 61,
+            "{}",
+            slots.entries.capacity()
+        );
     }
 
     #[test]
