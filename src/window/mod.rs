@@ -4,9 +4,10 @@
 //! `W/60`) aligned to the Unix epoch. Its value at watermark `w` covers event
 //! times in `[e - W, e)` with `e = floor(w / b) * b`, the end of the last
 //! complete bucket. The ring here is keyed by bucket start (a sorted
-//! [`slots::SlotMap`]) rather than a fixed array: partitions of one instance can be far apart in event
-//! time, and a sparse map stays small when a partition jumps ahead, while
-//! eviction (driven by the watermark, never by the wall clock) keeps it bounded.
+//! [`slots::SlotMap`]) rather than a fixed array: partitions of one instance
+//! can be far apart in event time, and a sparse map stays small when a
+//! partition jumps ahead, while eviction (driven by the watermark, never by
+//! the wall clock) keeps it bounded.
 //! Nothing here reads a clock.
 
 pub mod distinct;

@@ -188,9 +188,8 @@ impl<T: Default + Absorb> RolledRings<T> {
             return;
         }
         let plan = self.plan.take().unwrap_or_else(|| self.plan());
-        // Staging slots into the windows they are the source of. Slot by slot
-        // from the front: usually one or none is due, and `split_off` built a
-        // new tree every time.
+        // Staging slots into the windows they are the source of, slot by slot
+        // from the front: usually one or none is due.
         while self.staging.first_key().is_some_and(|first| first < to)
             && let Some((slot, mut v)) = self.staging.pop_first()
         {
