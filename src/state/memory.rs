@@ -69,7 +69,7 @@ impl StateKind {
             StateKind::Customer => 320,
             StateKind::OpenSession => 400,
             StateKind::SessionDuration => 24,
-            StateKind::Message => 400,
+            StateKind::Message => 240,
             StateKind::EventId => 100,
             StateKind::WindowBucket => 256,
             StateKind::DistinctPosition => 4,
