@@ -84,6 +84,9 @@ pub(crate) struct DiffRing {
     first: i64,
     pages: VecDeque<Option<Box<[i32; PAGE]>>>,
     far: BTreeMap<Millis, i64>,
+    /// The bucket number and start of the last bucket an insert fell in: the
+    /// next one usually falls there too, without a division.
+    last_bucket: (i64, Millis),
 }
 
 impl DiffRing {
@@ -98,10 +101,23 @@ impl DiffRing {
             first: 0,
             pages: VecDeque::new(),
             far: BTreeMap::new(),
+            last_bucket: (0, 0),
         }
     }
 
+    /// The bucket number of `t` (`t.div_euclid(bucket_ms)`).
+    fn bucket_of(&mut self, t: Millis) -> i64 {
+        let (n, start) = self.last_bucket;
+        if (t.wrapping_sub(start) as u64) < self.bucket_ms as u64 {
+            return n;
+        }
+        let n = t.div_euclid(self.bucket_ms);
+        self.last_bucket = (n, n * self.bucket_ms);
+        n
+    }
+
     /// Adds `d` at position `slot × bucket_ms` (positions are bucket-aligned).
+    #[inline]
     fn add(&mut self, slot: i64, d: i64) {
         if slot <= self.folded_bucket {
             self.base += d;
@@ -117,6 +133,12 @@ impl DiffRing {
             page[i % PAGE] += d as i32;
             return;
         }
+        self.add_to_new_page(slot, d);
+    }
+
+    /// [`DiffRing::add`] where `slot`'s page is not there yet (or too far away).
+    #[inline(never)]
+    fn add_to_new_page(&mut self, slot: i64, d: i64) {
         if self.pages.is_empty() {
             self.first = slot.div_euclid(PAGE as i64) * PAGE as i64;
         }
@@ -193,36 +215,41 @@ impl DiffRing {
         }
     }
 
-    /// Adds `sign` times the contribution of the gap between neighbour buckets
-    /// `p` and `q` (bucket numbers: `P = p × b`, `len = n × b`, so `P + len + b`
-    /// is bucket `p + n + 1` and `Q - P > len` is `q - p > n`).
-    fn gap(&mut self, p: Option<i64>, q: Option<i64>, sign: i64) {
-        let n = self.len_buckets;
-        match (p, q) {
-            (None, Some(q)) => self.add(q + 1, sign),
-            (Some(p), None) => self.add(p + n + 1, -sign),
-            (Some(p), Some(q)) if q - p > n => {
-                self.add(p + n + 1, -sign);
-                self.add(q + 1, sign);
-            }
-            _ => {}
-        }
-    }
-
     /// A key got grain bucket `k` between its grain neighbours `p` and `q`.
+    ///
+    /// With `P < K < Q` the view buckets of `p`, `k`, `q` and `n = len / b`, the
+    /// runs before were `P`'s and `Q`'s, joined iff `Q - P <= n`: then `K` lies
+    /// inside that run and nothing changes. Otherwise `K` joins `P`'s run iff
+    /// `K - P <= n` — moving its end (`-1` at `P + n + 1`) to `K + n + 1` unless `K`
+    /// joins `Q`'s run too — or starts a run (`+1` at `K + 1`); on the right
+    /// likewise, `K` joins `Q`'s run iff `Q - K <= n`, moving its start (`+1` at
+    /// `Q + 1`) to `K + 1`, or ends a run (`-1` at `K + n + 1`). The net change is
+    /// two differences: the four of removing gap `(P, Q)` and adding `(P, K)` and
+    /// `(K, Q)` cancel pairwise.
     fn on_insert(&mut self, p: Option<Millis>, k: Millis, q: Option<Millis>) {
         let b = self.bucket_ms;
-        let kb = k.div_euclid(b);
+        let kb = self.bucket_of(k);
         let start = kb * b;
         // `p < k < q` at the grain: a neighbour shares `k`'s view bucket iff it
         // lies in `[start, start + b)` (no division for the common case).
         if p.is_some_and(|p| p >= start) || q.is_some_and(|q| q < start + b) {
             return;
         }
+        let n = self.len_buckets;
         let (p, q) = (p.map(|t| t.div_euclid(b)), q.map(|t| t.div_euclid(b)));
-        self.gap(p, q, -1);
-        self.gap(p, Some(kb), 1);
-        self.gap(Some(kb), q, 1);
+        if let (Some(p), Some(q)) = (p, q)
+            && q - p <= n
+        {
+            return;
+        }
+        match p {
+            Some(p) if kb - p <= n => self.add(p + n + 1, 1),
+            _ => self.add(kb + 1, 1),
+        }
+        match q {
+            Some(q) if q - kb <= n => self.add(q + 1, -1),
+            _ => self.add(kb + n + 1, -1),
+        }
     }
 
     /// Every non-zero difference not yet folded, by position.
