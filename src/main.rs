@@ -229,7 +229,7 @@ fn init_logs(default: &str) {
 }
 
 /// mimalloc instead of glibc malloc: the state is millions of small allocations
-/// (per-customer bucket lists, histories); see README "Performance".
+/// (per-customer bucket lists, histories); see docs/performance.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
