@@ -154,12 +154,19 @@ impl LabelIds {
 
     /// The number of `v` seen at event time `t`: its own while it has one or
     /// there is room, [`OTHER_ID`] otherwise.
+    #[inline]
     pub(crate) fn id(&mut self, v: &str, t: Millis) -> u32 {
         self.newest = self.newest.max(t);
         if let Some(n) = self.named.get_mut(v) {
             n.last = n.last.max(t);
             return n.id;
         }
+        self.name_new(v, t)
+    }
+
+    /// [`LabelIds::id`] of a value not named now (out of line: most values are).
+    #[inline(never)]
+    fn name_new(&mut self, v: &str, t: Millis) -> u32 {
         if self.named.len() >= self.cap && !self.release_unused() {
             return OTHER_ID;
         }
