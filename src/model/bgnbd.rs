@@ -16,6 +16,7 @@
 //! `ModifiedBetaGeoFitter` compute it.
 
 use super::optimize::{minimize_from, plausible};
+use super::series::EulerSeries;
 use super::special::{digamma, hyp2f1_w, ln_gamma};
 use super::{Fit, FitData, FitOptions, Model, ModelError, Params};
 
@@ -234,16 +235,13 @@ pub struct Score {
 /// negative `T` counts as 0, `t_x` is clamped into `[0, T]`, and `t_x = 0`
 /// when `x = 0`. NaN inputs give NaN. Parameters must be valid
 /// ([`Params::is_valid`]), else results are NaN.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Scorer {
     model: Model,
     params: Params,
     shift: f64,
     ln_a: f64,
-    /// Euler-transformed 2F1 parameters: `A = a+b-1+s-r`, `B = a-1`, `C = c0 + x`.
-    big_a: f64,
-    big_b: f64,
-    c0: f64,
+    series: EulerSeries,
 }
 
 impl Scorer {
@@ -255,9 +253,7 @@ impl Scorer {
             params,
             shift,
             ln_a: a.ln(),
-            big_a: a + b - 1.0 + shift - r,
-            big_b: a - 1.0,
-            c0: a + b - 1.0 + shift,
+            series: EulerSeries::new(a + b - 1.0 + shift - r, a - 1.0, a + b - 1.0 + shift),
         }
     }
 
@@ -313,7 +309,7 @@ impl Scorer {
     }
 
     /// `E[X(t) | alive at T, x]`: lifetimes' formula without its denominator
-    /// (which is 1 / P(alive)), in the Euler-transformed form
+    /// (which is 1 / P(alive)), in the Euler-transformed form ([`EulerSeries`])
     ///
     /// ```text
     /// C/B [1 - (1-z)^B 2F1(A, B; C; z)],  z = t/(α+T+t),
@@ -330,9 +326,8 @@ impl Scorer {
         let w = base / (base + t);
         let ln_w = -u.ln_1p();
         let xf = f64::from(x);
-        let c = self.c0 + xf;
         if z <= 0.5
-            && let Some(v) = euler_series(self.big_a, self.big_b, c, z, ln_w)
+            && let Some(v) = self.series.sum(x, z, ln_w)
         {
             return v;
         }
@@ -353,55 +348,6 @@ fn clamp(x: u32, t_x: f64, age: f64) -> (f64, f64) {
         t_x
     };
     (t_x, age)
-}
-
-/// `C [(1-(1-z)^B)/B - S (1-z)^B]` with `C·S = Σ_{n≥1} v_n`, `v_1 = A z`,
-/// `v_{n+1} = v_n (A+n)(B+n) z / ((C+n)(n+1))` — `C` cancels from the first
-/// term, so `C -> 0` is harmless too. `None` when more than 6 of the 16
-/// digits cancelled, or (absurd parameters, `a` ~ 1e4) the series did not
-/// converge in 10^4 terms: then the caller uses the original form.
-fn euler_series(big_a: f64, big_b: f64, c: f64, z: f64, ln_w: f64) -> Option<f64> {
-    let bl = big_b * ln_w;
-    let wb = bl.exp();
-    let first = if big_b != 0.0 {
-        -bl.exp_m1() / big_b
-    } else {
-        -ln_w
-    };
-    let mut v = big_a * z;
-    let mut sum = v;
-    let mut sum_abs = v.abs();
-    let settle = (-big_a).max(-big_b).max(-c).max(0.0);
-    // `v_{n+1} / v_n`; the convergence test's ratio is the next term's factor.
-    let ratio = |n: f64| (big_a + n) * (big_b + n) * z / ((c + n) * (n + 1.0));
-    let mut n = 1.0;
-    let mut next = ratio(n);
-    let mut converged = false;
-    while n < 10_000.0 {
-        if v == 0.0 {
-            converged = true;
-            break;
-        }
-        v *= next;
-        sum += v;
-        sum_abs += v.abs();
-        n += 1.0;
-        next = ratio(n);
-        if n > settle {
-            let rho = next.abs().max(z);
-            if v.abs() * rho <= (1.0 - rho) * 0.5 * f64::EPSILON * sum.abs() {
-                converged = true;
-                break;
-            }
-        }
-    }
-    let result = c * first - wb * sum;
-    let scale = (c * first).abs().max(wb * sum_abs);
-    if converged && result.is_finite() && scale <= 1e6 * result.abs() {
-        Some(result)
-    } else {
-        None
-    }
 }
 
 /// Band around `a = 1` (where `B = 0`) and `C = 0` in which the general path

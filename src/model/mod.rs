@@ -26,6 +26,7 @@ mod bgnbd;
 mod data;
 pub mod gamma_gamma;
 mod optimize;
+mod series;
 pub mod simulate;
 pub mod special;
 
