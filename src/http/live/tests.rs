@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::snapshot::SourcePartition;
 use crate::telemetry::history::History;

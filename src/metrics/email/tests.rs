@@ -1,4 +1,3 @@
-
 use super::*;
 
 const MIN: i64 = 60_000;

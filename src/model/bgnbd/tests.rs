@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::model::History;
 use crate::model::simulate::simulate;
