@@ -115,7 +115,7 @@ impl Spans {
         if i == self.packed.len() {
             self.packed.push(RELEASED);
         }
-        self.long.remove(&(i as u32));
+        self.forget_long(i);
         // An arena of a terabyte would need a terabyte of memory for the ids alone.
         let start = (start as u64) << LEN_BITS;
         self.packed[i] = match u64::try_from(len) {
@@ -128,8 +128,16 @@ impl Spans {
         };
     }
 
+    /// Drops number `i`'s length from `long`: hashing `i` only when `long` has
+    /// any (ids of 16 MiB are not expected; the hash was a tenth of a new customer).
+    fn forget_long(&mut self, i: usize) {
+        if !self.long.is_empty() {
+            self.long.remove(&(i as u32));
+        }
+    }
+
     fn release(&mut self, i: usize) {
-        self.long.remove(&(i as u32));
+        self.forget_long(i);
         self.packed[i] = RELEASED;
     }
 
