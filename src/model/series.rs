@@ -13,10 +13,10 @@
 //! so the first [`TERMS`] ratios of each `x` below [`CACHED_X`] are computed
 //! once, on first use, and shared by the sweep's threads (at most 256 KiB per
 //! fit). A term then costs two multiplications and two additions, and the
-//! convergence test runs once per four terms, where the direct form needs four
+//! convergence test runs once per eight terms, where the direct form needs four
 //! more additions, two more multiplications and a division per term, and tested
 //! after each: the bench files' sweeps (~60 terms per customer) went from 2,950
-//! to 1,170 instructions per customer (docs/performance.md). Later terms, and
+//! to 960 instructions per customer (docs/performance.md). Later terms, and
 //! larger `x`, compute `q_n z` directly and are tested one by one.
 //!
 //! A cached term is `round(round(q_n) z)` where the direct form rounds
@@ -141,21 +141,21 @@ impl EulerSeries {
             n > settle && v.abs() * rho <= (1.0 - rho) * (0.5 * f64::EPSILON) * sum.abs()
         };
         let mut converged = false;
-        // The cached ratios four terms at a time, one convergence test per four
-        // (the terms past the test's are below its bound: summing them costs
-        // less than testing after each).
-        let (quads, _) = ratios.as_chunks::<4>();
-        for quad in quads {
+        // The cached ratios eight terms at a time, one convergence test per
+        // eight (the terms past the test's are below its bound: summing them
+        // costs less than testing after each).
+        let (octets, _) = ratios.as_chunks::<8>();
+        for octet in octets {
             if v == 0.0 || small_tail(v, n, sum) {
                 converged = true;
                 break;
             }
-            for q in quad {
+            for q in octet {
                 v *= q * z;
                 sum += v;
                 sum_abs += v.abs();
             }
-            n += 4;
+            n += 8;
         }
         while !converged && n < MAX_TERMS {
             if v == 0.0 || small_tail(v, n, sum) {
