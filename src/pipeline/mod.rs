@@ -18,6 +18,10 @@ use crate::metrics::churn_risk::{self, CustomerRisk, RiskModel, Sweep};
 use crate::snapshot::{self, WindowSnapshot};
 use crate::state::{Engine, RejectReason, Rejection, TopicPartition};
 use crate::telemetry::{Published, Telemetry};
+
+/// How many events ahead of the one applied [`Pipeline::handle_events`] prefetches
+/// the strings of ([`Event::prefetch`]).
+const PREFETCH_AHEAD: usize = 4;
 use crate::time::{IdleTracker, MonotoneWatermark, PartitionTime, instance_watermark};
 
 struct Clock {
@@ -292,11 +296,18 @@ impl Pipeline {
         // are reused instead of allocating each string of each record.
         let mut event = Event::empty(crate::event::EventKind::PageView);
         let decoder = self.decoder();
+        // The payloads were written by librdkafka's threads: each is asked for a
+        // few records ahead of its decoding ([`PREFETCH_AHEAD`]).
+        let payloads: Vec<Option<&[u8]>> = payloads.into_iter().collect();
         // One lock of the task for the whole run of records.
         let results: Vec<_> = self.engine.with_task(tp.partition, |task| {
             payloads
-                .into_iter()
-                .map(|payload| {
+                .iter()
+                .enumerate()
+                .map(|(i, &payload)| {
+                    if let Some(Some(ahead)) = payloads.get(i + PREFETCH_AHEAD) {
+                        crate::event::prefetch_bytes(ahead);
+                    }
                     consumed += 1;
                     let result = self
                         .decode_into(&decoder, tp, payload, &mut event)
@@ -345,7 +356,11 @@ impl Pipeline {
         let results: Vec<_> = self.engine.with_task(tp.partition, |task| {
             events
                 .iter()
-                .map(|event| {
+                .enumerate()
+                .map(|(i, event)| {
+                    if let Some(Ok(ahead)) = events.get(i + PREFETCH_AHEAD) {
+                        ahead.prefetch();
+                    }
                     let result = match event {
                         Ok(event) => self
                             .check_skew(event, now)
