@@ -86,6 +86,7 @@ struct NameTable {
 }
 
 impl NameTable {
+    #[inline]
     fn get_mut(&mut self, v: &str) -> Option<&mut Named> {
         let h = self.hasher.hash_one(v);
         self.table
