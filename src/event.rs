@@ -263,7 +263,7 @@ impl Event {
     }
 
     /// Asks the CPU to fetch the bytes of the strings applying this event reads
-    /// first (ids and keys), ahead of use: a batch's events were decoded on
+    /// first (ids and keys), ahead of use: a replay's events were decoded on
     /// another core, so their strings are in that core's cache.
     #[inline]
     pub fn prefetch(&self) {
@@ -275,7 +275,11 @@ impl Event {
             ),
             Event::Email(e) => (&e.event_id, &e.customer_id, &e.message_id),
             Event::Purchase(e) => (&e.event_id, &e.customer_id, &e.order_id),
-            Event::Survey(e) => (&e.event_id, &e.survey_id, &e.survey_id),
+            Event::Survey(e) => (
+                &e.event_id,
+                e.customer_id.as_ref().unwrap_or(&e.survey_id),
+                &e.survey_id,
+            ),
         };
         for s in [a, b, c] {
             prefetch_bytes(s.as_bytes());

@@ -18,11 +18,12 @@ use crate::metrics::churn_risk::{self, CustomerRisk, RiskModel, Sweep};
 use crate::snapshot::{self, WindowSnapshot};
 use crate::state::{Engine, RejectReason, Rejection, TopicPartition};
 use crate::telemetry::{Published, Telemetry};
-
-/// How many events ahead of the one applied [`Pipeline::handle_events`] prefetches
-/// the strings of ([`Event::prefetch`]).
-const PREFETCH_AHEAD: usize = 4;
 use crate::time::{IdleTracker, MonotoneWatermark, PartitionTime, instance_watermark};
+
+/// How many records ahead of the one applied [`Pipeline::handle_events`] prefetches
+/// the strings of ([`Event::prefetch`]) and [`Pipeline::handle_records`] the payload of:
+/// enough to cover a cache miss, close enough for the lines to still be there.
+const PREFETCH_AHEAD: usize = 4;
 
 struct Clock {
     idle: IdleTracker<TopicPartition>,
